@@ -1,0 +1,205 @@
+"""Weight analysis of loaded checkpoints as table columns: statistics joined with where each tensor sits.
+
+No IO and no Ray: functions take `Checkpoint` objects and return `{table: {column: values}}` ready for `schema.write`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from yolo_audit.checkpoints import Checkpoint, check_aligned
+from yolo_audit.stats.divergence import channel_divergence, divergence, layer_verdict
+from yolo_audit.stats.weights import Columns, bin_range, channel_weights, histograms, tensor_stats
+
+Tables = dict[str, Columns]
+BUFFER_ROLES = ("bn_running_mean", "bn_running_var")
+
+
+@dataclass(frozen=True)
+class WeightOptions:
+    """Thresholds of the weight analysis (recorded in the README; defaults suit YOLOv8)."""
+
+    near_zero: float = 1e-3  # |w| below this counts in frac_near_zero
+    gamma_eps: float = 1e-3  # |BN gamma| below this: constant channel
+    neg_margin: float = -4.0  # beta + 3|gamma| below this: SiLU input essentially always negative
+    bins: int = 64  # histogram bins per parameter
+
+
+def checkpoint_table(ckpt: Checkpoint) -> Columns:
+    declared = ckpt.declared_frozen
+    row = {
+        "checkpoint_id": ckpt.checkpoint_id, "path": ckpt.path, "run": ckpt.run, "epoch": ckpt.epoch,
+        "freeze": ckpt.freeze, "declared_frozen": sorted(declared) if declared is not None else None,
+        "arch_hash": ckpt.arch_hash, "n_params": ckpt.n_params, "n_tensors": len(ckpt.tensors), "sha256": ckpt.sha256,
+        "source_format": ckpt.source_format, "precision": ckpt.precision,
+        "train_args": json.dumps(ckpt.train_args, default=str, sort_keys=True) if ckpt.train_args else None,
+    }  # fmt: skip
+    return {k: [v] for k, v in row.items()}
+
+
+def weight_tables(ckpt: Checkpoint, opts: WeightOptions) -> Tables:
+    """`weight_stats` (one row per tensor) and `channel_weights` (one row per output channel of each Conv+BN block)."""
+    names = list(ckpt.tensors)
+    keys = ckpt.keys
+    tensors = [ckpt.tensors[n] for n in names]
+    stats = tensor_stats(tensors, near_zero=opts.near_zero, matrix=[keys[n].role == "conv_weight" for n in names])
+    where = {
+        "checkpoint_id": [ckpt.checkpoint_id] * len(names), "param": names,
+        "layer": [keys[n].layer for n in names], "module": [keys[n].module for n in names],
+        "module_type": [keys[n].module_type for n in names], "role": [keys[n].role for n in names],
+    }  # fmt: skip
+    return {"weight_stats": {**where, **stats}, "channel_weights": _channel_table(ckpt, opts)}
+
+
+def conv_bn_blocks(ckpt: Checkpoint) -> list[str]:
+    """Module paths X with a conv X.conv.weight and a BatchNorm X.bn (Ultralytics' Conv block)."""
+    t = ckpt.tensors
+    return [
+        name[: -len(".bn.running_mean")]
+        for name in t
+        if name.endswith(".bn.running_mean") and f"{name[: -len('.bn.running_mean')]}.conv.weight" in t
+    ]
+
+
+def _channel_table(ckpt: Checkpoint, opts: WeightOptions) -> Columns:
+    parts: dict[str, list[torch.Tensor]] = {}
+    where: Columns = {"checkpoint_id": [], "layer": [], "module": [], "channel": []}
+    t = ckpt.tensors
+    for block in conv_bn_blocks(ckpt):
+        bn = f"{block}.bn"
+        cols = channel_weights(
+            t[f"{block}.conv.weight"], t[f"{bn}.weight"], t[f"{bn}.bias"], t[f"{bn}.running_mean"],
+            t[f"{bn}.running_var"], eps=ckpt.eps_for(bn), gamma_eps=opts.gamma_eps, neg_margin=opts.neg_margin,
+        )  # fmt: skip
+        n = int(cols["filter_l2"].numel())
+        layer = ckpt.keys[f"{block}.conv.weight"].layer
+        where["checkpoint_id"] += [ckpt.checkpoint_id] * n
+        where["layer"] += [layer] * n
+        where["module"] += [block] * n
+        where["channel"] += list(range(n))
+        for name, values in cols.items():
+            parts.setdefault(name, []).append(values)
+    return {**where, **{name: torch.cat(v).tolist() for name, v in parts.items()}} if parts else _empty_channels(where)
+
+
+def _empty_channels(where: Columns) -> Columns:
+    names = ("filter_l2", "bn_gamma", "bn_beta", "bn_mean", "bn_var", "fused_l2", "dead_constant", "dead_negative")
+    return {**where, **{n: [] for n in names}, "dead_by_weights": []}
+
+
+def hist_table(ckpt: Checkpoint, edges: dict[str, tuple[float, float]], bins_id: str, bins: int) -> Columns:
+    """Histogram of every tensor on shared bins: `edges[param] = (lo, hi)` fixed for the whole study."""
+    names = [n for n in ckpt.tensors if n in edges]
+    counts = histograms([ckpt.tensors[n] for n in names], [edges[n] for n in names], bins)
+    out: Columns = {k: [] for k in ("checkpoint_id", "bins_id", "param", "layer", "bin", "lo", "hi", "count")}
+    for row, name in enumerate(names):
+        lo, hi = edges[name]
+        width = (hi - lo) / bins
+        lows = [-math.inf] + [lo + i * width for i in range(bins)] + [hi]
+        highs = [lo] + [lo + (i + 1) * width for i in range(bins - 1)] + [hi, math.inf]
+        out["checkpoint_id"] += [ckpt.checkpoint_id] * (bins + 2)
+        out["bins_id"] += [bins_id] * (bins + 2)
+        out["param"] += [name] * (bins + 2)
+        out["layer"] += [ckpt.keys[name].layer] * (bins + 2)
+        out["bin"] += list(range(-1, bins + 1))
+        out["lo"] += lows
+        out["hi"] += highs
+        out["count"] += counts[row].tolist()
+    return out
+
+
+def shared_edges(ranges: Sequence[dict[str, tuple[float, float]]]) -> dict[str, tuple[float, float]]:
+    """Pool per-checkpoint (min, max) of each parameter into one bin range per parameter."""
+    pooled: dict[str, tuple[float, float]] = {}
+    for one in ranges:
+        for name, (lo, hi) in one.items():
+            old = pooled.get(name)
+            pooled[name] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+    return {name: bin_range(lo, hi) for name, (lo, hi) in pooled.items() if math.isfinite(lo) and math.isfinite(hi)}
+
+
+def ranges_of(stats: Columns) -> dict[str, tuple[float, float]]:
+    return {p: (lo, hi) for p, lo, hi in zip(stats["param"], stats["min"], stats["max"], strict=True)}
+
+
+def pooled_bins_id(checkpoint_ids: Sequence[str]) -> str:
+    return "pooled-" + hashlib.sha256(",".join(sorted(set(checkpoint_ids))).encode()).hexdigest()[:12]
+
+
+def divergence_tables(ckpt: Checkpoint, ref: Checkpoint) -> Tables:
+    """`weight_divergence`, `channel_divergence` and `layer_freeze` of `ckpt` against the reference `ref`."""
+    check_aligned(ref, ckpt)
+    keys = ref.keys
+    names = list(ref.tensors)
+    cols = divergence([ckpt.tensors[n] for n in names], [ref.tensors[n] for n in names])
+    ids = {"checkpoint_id": [ckpt.checkpoint_id] * len(names), "reference_id": [ref.checkpoint_id] * len(names)}
+    weight_div = {
+        **ids, "param": names, "layer": [keys[n].layer for n in names], "role": [keys[n].role for n in names], **cols,
+    }  # fmt: skip
+    return {
+        "weight_divergence": weight_div,
+        "channel_divergence": _channel_divergence(ckpt, ref, names, cols["identical"]),
+        "layer_freeze": _freeze_table(ckpt, ref, names, cols),
+    }
+
+
+def _channel_divergence(ckpt: Checkpoint, ref: Checkpoint, names: list[str], identical: list[bool]) -> Columns:
+    out: Columns = {k: [] for k in ("param", "layer", "module", "channel", "l2_diff", "rel_diff")}
+    for name, same in zip(names, identical, strict=True):
+        info = ref.keys[name]
+        if info.role != "conv_weight":
+            continue
+        a, b = ckpt.tensors[name], ref.tensors[name]
+        diff, rel = (torch.zeros(a.shape[0]), torch.zeros(a.shape[0])) if same else channel_divergence(a, b)
+        if same:
+            ref_norm = torch.linalg.vector_norm(b.reshape(b.shape[0], -1), dim=1)
+            rel = torch.where(ref_norm > 0, rel, torch.full_like(rel, math.nan))
+        n = a.shape[0]
+        out["param"] += [name] * n
+        out["layer"] += [info.layer] * n
+        out["module"] += [info.module] * n
+        out["channel"] += list(range(n))
+        out["l2_diff"] += diff.tolist()
+        out["rel_diff"] += [None if math.isnan(v) else v for v in rel.tolist()]
+    n = len(out["param"])
+    return {"checkpoint_id": [ckpt.checkpoint_id] * n, "reference_id": [ref.checkpoint_id] * n, **out}
+
+
+def _freeze_table(ckpt: Checkpoint, ref: Checkpoint, names: list[str], cols: Columns) -> Columns:
+    per_layer: dict[int, list[tuple[str, bool, float | None]]] = {}
+    for name, same, rel in zip(names, cols["identical"], cols["rel_diff"], strict=True):
+        info = ref.keys[name]
+        if info.layer is None or name.endswith("num_batches_tracked"):
+            continue
+        per_layer.setdefault(info.layer, []).append((info.role, same, rel))
+    declared = ckpt.declared_frozen
+    out: Columns = {k: [] for k in ("layer", "verdict", "declared_frozen", "n_tensors", "n_changed", "max_rel_diff")}
+    for layer in sorted(per_layer):
+        items = per_layer[layer]
+        params = [same for role, same, _ in items if role not in BUFFER_ROLES]
+        buffers = [same for role, same, _ in items if role in BUFFER_ROLES]
+        rels = [rel for _, _, rel in items if rel is not None]
+        out["layer"].append(layer)
+        out["verdict"].append(layer_verdict(params, buffers))
+        out["declared_frozen"].append(None if declared is None else layer in declared)
+        out["n_tensors"].append(len(items))
+        out["n_changed"].append(sum(1 for _, same, _ in items if not same))
+        out["max_rel_diff"].append(max(rels) if rels else None)
+    n = len(out["layer"])
+    return {"checkpoint_id": [ckpt.checkpoint_id] * n, "reference_id": [ref.checkpoint_id] * n, **out}
+
+
+def tensor_stats_ranges(ckpt: Checkpoint) -> dict[str, tuple[float, float]]:
+    """(min, max) of every tensor: the reference's ranges fix the study's histogram bins."""
+    out: dict[str, tuple[float, float]] = {}
+    for name, t in ckpt.tensors.items():
+        if t.numel():
+            lo, hi = torch.aminmax(t)
+            out[name] = (float(lo), float(hi))
+    return out

@@ -1,0 +1,400 @@
+"""Checkpoint loading and name alignment: the only module that opens model files.
+
+`load_checkpoint` reads Ultralytics checkpoints (`last.pt`/`best.pt` hold the model under `model`, `epochN.pt` and
+in-training `last.pt` under `ema`), plain state_dict `.pt` files and `.safetensors`, and returns every parameter *and*
+buffer as an fp32 tensor, with metadata. Pickles are opened with `weights_only=True` (Ultralytics' allow-list for
+model classes); anything needing other code is refused unless `trust_pickle=True`. Safetensors never unpickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+import zipfile
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from yolo_audit.errors import AuditError
+
+SUFFIXES = (".pt", ".safetensors")
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+DEFAULT_BN_EPS = 1e-3  # Ultralytics' initialize_weights() sets every BatchNorm2d.eps to 1e-3
+META_KEY = "yolo_audit"
+_LAYER = re.compile(r"^model\.(\d+)\.")
+_EPOCH = re.compile(r"epoch[_-]?(\d+)")
+TRUST_HINT = "if you trust its author, pass --trust-pickle (runs code from the file), or convert it to .safetensors"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where a tensor sits in the network."""
+
+    name: str
+    layer: int | None  # N of `model.N.`; None outside the layer list
+    module: str  # owning module path, e.g. model.2.m.0.cv1.conv
+    module_type: str  # type of the top-level module: Conv, C2f, SPPF, Upsample, Concat, Detect, ...
+    role: str  # conv_weight, conv_bias, bn_weight, bn_bias, bn_running_mean, bn_running_var, other
+
+
+@dataclass
+class Checkpoint:
+    """One loaded checkpoint: fp32 tensors by name plus what is known about where it came from."""
+
+    path: str
+    sha256: str
+    source_format: str  # ultralytics | state_dict | safetensors
+    precision: str  # float16 | float32 | bfloat16 | mixed
+    tensors: dict[str, torch.Tensor]
+    run: str | None = None
+    epoch: int | None = None
+    train_args: dict[str, Any] = field(default_factory=dict)
+    module_types: dict[int, str] = field(default_factory=dict)
+    bn_eps: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def checkpoint_id(self) -> str:
+        """Derived from the file's content: the same bytes always get the same id."""
+        return self.sha256[:16]
+
+    @cached_property
+    def fingerprint(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """Architecture fingerprint: every tensor name with its shape, sorted."""
+        return tuple(sorted((k, tuple(v.shape)) for k, v in self.tensors.items()))
+
+    @cached_property
+    def arch_hash(self) -> str:
+        return hashlib.sha256(repr(self.fingerprint).encode()).hexdigest()[:16]
+
+    @property
+    def n_params(self) -> int:
+        """Elements in parameters (buffers such as BatchNorm running statistics excluded)."""
+        return sum(v.numel() for k, v in self.tensors.items() if not k.endswith(BUFFER_SUFFIXES))
+
+    @property
+    def freeze(self) -> str | None:
+        """The `freeze` training argument as written, when the checkpoint records it."""
+        value = self.train_args.get("freeze")
+        return None if value is None else json.dumps(value)
+
+    @cached_property
+    def declared_frozen(self) -> frozenset[int] | None:
+        """Layers the training arguments say were frozen; None when the checkpoint has no training arguments."""
+        if not self.train_args:
+            return None
+        return frozenset(frozen_layers(self.train_args.get("freeze")))
+
+    @cached_property
+    def keys(self) -> dict[str, TensorInfo]:
+        return describe_keys(self.tensors, self.module_types)
+
+    def eps_for(self, module: str) -> float:
+        return self.bn_eps.get(module, DEFAULT_BN_EPS)
+
+
+def frozen_layers(freeze: Any) -> list[int]:
+    """Ultralytics' meaning of `freeze`: an int N freezes layers 0..N-1, a list freezes those layers."""
+    if freeze is None or freeze is False:
+        return []
+    if isinstance(freeze, bool):
+        return []
+    if isinstance(freeze, int):
+        return list(range(freeze))
+    if isinstance(freeze, (list, tuple)):
+        return sorted({int(x) for x in freeze})
+    return []
+
+
+def find_checkpoints(paths: list[str | Path]) -> list[Path]:
+    """Expand files and directories (searched recursively) into checkpoint files, in a stable order."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise AuditError("no such file or directory; check the path", path=str(path))
+        if path.is_dir():
+            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+            if not inside:
+                raise AuditError(
+                    "no *.pt or *.safetensors checkpoints in this folder; pass checkpoint files", path=str(path)
+                )
+            found.extend(inside)
+        else:
+            found.append(path)
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    return unique
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Checkpoint:
+    """Load any supported checkpoint as fp32 tensors plus metadata; raise AuditError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise AuditError("no such checkpoint file; check the path", path=str(path), stage="load")
+    if path.suffix not in SUFFIXES:
+        raise AuditError("not a checkpoint: expected a .pt or .safetensors file", path=str(path), stage="load")
+    if path.stat().st_size == 0:
+        raise AuditError("the file is empty; re-export or re-download it", path=str(path), stage="load")
+    sha = file_sha256(path)
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path, sha)
+    return _load_pickle(path, sha, trust_pickle=trust_pickle)
+
+
+def _load_safetensors(path: Path, sha: str) -> Checkpoint:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            raw = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118 - safe_open is no dict
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AuditError(
+            f"not a readable safetensors file ({exc}); re-export it", path=str(path), stage="load"
+        ) from exc
+    info = json.loads(meta.get(META_KEY, "{}") or "{}")
+    ckpt = Checkpoint(
+        path=str(path),
+        sha256=sha,
+        source_format="safetensors",
+        precision=info.get("precision") or _precision(raw),
+        tensors=_to_fp32(raw, path),
+        run=info.get("run"),
+        epoch=info.get("epoch"),
+        train_args=info.get("train_args") or {},
+        module_types={int(k): v for k, v in (info.get("module_types") or {}).items()},
+        bn_eps={k: float(v) for k, v in (info.get("bn_eps") or {}).items()},
+    )
+    return _fill_defaults(ckpt, path)
+
+
+def _load_pickle(path: Path, sha: str, *, trust_pickle: bool) -> Checkpoint:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise AuditError(
+            "not a loadable checkpoint: the file is truncated or corrupted (not a torch zip archive); "
+            "re-export or re-download it",
+            path=str(path),
+            stage="load",
+        ) from exc
+    obj = _unpickle(path, trust_pickle=trust_pickle)
+    return _from_object(obj, path, sha)
+
+
+def _unpickle(path: Path, *, trust_pickle: bool) -> Any:
+    from yolo_audit.env import prepare
+
+    prepare()
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as exc:  # torch raises a variety of errors on damaged archives
+        raise AuditError(f"not a loadable checkpoint ({type(exc).__name__}); re-export it", path=str(path)) from exc
+    try:
+        if not unsafe:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        from ultralytics.nn.tasks import torch_safe_load
+
+        obj, _ = torch_safe_load(str(path), safe_only=not trust_pickle)
+        return obj
+    except TypeError as exc:
+        outside = [g for g in unsafe if not g.startswith(("ultralytics.", "torch.", "collections.", "builtins."))]
+        names = ", ".join(outside[:3]) or ", ".join(unsafe[:3])
+        raise AuditError(
+            f"refused: unpickling needs code outside the Ultralytics/torch allow-list ({names}); {TRUST_HINT}",
+            path=str(path),
+            stage="load",
+        ) from exc
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ModuleNotFoundError, AttributeError) as exc:
+        reason = str(exc).splitlines()[0][:200]
+        raise AuditError(
+            f"not a loadable checkpoint ({type(exc).__name__}: {reason})", path=str(path), stage="load"
+        ) from exc
+
+
+def _from_object(obj: Any, path: Path, sha: str) -> Checkpoint:
+    """Turn what torch.load returned into a Checkpoint: an Ultralytics dict, a module, or a state dict."""
+    if isinstance(obj, dict) and ("ema" in obj or "model" in obj):
+        model = obj.get("ema") or obj.get("model")
+        if isinstance(model, torch.nn.Module):
+            args = obj.get("train_args") or {}
+            epoch = obj.get("epoch")
+            ckpt = _from_module(model, path, sha, train_args=dict(args) if isinstance(args, dict) else {})
+            ckpt.epoch = int(epoch) if isinstance(epoch, int) and epoch >= 0 else None
+            ckpt.run = str(args["name"]) if isinstance(args, dict) and args.get("name") else None
+            return _fill_defaults(ckpt, path)
+        if isinstance(model, dict):
+            obj = model
+    if isinstance(obj, torch.nn.Module):
+        return _fill_defaults(_from_module(obj, path, sha, train_args={}), path)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raw = {str(k): v for k, v in obj.items()}
+        ckpt = Checkpoint(str(path), sha, "state_dict", _precision(raw), _to_fp32(raw, path))
+        return _fill_defaults(ckpt, path)
+    raise AuditError(
+        f"holds no model weights (found {type(obj).__name__}); pass an Ultralytics checkpoint, a state_dict or "
+        ".safetensors",
+        path=str(path),
+        stage="load",
+    )
+
+
+def _from_module(model: torch.nn.Module, path: Path, sha: str, *, train_args: dict[str, Any]) -> Checkpoint:
+    raw = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    types: dict[int, str] = {}
+    layers = getattr(model, "model", None)
+    if isinstance(layers, torch.nn.Sequential):
+        types = {i: type(m).__name__ for i, m in enumerate(layers)}
+    eps = {
+        name: float(m.eps) for name, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+    }
+    return Checkpoint(
+        str(path), sha, "ultralytics", _precision(raw), _to_fp32(raw, path),
+        train_args=train_args, module_types=types, bn_eps=eps,
+    )  # fmt: skip
+
+
+def _fill_defaults(ckpt: Checkpoint, path: Path) -> Checkpoint:
+    if not ckpt.tensors:
+        raise AuditError("holds no tensors; pass a trained checkpoint", path=str(path), stage="load")
+    if ckpt.run is None:
+        ckpt.run = path.parent.parent.name if path.parent.name == "weights" else path.parent.name
+    if ckpt.epoch is None:
+        match = _EPOCH.search(path.stem)
+        ckpt.epoch = int(match.group(1)) if match else None
+    if not ckpt.module_types:
+        ckpt.module_types = infer_module_types(ckpt.tensors)
+    return ckpt
+
+
+def _precision(raw: dict[str, torch.Tensor]) -> str:
+    kinds = {str(v.dtype).removeprefix("torch.") for v in raw.values() if v.is_floating_point()}
+    return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "none")
+
+
+def _to_fp32(raw: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for name, value in raw.items():
+        if value.is_complex():
+            raise AuditError(f"tensor {name} is complex; not a YOLO checkpoint", path=str(path), stage="load")
+        out[name] = value.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    return out
+
+
+def infer_module_types(tensors: dict[str, torch.Tensor]) -> dict[int, str]:
+    """Top-level module types from tensor names alone (state dicts carry no classes): YOLOv8 naming patterns."""
+    children: dict[int, set[str]] = {}
+    for name in tensors:
+        match = _LAYER.match(name)
+        if match:
+            children.setdefault(int(match.group(1)), set()).add(name[match.end() :].split(".")[0])
+    types: dict[int, str] = {}
+    for layer, kids in children.items():
+        if "dfl" in kids or {"cv2", "cv3"} <= kids and "cv1" not in kids:
+            types[layer] = "Detect"
+        elif "m" in kids and "cv1" in kids:
+            types[layer] = "C2f"
+        elif {"cv1", "cv2"} <= kids:
+            types[layer] = "SPPF"
+        elif {"conv", "bn"} <= kids:
+            types[layer] = "Conv"
+        else:
+            types[layer] = "unknown"
+    return types
+
+
+def describe_keys(tensors: dict[str, torch.Tensor], module_types: dict[int, str]) -> dict[str, TensorInfo]:
+    """Map every tensor name to its layer, owning module, top-level module type and role."""
+    out: dict[str, TensorInfo] = {}
+    for name, value in tensors.items():
+        module, _, leaf = name.rpartition(".")
+        match = _LAYER.match(name)
+        layer = int(match.group(1)) if match else None
+        out[name] = TensorInfo(
+            name=name,
+            layer=layer,
+            module=module,
+            module_type=module_types.get(layer, "unknown") if layer is not None else "other",
+            role=_role(leaf, module, value, tensors),
+        )
+    return out
+
+
+def _role(leaf: str, module: str, value: torch.Tensor, tensors: dict[str, torch.Tensor]) -> str:
+    if leaf in ("running_mean", "running_var"):
+        return f"bn_{leaf}"
+    if leaf == "num_batches_tracked":
+        return "other"
+    if f"{module}.running_mean" in tensors and leaf in ("weight", "bias"):
+        return f"bn_{leaf}"
+    if leaf == "weight" and value.dim() >= 2:
+        return "conv_weight"
+    sibling = tensors.get(f"{module}.weight")
+    if leaf == "bias" and sibling is not None and sibling.dim() >= 2:
+        return "conv_bias"
+    return "other"
+
+
+def check_aligned(reference: Checkpoint, other: Checkpoint, *, show: int = 5) -> None:
+    """Refuse to compare different architectures, naming missing, unexpected and shape-mismatched keys."""
+    if reference.arch_hash == other.arch_hash:
+        return
+    ref, oth = reference.tensors, other.tensors
+    missing = sorted(set(ref) - set(oth))
+    unexpected = sorted(set(oth) - set(ref))
+    shapes = sorted(k for k in set(ref) & set(oth) if ref[k].shape != oth[k].shape)
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", shapes)):
+        if keys:
+            detail = keys[:show] if label != "shape-mismatched" else [
+                f"{k} {tuple(oth[k].shape)} vs {tuple(ref[k].shape)}" for k in keys[:show]
+            ]  # fmt: skip
+            parts.append(f"{len(keys)} {label} ({', '.join(detail)}{', ...' if len(keys) > show else ''})")
+    raise AuditError(
+        f"architecture differs from {reference.path}: {'; '.join(parts)}; compare checkpoints of the same model",
+        path=other.path,
+        stage="align",
+    )
+
+
+def save_safetensors(ckpt: Checkpoint, path: str | Path, *, tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write tensors (default: the checkpoint's) to .safetensors with the metadata load_checkpoint reads back."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    info = {
+        "run": ckpt.run,
+        "epoch": ckpt.epoch,
+        "precision": ckpt.precision,
+        "train_args": _jsonable(ckpt.train_args),
+        "module_types": {str(k): v for k, v in ckpt.module_types.items()},
+        "bn_eps": ckpt.bn_eps,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(
+        {k: v.contiguous() for k, v in (tensors or ckpt.tensors).items()},
+        str(tmp),
+        metadata={META_KEY: json.dumps(info)},
+    )
+    tmp.replace(path)
+    return path
+
+
+def _jsonable(args: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(args, default=str))

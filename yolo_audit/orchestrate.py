@@ -1,0 +1,124 @@
+"""Ray at the edge: plain job functions become remote tasks here, and nowhere else.
+
+An embedded local Ray starts when no address is given (and is shut down afterwards); an already initialised Ray
+(a notebook, a test) is reused as is. In-flight tasks are bounded with `ray.wait`; each finished task prints a line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from yolo_audit.env import prepare, set_torch_threads
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: `fn(*args, **kwargs)` run remotely with `num_cpus` CPUs (and `num_gpus` GPUs)."""
+
+    label: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] | None = None
+    num_cpus: float = 1
+    num_gpus: float = 0
+
+
+def _run_in_worker(fn: Callable[..., Any], threads: int, *args: Any, **kwargs: Any) -> Any:
+    """What a Ray worker executes: the offline environment, torch threads = the task's CPUs, then the plain function."""
+    prepare()
+    set_torch_threads(threads)
+    return fn(*args, **kwargs)
+
+
+@contextmanager
+def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[None]:
+    """Connect to `address` (a cluster, e.g. ray://head:10001 or auto) or start an embedded local Ray."""
+    prepare()
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    try:
+        ray.init(
+            address=address,
+            num_cpus=num_cpus if address is None else None,
+            include_dashboard=False,
+            logging_level="ERROR",
+            log_to_driver=True,
+            runtime_env={"env_vars": {k: os.environ[k] for k in _FORWARDED if k in os.environ}},
+        )
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        from yolo_audit.errors import AuditError
+
+        raise AuditError(
+            f"cannot start or reach Ray ({str(exc).splitlines()[0]}); check --address", path=address
+        ) from exc
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+_FORWARDED = ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_AUDIT_CACHE", "RAY_USAGE_STATS_ENABLED")
+
+
+def cluster_cpus() -> int:
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def run_tasks(
+    tasks: Sequence[Task],
+    *,
+    stage: str,
+    max_in_flight: int | None = None,
+    retries: int = 2,
+    stream: TextIO | None = None,
+) -> list[Any]:
+    """Run tasks on Ray, at most `max_in_flight` at once (default: twice the cluster's CPUs); results in task order.
+
+    Tasks are retried `retries` times if their worker dies. Progress: one line per finished task.
+    """
+    import ray
+
+    stream = stream or sys.stderr
+    remote = ray.remote(_run_in_worker)
+    limit = max_in_flight or 2 * cluster_cpus()
+    pending: dict[Any, int] = {}
+    results: list[Any] = [None] * len(tasks)
+    queue = list(enumerate(tasks))
+    done = 0
+    started = time.monotonic()
+    while queue or pending:
+        while queue and len(pending) < limit:
+            index, task = queue.pop(0)
+            ref = remote.options(
+                num_cpus=task.num_cpus, num_gpus=task.num_gpus, max_retries=retries, name=f"{stage}:{task.label}"
+            ).remote(task.fn, max(1, int(task.num_cpus)), *task.args, **(task.kwargs or {}))
+            pending[ref] = index
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            index = pending.pop(ref)
+            results[index] = ray.get(ref)
+            done += 1
+            failed = bool(getattr(results[index], "errors", None))
+            print(
+                f"[{stage}] {_bar(done, len(tasks))} {done}/{len(tasks)} {'FAILED' if failed else 'done'} "
+                f"{tasks[index].label} ({time.monotonic() - started:.1f}s)",
+                file=stream,
+                flush=True,
+            )
+    return results
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    filled = int(width * done / max(total, 1))
+    return "[" + "#" * filled + "." * (width - filled) + "]"

@@ -1,0 +1,41 @@
+"""Terminal summaries of a results folder (reads the store; never computes statistics)."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+import polars as pl
+
+from yolo_audit import store
+from yolo_audit.weights_plan import WeightsSummary
+
+EXAMPLES = """\
+Example queries (Python, Polars):
+  import polars as pl
+  R = "{out}"
+  pl.scan_parquet(f"{{R}}/layer_freeze/*.parquet").filter(pl.col("verdict") == "frozen_bn_drift").collect()
+  pl.scan_parquet(f"{{R}}/channel_weights/*.parquet").filter("dead_by_weights").group_by("layer").len().collect()
+  pl.scan_parquet(f"{{R}}/weight_divergence/*.parquet").sort("rel_diff", descending=True).head(10).collect()
+"""
+
+
+def print_weights_summary(summary: WeightsSummary, *, examples: bool = False, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
+    out = summary.out
+    with pl.Config(tbl_rows=60, tbl_cols=12, fmt_str_lengths=60, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
+        if "weight_divergence" in store.tables(out):
+            print("\nMost divergent layers (relative L2 of the layer's parameters vs the reference):", file=stream)
+            print(store.top_divergent_layers(out, 10, reference_id=summary.reference_id), file=stream)
+        if "layer_freeze" in store.tables(out):
+            print("\nFreeze verification (layers per verdict; declared_mismatch counts layers where train_args"
+                  " and the weights disagree):", file=stream)  # fmt: skip
+            print(store.freeze_summary(out, reference_id=summary.reference_id).drop("reference_id"), file=stream)
+    counts = {t: store.scan(out, t).select(pl.len()).collect().item() for t in store.tables(out)}
+    print(f"\nResults in {out}: " + ", ".join(f"{t} ({n} rows)" for t, n in counts.items()), file=stream)
+    if examples:
+        print(EXAMPLES.format(out=out), file=stream)
+    for err in summary.errors:
+        print(f"error [{err.stage}] {err.message}", file=sys.stderr)
+    if summary.errors:
+        print(f"{len(summary.errors)} problem(s); see the errors table. Other checkpoints completed.", file=sys.stderr)

@@ -1,0 +1,211 @@
+"""Every Parquet table's schema, its documentation, and the one atomic writer all results go through.
+
+Layout: `OUT/<table>/<key>.parquet`, one file per (table, task key). A key names what produced the rows (a checkpoint
+id, or `<checkpoint>-vs-<reference>`), so no two tasks write the same file and rerunning a command replaces its files
+rather than adding rows. Files appear by rename of a hidden temp file, so readers never see a partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from yolo_audit.errors import AuditError
+
+S, I64, I32, F64, B = pa.string(), pa.int64(), pa.int32(), pa.float64(), pa.bool_()
+
+_CKPT = ("checkpoint_id", S, "16 hex digits of the file's sha256: the same bytes always get the same id")
+_REF = ("reference_id", S, "checkpoint_id of the reference the row compares against")
+_PARAM = ("param", S, "tensor name in the state dict, e.g. model.2.m.0.cv1.conv.weight")
+_LAYER = ("layer", I32, "top-level layer index N of `model.N.` (null outside the layer list)")
+_MODULE = ("module", S, "module path owning the tensor(s), e.g. model.2.cv1")
+_ROLE = ("role", S, "conv_weight, conv_bias, bn_weight, bn_bias, bn_running_mean, bn_running_var or other")
+
+TABLES: dict[str, list[tuple[str, pa.DataType, str]]] = {
+    "checkpoints": [
+        _CKPT,
+        ("path", S, "absolute path the checkpoint was read from"),
+        ("run", S, "training run name (train_args.name, else the folder above weights/)"),
+        ("epoch", I32, "epoch of the checkpoint where known (null for a finished last.pt/best.pt)"),
+        ("freeze", S, "the `freeze` training argument as JSON (null when the file has no train_args)"),
+        ("declared_frozen", pa.list_(I32), "layers that `freeze` freezes (0..N-1 for an int N); null if unknown"),
+        ("arch_hash", S, "hash of the sorted (name, shape) list: equal hashes mean comparable checkpoints"),
+        ("n_params", I64, "elements in parameters (BatchNorm running statistics excluded)"),
+        ("n_tensors", I32, "tensors in the state dict (parameters and buffers)"),
+        ("sha256", S, "sha256 of the file"),
+        ("source_format", S, "ultralytics, state_dict or safetensors"),
+        ("precision", S, "dtype the file stores (float16, float32, ...); statistics are computed in float32"),
+        ("train_args", S, "the Ultralytics training arguments as JSON, when the file has them"),
+    ],
+    "weight_stats": [
+        _CKPT,
+        _PARAM,
+        _LAYER,
+        _MODULE,
+        ("module_type", S, "type of the top-level module: Conv, C2f, SPPF, Detect, ..."),
+        _ROLE,
+        ("numel", I64, "number of elements"),
+        ("mean", F64, "mean"),
+        ("std", F64, "population standard deviation (ddof=0)"),
+        ("min", F64, "minimum"),
+        ("max", F64, "maximum"),
+        ("abs_mean", F64, "mean of |w|"),
+        ("l2", F64, "L2 (Frobenius) norm"),
+        ("frac_near_zero", F64, "fraction of elements with |w| < near_zero (default 1e-3)"),
+        ("kurtosis", F64, "excess kurtosis m4/m2^2 - 3 (null for a constant tensor)"),
+        ("spectral_norm", F64, "largest singular value of the (out, in*k*k) matrix; conv/linear weights only"),
+        ("stable_rank", F64, "||W||_F^2 / spectral_norm^2; conv/linear weights only"),
+    ],  # fmt: skip
+    "weight_hist": [
+        _CKPT,
+        ("bins_id", S, "which shared bin edges: `ref-<reference_id>` or `pooled-<hash of the checkpoint set>`"),
+        _PARAM,
+        _LAYER,
+        ("bin", I32, "bin index 0..bins-1; -1 is the underflow (< lo of bin 0), bins is the overflow"),
+        ("lo", F64, "lower edge (inclusive; -inf for the underflow)"),
+        ("hi", F64, "upper edge (exclusive; +inf for the overflow)"),
+        ("count", I64, "elements in [lo, hi)"),
+    ],  # fmt: skip
+    "channel_weights": [
+        _CKPT,
+        _LAYER,
+        ("module", S, "Conv block path (its .conv and .bn children), e.g. model.2.cv1"),
+        ("channel", I32, "output channel"),
+        ("filter_l2", F64, "L2 norm of the channel's conv filter"),
+        ("bn_gamma", F64, "BatchNorm weight"),
+        ("bn_beta", F64, "BatchNorm bias"),
+        ("bn_mean", F64, "BatchNorm running_mean"),
+        ("bn_var", F64, "BatchNorm running_var"),
+        ("fused_l2", F64, "L2 norm of the BN-folded filter W * gamma / sqrt(var + eps), eps from the module"),
+        ("dead_constant", B, "|gamma| < gamma_eps (default 1e-3): the channel outputs the constant SiLU(beta)"),
+        ("dead_negative", B, "beta + 3|gamma| < neg_margin (default -4): pre-activation essentially always negative"),
+        ("dead_by_weights", B, "dead_constant or dead_negative"),
+    ],  # fmt: skip
+    "weight_divergence": [
+        _CKPT,
+        _REF,
+        _PARAM,
+        _LAYER,
+        _ROLE,
+        ("l2_diff", F64, "||a - b||"),
+        ("rel_diff", F64, "||a - b|| / ||b|| (null where the reference tensor is all zeros)"),
+        ("rms_diff", F64, "||a - b|| / sqrt(numel)"),
+        ("cosine", F64, "cosine similarity of a and b (null where either is all zeros)"),
+        ("max_abs_diff", F64, "max |a - b|"),
+        ("identical", B, "bitwise identical"),
+    ],  # fmt: skip
+    "channel_divergence": [
+        _CKPT,
+        _REF,
+        _PARAM,
+        _LAYER,
+        _MODULE,
+        ("channel", I32, "output channel of a conv/linear weight"),
+        ("l2_diff", F64, "||a_c - b_c||"),
+        ("rel_diff", F64, "||a_c - b_c|| / ||b_c|| (null where the reference filter is all zeros)"),
+    ],  # fmt: skip
+    "layer_freeze": [
+        _CKPT,
+        _REF,
+        _LAYER,
+        (
+            "verdict",
+            S,
+            "frozen_exact (parameters and BN statistics bit-identical), frozen_bn_drift (parameters "
+            "identical, BN running statistics changed) or trained",
+        ),
+        ("declared_frozen", B, "the checkpoint's train_args freeze this layer (null when unknown)"),
+        ("n_tensors", I32, "parameters and BN buffers compared (num_batches_tracked excluded)"),
+        ("n_changed", I32, "of those, how many are not bitwise identical"),
+        ("max_rel_diff", F64, "largest rel_diff among the layer's tensors"),
+    ],  # fmt: skip
+    "errors": [
+        ("path", S, "file the error is about"),
+        ("stage", S, "load, align, weights, divergence, histogram, ..."),
+        ("error_type", S, "exception class"),
+        ("message", S, "one-line explanation with what to do"),
+    ],
+}
+
+
+def schema(table: str) -> pa.Schema:
+    return pa.schema([pa.field(name, kind, metadata={"doc": doc}) for name, kind, doc in TABLES[table]])
+
+
+def columns(table: str) -> list[str]:
+    return [name for name, _, _ in TABLES[table]]
+
+
+_KEY = re.compile(r"^[A-Za-z0-9_.=-]+$")
+
+
+def table_path(out: str | Path, table: str, key: str) -> Path:
+    if table not in TABLES:
+        raise KeyError(f"unknown table {table!r}")
+    if not _KEY.match(key):
+        raise ValueError(f"unsafe file key {key!r}")
+    return Path(out) / table / f"{key}.parquet"
+
+
+def write(out: str | Path, table: str, key: str, data: Mapping[str, Sequence[Any]]) -> Path:
+    """Validate `data` against the table's schema and write it as OUT/<table>/<key>.parquet, atomically.
+
+    Replaces the file of an earlier run with the same key (idempotent). Raises KeyError on missing or extra columns.
+    """
+    names = columns(table)
+    if set(data) != set(names):
+        raise KeyError(f"{table}: missing {sorted(set(names) - set(data))}, extra {sorted(set(data) - set(names))}")
+    arrow = pa.table({name: data[name] for name in names}, schema=schema(table))
+    target = table_path(out, table, key)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            pq.write_table(arrow, tmp, compression="zstd")
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        raise AuditError(
+            f"cannot write results ({exc.strerror or exc}); choose a writable --out with free space",
+            path=str(target.parent),
+            stage="write",
+        ) from exc
+    return target
+
+
+def remove(out: str | Path, table: str, key: str) -> None:
+    """Drop the rows a key wrote earlier (e.g. a stale `errors` row once the checkpoint loads)."""
+    table_path(out, table, key).unlink(missing_ok=True)
+
+
+def check_writable(out: str | Path) -> Path:
+    """Fail before any work when OUT cannot be created or written."""
+    path = Path(out)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise AuditError(
+            f"results folder is not writable ({exc.strerror or exc}); pass another --out", path=str(path)
+        ) from exc
+    return path
+
+
+def markdown() -> str:
+    """The README's schema section, generated from TABLES so the two cannot drift apart."""
+    lines: list[str] = []
+    for table, fields in TABLES.items():
+        lines += [f"#### `{table}`", "", "| column | type | meaning |", "| --- | --- | --- |"]
+        lines += [f"| `{name}` | {kind} | {doc} |" for name, kind, doc in fields]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Pure statistics in torch: no Ray, no pyarrow, no file IO."""

@@ -1,0 +1,89 @@
+"""How far tensors moved from a reference, and what a layer's tensors say about whether it was frozen.
+
+Pure torch. Relative measures are None (never NaN or inf) where the reference is all zeros.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from yolo_audit.stats.packed import pack
+from yolo_audit.stats.weights import SMALL, Columns
+
+DIVERGENCE_STATS = ("l2_diff", "rel_diff", "rms_diff", "cosine", "max_abs_diff", "identical")
+
+FROZEN_EXACT = "frozen_exact"
+FROZEN_BN_DRIFT = "frozen_bn_drift"
+TRAINED = "trained"
+
+
+def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Identical bits (unlike ==, tells -0.0 from 0.0 and treats equal NaN payloads as equal)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype == torch.float32:
+        return torch.equal(a.view(torch.int32), b.view(torch.int32))
+    return torch.equal(a, b)
+
+
+def divergence(current: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> Columns:
+    """Per pair (a, reference b) of equal shape: l2_diff = ||a-b||, rel_diff = ||a-b||/||b||, rms_diff, cosine(a, b),
+    max_abs_diff = max |a-b|, identical (bitwise)."""
+    k = len(current)
+    sums = torch.zeros(k, 5, dtype=torch.float64)  # ||a-b||^2, ||a||^2, ||b||^2, a.b, max|a-b|
+    identical = [bitwise_equal(a, b) for a, b in zip(current, reference, strict=True)]
+    moved = [i for i in range(k) if not identical[i]]
+    small = [i for i in moved if current[i].numel() <= SMALL]
+    big = [i for i in moved if current[i].numel() > SMALL]
+    if small:
+        pa, pb = pack([current[i] for i in small]), pack([reference[i] for i in small])
+        diff = pa.flat - pb.flat
+        sums[small] = torch.stack([
+            pa.sum(diff * diff), pa.sum(pa.flat * pa.flat), pa.sum(pb.flat * pb.flat), pa.sum(pa.flat * pb.flat),
+            pa.reduce(diff.abs(), "amax"),
+        ], dim=1)  # fmt: skip
+    if big:
+        scratch = torch.empty(max(current[i].numel() for i in big))
+        for i in big:
+            sums[i] = _big_sums(current[i], reference[i], scratch)
+    for i in (i for i in range(k) if identical[i]):
+        b_sq = float(torch.dot(reference[i].reshape(-1), reference[i].reshape(-1)))
+        sums[i] = torch.tensor([0.0, b_sq, b_sq, b_sq, 0.0], dtype=torch.float64)
+    cols: Columns = {name: [] for name in DIVERGENCE_STATS}
+    for i, (d2, a2, b2, dot, max_abs) in enumerate(sums.tolist()):
+        l2, a_norm, b_norm = math.sqrt(d2), math.sqrt(a2), math.sqrt(b2)
+        cols["l2_diff"].append(l2)
+        cols["rel_diff"].append(l2 / b_norm if b_norm > 0 else None)
+        cols["rms_diff"].append(l2 / math.sqrt(current[i].numel()) if current[i].numel() else None)
+        cols["cosine"].append(max(-1.0, min(1.0, dot / (a_norm * b_norm))) if a_norm > 0 and b_norm > 0 else None)
+        cols["max_abs_diff"].append(max_abs)
+        cols["identical"].append(identical[i])
+    return cols
+
+
+def _big_sums(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    fa, fb = a.reshape(-1).float(), b.reshape(-1).float()
+    buf = scratch[: fa.numel()]
+    torch.sub(fa, fb, out=buf)
+    d2 = torch.dot(buf, buf)
+    a2, b2, ab = torch.dot(fa, fa), torch.dot(fb, fb), torch.dot(fa, fb)
+    return torch.stack([d2, a2, b2, ab, buf.abs_().max()]).to(torch.float64)
+
+
+def channel_divergence(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per output channel (dim 0): ||a_c - b_c|| and ||a_c - b_c|| / ||b_c|| (NaN where ||b_c|| = 0: stored as null)."""
+    diff = torch.linalg.vector_norm((a - b).reshape(a.shape[0], -1).float(), dim=1)
+    ref = torch.linalg.vector_norm(b.reshape(b.shape[0], -1).float(), dim=1)
+    rel = torch.where(ref > 0, diff / ref.clamp_min(torch.finfo(ref.dtype).tiny), torch.full_like(ref, math.nan))
+    return diff, rel
+
+
+def layer_verdict(params_identical: Iterable[bool], buffers_identical: Iterable[bool]) -> str:
+    """frozen_exact: every parameter and BN buffer bit-identical; frozen_bn_drift: parameters identical but running
+    statistics moved (freezing by requires_grad leaves BN in train mode); trained: any parameter moved."""
+    if not all(params_identical):
+        return TRAINED
+    return FROZEN_EXACT if all(buffers_identical) else FROZEN_BN_DRIFT

@@ -1,0 +1,165 @@
+"""Statistics of weight tensors: moments, spectrum, shared-bin histograms, per-channel Conv+BN summaries.
+
+Pure torch: no IO, no Ray, no pyarrow. Functions take sequences of tensors and return columns (name -> list), the
+shape Parquet wants. Large tensors are reduced one by one through a reused scratch buffer (no per-tensor
+allocations); small ones are packed and reduced together (see `packed`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from yolo_audit.stats.packed import pack
+from yolo_audit.stats.spectral import spectral_norms
+
+TENSOR_STATS = (
+    "numel", "mean", "std", "min", "max", "abs_mean", "l2", "frac_near_zero", "kurtosis",
+    "spectral_norm", "stable_rank",
+)  # fmt: skip
+SMALL = 16384  # tensors up to this many elements are packed together
+
+Columns = dict[str, list]
+
+
+def tensor_stats(
+    tensors: Sequence[torch.Tensor], *, near_zero: float = 1e-3, matrix: Sequence[bool] | None = None
+) -> Columns:
+    """Per tensor: numel, mean, std, min, max, abs_mean, l2, frac_near_zero (|w| < near_zero), kurtosis, and where
+    `matrix[i]` is set the spectral norm (largest singular value of the (out, in*k*k) matrix) and stable rank
+    ||W||_F^2 / s_max^2.
+
+    std and kurtosis are population moments (ddof=0); kurtosis is the excess (Fisher) kurtosis m4/m2^2 - 3, None for
+    a constant tensor. Columns not defined for a tensor hold None.
+    """
+    k = len(tensors)
+    cols: Columns = {name: [None] * k for name in TENSOR_STATS}
+    small = [i for i, t in enumerate(tensors) if 0 < t.numel() <= SMALL]
+    big = [i for i, t in enumerate(tensors) if t.numel() > SMALL]
+    for i, t in enumerate(tensors):
+        cols["numel"][i] = t.numel()
+    if small:
+        _fill(cols, small, _small_moments([tensors[i] for i in small], near_zero))
+    if big:
+        scratch = torch.empty(max(tensors[i].numel() for i in big))
+        _fill(cols, big, list(zip(*(_big_moments(tensors[i], scratch, near_zero) for i in big), strict=True)))
+    wanted = [i for i in range(k) if matrix is not None and matrix[i] and tensors[i].dim() >= 2]
+    for i, s_max in zip(
+        wanted, spectral_norms([tensors[i].reshape(tensors[i].shape[0], -1) for i in wanted]), strict=True
+    ):
+        l2 = cols["l2"][i]
+        cols["spectral_norm"][i] = s_max
+        cols["stable_rank"][i] = (l2 * l2) / (s_max * s_max) if s_max > 0 else None
+    return cols
+
+
+_MOMENTS = ("mean", "m2", "m4", "abs_mean", "l2", "frac_near_zero", "min", "max")
+
+
+def _fill(cols: Columns, index: list[int], moments: Sequence[Sequence[float]]) -> None:
+    by_name = dict(zip(_MOMENTS, moments, strict=True))
+    for j, i in enumerate(index):
+        m2, m4 = by_name["m2"][j], by_name["m4"][j]
+        cols["mean"][i] = by_name["mean"][j]
+        cols["std"][i] = math.sqrt(max(m2, 0.0))
+        cols["kurtosis"][i] = m4 / (m2 * m2) - 3.0 if m2 > 0 else None
+        for name in ("abs_mean", "l2", "frac_near_zero", "min", "max"):
+            cols[name][i] = by_name[name][j]
+
+
+def _small_moments(tensors: Sequence[torch.Tensor], near_zero: float) -> list[list[float]]:
+    p = pack(tensors)
+    x = p.flat
+    mean = p.mean(x)
+    centred = x - p.expand(mean)
+    sq = centred * centred
+    absolute = x.abs()
+    rows = [
+        mean, p.mean(sq), p.mean(sq * sq), p.mean(absolute), p.sum(x * x).sqrt(),
+        p.mean((absolute < near_zero).to(torch.float64)), p.reduce(x, "amin"), p.reduce(x, "amax"),
+    ]  # fmt: skip
+    return torch.stack(rows).tolist()
+
+
+def _big_moments(t: torch.Tensor, scratch: torch.Tensor, near_zero: float) -> list[float]:
+    flat = t.detach().reshape(-1).float()
+    n = flat.numel()
+    buf = scratch[:n]
+    mean = flat.sum() / n
+    torch.sub(flat, mean, out=buf)
+    m2 = torch.dot(buf, buf) / n
+    buf.square_()
+    m4 = torch.dot(buf, buf) / n
+    lo, hi = torch.aminmax(flat)
+    l1 = torch.linalg.vector_norm(flat, 1)
+    l2 = torch.linalg.vector_norm(flat, 2)
+    torch.abs(flat, out=buf)
+    near = buf.lt_(near_zero).sum()
+    return torch.stack([mean, m2, m4, l1 / n, l2, near / n, lo, hi]).tolist()
+
+
+def bin_range(lo: float, hi: float) -> tuple[float, float]:
+    """Histogram range for values in [lo, hi]: bins are half-open [a, b), so the top is nudged up to keep the maximum
+    inside, and a degenerate range (constant tensors such as zero biases) is widened."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"non-finite histogram range [{lo}, {hi}]")
+    span = hi - lo
+    pad = max(span, abs(lo), abs(hi)) * 1e-6 or 1e-6
+    if span <= 0:
+        pad = max(abs(lo) * 1e-3, 1e-6)
+        return lo - pad, hi + pad
+    return lo, hi + pad
+
+
+def histograms(tensors: Sequence[torch.Tensor], ranges: Sequence[tuple[float, float]], bins: int) -> torch.Tensor:
+    """Counts on `bins` equal half-open bins over each tensor's [lo, hi), plus an underflow (first column) and an
+    overflow (last column): an int64 matrix (len(tensors), bins + 2)."""
+    out = torch.zeros(len(tensors), bins + 2, dtype=torch.int64)
+    if not tensors:
+        return out
+    scratch = torch.empty(max(t.numel() for t in tensors))
+    index = torch.empty(scratch.numel(), dtype=torch.int64)
+    for i, (t, (lo, hi)) in enumerate(zip(tensors, ranges, strict=True)):
+        flat = t.detach().reshape(-1).float()
+        n = flat.numel()
+        buf, idx = scratch[:n], index[:n]
+        torch.sub(flat, lo, out=buf).mul_(bins / (hi - lo)).floor_().clamp_(-1, bins).add_(1)
+        idx.copy_(buf)
+        out[i] = torch.bincount(idx, minlength=bins + 2)
+    return out
+
+
+def channel_weights(
+    conv_w: torch.Tensor,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    running_mean: torch.Tensor,
+    running_var: torch.Tensor,
+    *,
+    eps: float,
+    gamma_eps: float = 1e-3,
+    neg_margin: float = -4.0,
+) -> dict[str, torch.Tensor]:
+    """Per output channel of a Conv+BN block: filter norm, BN parameters, fused norm, and weight-based death flags.
+
+    fused_l2 is the L2 norm of the BN-folded filter W_c * gamma_c / sqrt(var_c + eps). A channel is dead by weights
+    when |gamma| < gamma_eps (its output is the constant SiLU(beta)) or when beta + 3|gamma| < neg_margin (the
+    pre-activation stays below `neg_margin` for inputs within 3 standard deviations, so SiLU outputs ~0).
+    """
+    filter_l2 = torch.linalg.vector_norm(conv_w.reshape(conv_w.shape[0], -1).float(), dim=1)
+    fused = filter_l2 * gamma.abs() / torch.sqrt(running_var + eps)
+    constant = gamma.abs() < gamma_eps
+    negative = (beta + 3.0 * gamma.abs()) < neg_margin
+    return {
+        "filter_l2": filter_l2,
+        "bn_gamma": gamma,
+        "bn_beta": beta,
+        "bn_mean": running_mean,
+        "bn_var": running_var,
+        "fused_l2": fused,
+        "dead_constant": constant,
+        "dead_negative": negative,
+        "dead_by_weights": constant | negative,
+    }

@@ -1,0 +1,104 @@
+"""A results folder as lazy Polars frames, and the summaries built on them (expressions, no per-row Python)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from yolo_audit import schema
+from yolo_audit.errors import AuditError
+
+PARAM_ROLES = ("conv_weight", "conv_bias", "bn_weight", "bn_bias")
+
+
+def tables(out: str | Path) -> list[str]:
+    """Tables that have at least one file under `out`."""
+    root = Path(out)
+    return [t for t in schema.TABLES if any((root / t).glob("*.parquet"))]
+
+
+def scan(out: str | Path, table: str) -> pl.LazyFrame:
+    """One table as a lazy frame (the same glob a user would pass to pl.scan_parquet)."""
+    if table not in schema.TABLES:
+        raise AuditError(f"unknown table {table!r}; tables are {', '.join(schema.TABLES)}")
+    if not any((Path(out) / table).glob("*.parquet")):
+        raise AuditError(f"no {table} table here; run `yolo-audit weights ... --out {out}` first", path=str(out))
+    return pl.scan_parquet(str(Path(out) / table / "*.parquet"))
+
+
+def open_results(out: str | Path) -> dict[str, pl.LazyFrame]:
+    """Every table present under `out`, as lazy frames keyed by table name."""
+    if not Path(out).is_dir():
+        raise AuditError("no results folder here; pass the --out of an earlier run", path=str(out))
+    return {t: scan(out, t) for t in tables(out)}
+
+
+def layer_divergence(out: str | Path) -> pl.LazyFrame:
+    """Relative L2 change of each layer's parameters (BN statistics excluded) vs the reference:
+    sqrt(sum ||a-b||^2) / sqrt(sum ||b||^2) over the layer's parameter tensors."""
+    ref_norms = scan(out, "weight_stats").select(
+        pl.col("checkpoint_id").alias("reference_id"), "param", pl.col("l2").alias("ref_l2")
+    )
+    runs = scan(out, "checkpoints").select("checkpoint_id", "run", "epoch", "path")
+    return (
+        scan(out, "weight_divergence")
+        .filter(pl.col("role").is_in(PARAM_ROLES) & pl.col("layer").is_not_null())
+        .join(ref_norms, on=["reference_id", "param"], how="left")
+        .group_by("checkpoint_id", "reference_id", "layer")
+        .agg(
+            (pl.col("l2_diff").pow(2).sum().sqrt() / pl.col("ref_l2").pow(2).sum().sqrt()).alias("rel_l2"),
+            pl.col("max_abs_diff").max(),
+            pl.col("identical").all().alias("all_identical"),
+        )
+        .join(runs, on="checkpoint_id", how="left")
+    )
+
+
+def _against(frame: pl.LazyFrame, reference_id: str | None) -> pl.LazyFrame:
+    return frame if reference_id is None else frame.filter(pl.col("reference_id") == reference_id)
+
+
+def top_divergent_layers(out: str | Path, n: int = 10, *, reference_id: str | None = None) -> pl.DataFrame:
+    return (
+        _against(layer_divergence(out), reference_id)
+        .sort("rel_l2", descending=True, nulls_last=True)
+        .head(n)
+        .select("run", "epoch", "checkpoint_id", "reference_id", "layer", "rel_l2", "max_abs_diff")
+        .collect()
+    )
+
+
+def freeze_summary(out: str | Path, *, reference_id: str | None = None) -> pl.DataFrame:
+    """Per checkpoint and verdict, the layers it covers as compact ranges (e.g. 0-9), and how many layers the
+    declared freeze (train_args) contradicts."""
+    runs = scan(out, "checkpoints").select("checkpoint_id", "run", "freeze")
+    return (
+        _against(scan(out, "layer_freeze"), reference_id)
+        .join(runs, on="checkpoint_id", how="left")
+        .with_columns(
+            mismatch=pl.when(pl.col("declared_frozen").is_null())
+            .then(None)
+            .otherwise(pl.col("declared_frozen") != (pl.col("verdict") != "trained"))
+        )
+        .group_by("run", "checkpoint_id", "reference_id", "freeze", "verdict")
+        .agg(pl.col("layer").sort().alias("layers"), pl.col("mismatch").sum().alias("declared_mismatch"))
+        .sort("run", "checkpoint_id", "verdict")
+        .collect()
+        .with_columns(pl.col("layers").map_elements(compact_ranges, return_dtype=pl.String))
+    )
+
+
+def compact_ranges(layers: list[int] | pl.Series) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8'."""
+    values = sorted(int(x) for x in layers)
+    parts: list[str] = []
+    start = prev = None
+    for x in [*values, None]:
+        if start is not None and (x is None or x != prev + 1):
+            parts.append(f"{start}" if start == prev else f"{start}-{prev}")
+            start = None
+        if x is not None and start is None:
+            start = x
+        prev = x
+    return ",".join(parts)

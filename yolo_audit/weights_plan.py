@@ -1,0 +1,128 @@
+"""Driver of `yolo-audit weights`: find checkpoints, plan the Ray tasks, fan out, collect errors.
+
+Waves: (1) one task per checkpoint: statistics, and divergence vs the reference when there is one (the reference is
+loaded once here and `ray.put`); (2) histograms on pooled bins when no reference fixes them; (3) one task per pair for
+`--pairwise` and `--trajectory`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+from typing import TextIO
+
+from yolo_audit import schema
+from yolo_audit.analysis import WeightOptions, pooled_bins_id, shared_edges, tensor_stats_ranges
+from yolo_audit.checkpoints import find_checkpoints, load_checkpoint
+from yolo_audit.errors import AuditError
+from yolo_audit.orchestrate import Task, ray_session, run_tasks
+from yolo_audit.weights_job import (
+    ErrorRecord,
+    TaskResult,
+    analyse_checkpoint,
+    compare_pair,
+    histogram_checkpoint,
+    write_errors,
+)
+
+
+@dataclass
+class WeightsSummary:
+    out: Path
+    analysed: list[TaskResult] = field(default_factory=list)
+    errors: list[ErrorRecord] = field(default_factory=list)
+    reference_id: str | None = None
+    bins_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def analyze_weights(
+    paths: list[str | Path],
+    out: str | Path,
+    *,
+    reference: str | Path | None = None,
+    pairwise: bool = False,
+    trajectory: bool = False,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    cpus_per_task: float = 1,
+    opts: WeightOptions | None = None,
+    trust_pickle: bool = False,
+    stream: TextIO | None = None,
+) -> WeightsSummary:
+    """Analyse every checkpoint under `paths` into Parquet tables under `out` (see the README's schema)."""
+    opts = opts or WeightOptions()
+    out_dir = schema.check_writable(out)
+    files = [str(p) for p in find_checkpoints(list(paths))]
+    ref = load_checkpoint(reference, trust_pickle=trust_pickle) if reference is not None else None
+    ref_path = str(Path(reference).resolve()) if reference is not None else None
+    if ref_path is not None and ref_path not in files:
+        files.insert(0, ref_path)
+    if len(files) < 2 and (pairwise or trajectory):
+        raise AuditError("pairwise and trajectory comparisons need at least two checkpoints", path=str(paths[0]))
+    summary = WeightsSummary(out=out_dir, reference_id=ref.checkpoint_id if ref else None)
+    edges = shared_edges([tensor_stats_ranges(ref)]) if ref is not None else None
+    summary.bins_id = f"ref-{ref.checkpoint_id}" if ref is not None else None
+    common = {"trust_pickle": trust_pickle}
+    with ray_session(address, num_cpus=num_cpus):
+        import ray
+
+        ref_obj = ray.put(ref) if ref is not None else None
+        first = run_tasks(
+            [
+                Task(Path(f).name, analyse_checkpoint, (f, str(out_dir)), {
+                    "reference": ref_obj, "edges": edges, "bins_id": summary.bins_id, "opts": opts, **common,
+                }, num_cpus=cpus_per_task)
+                for f in files
+            ],
+            stage="weights",
+            stream=stream,
+        )  # fmt: skip
+        summary.analysed = [r for r in first if r.checkpoint_id is not None]
+        summary.errors += [e for r in first for e in r.errors]
+        loaded = [r for r in first if r.checkpoint_id is not None and not any(e.stage == "load" for e in r.errors)]
+        if edges is None and loaded:
+            edges = shared_edges([r.ranges for r in loaded])
+            summary.bins_id = pooled_bins_id([r.checkpoint_id for r in loaded if r.checkpoint_id])
+            second = run_tasks(
+                [
+                    Task(Path(r.path).name, histogram_checkpoint, (r.path, str(out_dir)), {
+                        "edges": edges, "bins_id": summary.bins_id, "bins": opts.bins, **common,
+                    }, num_cpus=cpus_per_task)
+                    for r in loaded
+                ],
+                stage="histograms",
+                stream=stream,
+            )  # fmt: skip
+            summary.errors += [e for r in second for e in r.errors]
+        pairs = _pairs(loaded, pairwise=pairwise, trajectory=trajectory)
+        if pairs:
+            third = run_tasks(
+                [Task(f"{Path(a).name} vs {Path(b).name}", compare_pair, (a, b, str(out_dir)), common, cpus_per_task)
+                 for a, b in pairs],
+                stage="compare",
+                stream=stream,
+            )  # fmt: skip
+            summary.errors += [e for r in third for e in r.errors]
+    write_errors(out_dir, summary.errors)
+    return summary
+
+
+def _pairs(results: list[TaskResult], *, pairwise: bool, trajectory: bool) -> list[tuple[str, str]]:
+    """(a, b) pairs where a is compared against b: all pairs, and/or consecutive epochs within each run."""
+    pairs: list[tuple[str, str]] = []
+    if pairwise:
+        pairs += [(later.path, earlier.path) for earlier, later in combinations(results, 2)]
+    if trajectory:
+        runs: dict[str, list[TaskResult]] = {}
+        for r in results:
+            if r.epoch is not None:
+                runs.setdefault(r.run or "", []).append(r)
+        for members in runs.values():
+            ordered = sorted(members, key=lambda r: r.epoch or 0)
+            pairs += [(b.path, a.path) for a, b in zip(ordered, ordered[1:], strict=False)]
+    return list(dict.fromkeys(pairs))
