@@ -137,7 +137,9 @@ def divergence_tables(ckpt: Checkpoint, ref: Checkpoint) -> Tables:
     check_aligned(ref, ckpt)
     keys = ref.keys
     names = list(ref.tensors)
-    cols = divergence([ckpt.tensors[n] for n in names], [ref.tensors[n] for n in names])
+    cols = divergence(
+        [ckpt.tensors[n] for n in names], [ref.tensors[n] for n in names], compare_dtype=coarser_dtype(ckpt, ref)
+    )
     ids = {"checkpoint_id": [ckpt.checkpoint_id] * len(names), "reference_id": [ref.checkpoint_id] * len(names)}
     weight_div = {
         **ids, "param": names, "layer": [keys[n].layer for n in names], "role": [keys[n].role for n in names], **cols,
@@ -147,6 +149,17 @@ def divergence_tables(ckpt: Checkpoint, ref: Checkpoint) -> Tables:
         "channel_divergence": _channel_divergence(ckpt, ref, names, cols["identical"]),
         "layer_freeze": _freeze_table(ckpt, ref, names, cols),
     }
+
+
+_HALF = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def coarser_dtype(a: Checkpoint, b: Checkpoint) -> torch.dtype | None:
+    """When one file stores fp16/bf16 and the other fp32, identity is judged at the coarser precision."""
+    if a.precision == b.precision:
+        return None
+    halves = {_HALF[p] for p in (a.precision, b.precision) if p in _HALF}
+    return halves.pop() if len(halves) == 1 else None
 
 
 def _channel_divergence(ckpt: Checkpoint, ref: Checkpoint, names: list[str], identical: list[bool]) -> Columns:

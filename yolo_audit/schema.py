@@ -99,7 +99,12 @@ TABLES: dict[str, list[tuple[str, pa.DataType, str]]] = {
         ("rms_diff", F64, "||a - b|| / sqrt(numel)"),
         ("cosine", F64, "cosine similarity of a and b (null where either is all zeros)"),
         ("max_abs_diff", F64, "max |a - b|"),
-        ("identical", B, "bitwise identical"),
+        (
+            "identical",
+            B,
+            "bitwise identical; when one file is fp16/bf16 and the other fp32, compared after rounding "
+            "both to the coarser type (differences are then reported as 0)",
+        ),
     ],  # fmt: skip
     "channel_divergence": [
         _CKPT,

@@ -1,0 +1,201 @@
+"""Checkpoint loading: every format, metadata, key mapping, alignment, and every bad input the issue names."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import save, save_state_dict
+
+from yolo_audit.checkpoints import (
+    check_aligned,
+    describe_keys,
+    find_checkpoints,
+    frozen_layers,
+    infer_module_types,
+    load_checkpoint,
+    save_safetensors,
+)
+from yolo_audit.errors import AuditError
+
+
+def test_ultralytics_final_and_epoch_layouts(model, tmp_path):
+    final = load_checkpoint(save(model, tmp_path / "exp" / "weights" / "last.pt", freeze=10, name="exp"))
+    epoch = load_checkpoint(
+        save(model, tmp_path / "exp" / "weights" / "epoch3.pt", freeze=10, name="exp", epoch=3, key="ema")
+    )
+    for ckpt in (final, epoch):
+        assert ckpt.source_format == "ultralytics" and ckpt.precision == "float16"
+        assert ckpt.run == "exp" and ckpt.train_args["freeze"] == 10
+        assert ckpt.declared_frozen == frozenset(range(10))
+        assert all(t.dtype == torch.float32 for t in ckpt.tensors.values())
+        assert ckpt.module_types[22] == "Detect" and ckpt.module_types[2] == "C2f" and ckpt.module_types[9] == "SPPF"
+        assert ckpt.bn_eps["model.0.bn"] == pytest.approx(1e-3)
+    assert final.epoch is None and epoch.epoch == 3
+    sd = model.state_dict()
+    assert set(final.tensors) == set(sd)  # parameters and buffers
+    name = "model.4.m.0.cv1.bn.running_var"
+    np.testing.assert_array_equal(final.tensors[name].numpy(), sd[name].half().float().numpy())
+    assert final.n_params == sum(p.numel() for p in model.parameters())
+
+
+def test_state_dict_and_safetensors_roundtrip(model, tmp_path):
+    sd_ckpt = load_checkpoint(save_state_dict(model, tmp_path / "r1" / "epoch7.pt"))
+    assert sd_ckpt.source_format == "state_dict" and sd_ckpt.precision == "float32"
+    assert sd_ckpt.epoch == 7 and sd_ckpt.run == "r1" and sd_ckpt.declared_frozen is None
+    assert sd_ckpt.module_types[22] == "Detect" and sd_ckpt.module_types[0] == "Conv"
+    ultra = load_checkpoint(save(model, tmp_path / "u.pt", freeze=[0, 1], name="u", epoch=2, key="ema"))
+    st = load_checkpoint(save_safetensors(ultra, tmp_path / "u.safetensors"))
+    assert st.source_format == "safetensors" and st.precision == "float16"
+    assert st.run == "u" and st.epoch == 2 and st.declared_frozen == frozenset({0, 1})
+    assert st.module_types == ultra.module_types and st.bn_eps == ultra.bn_eps
+    assert st.arch_hash == ultra.arch_hash and st.checkpoint_id != ultra.checkpoint_id
+    assert all(torch.equal(st.tensors[k], ultra.tensors[k]) for k in ultra.tensors)
+
+
+def test_checkpoint_id_follows_content(model, tmp_path):
+    a = save_state_dict(model, tmp_path / "a.pt")
+    b = tmp_path / "copy" / "b.pt"
+    b.parent.mkdir()
+    b.write_bytes(a.read_bytes())
+    assert load_checkpoint(a).checkpoint_id == load_checkpoint(b).checkpoint_id
+    with torch.no_grad():
+        model.model[0].conv.weight[0, 0, 0, 0] += 1
+    assert load_checkpoint(save_state_dict(model, tmp_path / "c.pt")).checkpoint_id != load_checkpoint(a).checkpoint_id
+
+
+def test_roles_layers_and_module_types(model, tmp_path):
+    ckpt = load_checkpoint(save(model, tmp_path / "x.pt"))
+    keys = ckpt.keys
+    assert keys["model.0.conv.weight"].role == "conv_weight" and keys["model.0.conv.weight"].layer == 0
+    assert keys["model.0.bn.weight"].role == "bn_weight" and keys["model.0.bn.bias"].role == "bn_bias"
+    assert keys["model.0.bn.running_mean"].role == "bn_running_mean"
+    assert keys["model.0.bn.running_var"].role == "bn_running_var"
+    assert keys["model.0.bn.num_batches_tracked"].role == "other"
+    assert keys["model.22.cv2.0.2.bias"].role == "conv_bias" and keys["model.22.cv2.0.2.bias"].module_type == "Detect"
+    assert keys["model.2.m.0.cv1.conv.weight"].module == "model.2.m.0.cv1.conv"
+    assert keys["model.2.m.0.cv1.conv.weight"].module_type == "C2f"
+    inferred = infer_module_types(ckpt.tensors)  # what a bare state dict gets: must agree with the classes
+    assert len(inferred) == 17 and inferred == {k: v for k, v in ckpt.module_types.items() if k in inferred}
+    plain = describe_keys({"fc.weight": torch.zeros(3, 4), "fc.bias": torch.zeros(3)}, {})
+    assert plain["fc.weight"].role == "conv_weight" and plain["fc.bias"].role == "conv_bias"
+    assert plain["fc.weight"].layer is None
+
+
+def test_frozen_layers_semantics():
+    assert frozen_layers(10) == list(range(10))
+    assert frozen_layers([3, 1, 1]) == [1, 3]
+    assert frozen_layers(None) == [] and frozen_layers(False) == [] and frozen_layers(0) == []
+
+
+def test_alignment_names_missing_unexpected_and_mismatched_keys(model, tmp_path):
+    ref = load_checkpoint(save_state_dict(model, tmp_path / "ref.pt"))
+    sd = dict(model.state_dict())
+    sd.pop("model.0.conv.weight")
+    sd["model.99.extra.weight"] = torch.zeros(2, 2)
+    sd["model.1.conv.weight"] = torch.zeros(1, 1, 1, 1)
+    other = tmp_path / "other.pt"
+    torch.save(sd, other)
+    with pytest.raises(AuditError) as err:
+        check_aligned(ref, load_checkpoint(other))
+    text = str(err.value)
+    assert "1 missing (model.0.conv.weight)" in text and "1 unexpected (model.99.extra.weight)" in text
+    assert "1 shape-mismatched (model.1.conv.weight (1, 1, 1, 1) vs" in text and str(other) in text
+
+
+def test_yolov8s_vs_yolov8n_is_refused_with_counts(model, tmp_path):
+    from yolo_audit.demo import build_model
+
+    n = load_checkpoint(save_state_dict(model, tmp_path / "n.pt"))
+    s = load_checkpoint(save_state_dict(build_model("yolov8s.yaml"), tmp_path / "s.pt"))
+    with pytest.raises(AuditError, match=r"\d+ shape-mismatched .*, \.\.\.\)"):
+        check_aligned(n, s)
+
+
+def test_find_checkpoints_recurses_and_rejects_missing_and_empty(tmp_path, model):
+    save_state_dict(model, tmp_path / "a" / "b" / "x.pt")
+    (tmp_path / "a" / "notes.txt").write_text("hi")
+    assert [p.name for p in find_checkpoints([tmp_path / "a"])] == ["x.pt"]
+    with pytest.raises(AuditError, match="no such file"):
+        find_checkpoints([tmp_path / "nope"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AuditError, match=r"no \*\.pt or \*\.safetensors"):
+        find_checkpoints([tmp_path / "empty"])
+
+
+class Evil:
+    """Unpickling this would create a file: the safe loader must refuse it."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.target),))
+
+
+def _bad_files(tmp_path: Path, model) -> dict[str, Path]:
+    good = save_state_dict(model, tmp_path / "good.pt")
+    files = {
+        "empty": tmp_path / "empty.pt",
+        "truncated": tmp_path / "truncated.pt",
+        "random": tmp_path / "random.pt",
+        "list": tmp_path / "list.pt",
+        "bad_safetensors": tmp_path / "bad.safetensors",
+        "wrong_suffix": tmp_path / "weights.bin",
+    }
+    files["empty"].write_bytes(b"")
+    files["truncated"].write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    files["random"].write_bytes(np.random.default_rng(0).bytes(4096))
+    torch.save([1, 2, 3], files["list"])
+    files["bad_safetensors"].write_bytes(b"\xff" * 8 + b"{not json")
+    files["wrong_suffix"].write_bytes(b"x")
+    return files
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("empty", "empty"),
+        ("truncated", "truncated or corrupted"),
+        ("random", "truncated or corrupted"),
+        ("list", "holds no model weights"),
+        ("bad_safetensors", "not a readable safetensors"),
+        ("wrong_suffix", "expected a .pt or .safetensors"),
+    ],
+)
+def test_bad_inputs_give_one_clear_line_naming_the_file(kind, message, tmp_path, model):
+    path = _bad_files(tmp_path, model)[kind]
+    with pytest.raises(AuditError, match=message) as err:
+        load_checkpoint(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_code_running_pickle_is_refused_unless_trusted(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Evil(str(marker))}, path)
+    with pytest.raises(AuditError, match="--trust-pickle"):
+        load_checkpoint(path)
+    assert not marker.exists()
+    with pytest.raises(AuditError):  # trusted: the code runs (that is the risk), then no weights are found
+        load_checkpoint(path, trust_pickle=True)
+    assert marker.exists()
+
+
+def test_zip_that_is_not_a_torch_archive(tmp_path):
+    path = tmp_path / "zip.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("hello.txt", "not torch")
+    with pytest.raises(AuditError, match=str(path)):
+        load_checkpoint(path)
+
+
+def test_plain_pickle_not_zip(tmp_path):
+    path = tmp_path / "legacy.pt"
+    path.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(AuditError, match="truncated or corrupted"):
+        load_checkpoint(path)

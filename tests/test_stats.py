@@ -1,0 +1,185 @@
+"""Every statistic against an independent numpy computation on the same (materialised) tensors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from yolo_audit.stats.divergence import (
+    FROZEN_BN_DRIFT,
+    FROZEN_EXACT,
+    TRAINED,
+    bitwise_equal,
+    channel_divergence,
+    divergence,
+    layer_verdict,
+)
+from yolo_audit.stats.spectral import spectral_norms
+from yolo_audit.stats.weights import SMALL, bin_range, channel_weights, histograms, tensor_stats
+
+
+def _np_stats(x: np.ndarray, eps: float) -> dict[str, float]:
+    x = x.astype(np.float64).ravel()
+    m, s = x.mean(), x.std()
+    return {
+        "numel": x.size,
+        "mean": m,
+        "std": s,
+        "min": x.min(),
+        "max": x.max(),
+        "abs_mean": np.abs(x).mean(),
+        "l2": np.sqrt((x * x).sum()),
+        "frac_near_zero": (np.abs(x) < eps).mean(),
+        "kurtosis": ((x - m) ** 4).mean() / s**4 - 3.0,
+    }
+
+
+def _tensors() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return [
+        torch.randn(16, 3, 3, 3, generator=g) * 0.1,  # small conv, packed path
+        torch.randn(64, generator=g) + 1.0,  # BN-like vector with a non-zero mean
+        torch.randn(128, 64, 3, 3, generator=g) * 0.02,  # large conv, scratch path
+        torch.rand(SMALL + 7, generator=g) * 3e-3,  # just over the packing threshold, many near zero
+        torch.randn(5, generator=g).abs() + 100.0,  # running_var-like: large mean, small spread
+    ]
+
+
+def test_tensor_stats_match_numpy():
+    ts = _tensors()
+    cols = tensor_stats(ts, near_zero=1e-3, matrix=[t.dim() >= 2 for t in ts])
+    for i, t in enumerate(ts):
+        ref = _np_stats(t.numpy(), 1e-3)
+        for name, expected in ref.items():
+            assert cols[name][i] == pytest.approx(expected, rel=2e-4, abs=1e-6), (i, name)
+
+
+def test_spectral_norm_and_stable_rank_match_numpy_svd():
+    ts = _tensors()
+    cols = tensor_stats(ts, matrix=[True] * len(ts))
+    for i, t in enumerate(ts):
+        if t.dim() < 2:
+            assert cols["spectral_norm"][i] is None and cols["stable_rank"][i] is None
+            continue
+        w = t.reshape(t.shape[0], -1).double().numpy()
+        s = np.linalg.svd(w, compute_uv=False)
+        assert cols["spectral_norm"][i] == pytest.approx(s[0], rel=1e-4)
+        assert cols["stable_rank"][i] == pytest.approx((s**2).sum() / s[0] ** 2, rel=1e-3)
+
+
+def test_spectral_norms_on_many_shapes_including_tall_and_tied_spectra():
+    g = torch.Generator().manual_seed(2)
+    mats = [torch.randn(r, c, generator=g) for r, c in [(64, 600), (600, 64), (256, 2304), (3, 27), (1, 5)]]
+    mats.append(torch.eye(100) * 2.0)  # all singular values tied
+    mats.append(torch.zeros(70, 90))
+    got = spectral_norms(mats)
+    for w, s in zip(mats, got, strict=True):
+        expected = np.linalg.svd(w.double().numpy(), compute_uv=False)[0]
+        assert s == pytest.approx(expected, rel=1e-4, abs=1e-9)
+
+
+def test_constant_and_empty_tensors_give_none_not_nan():
+    cols = tensor_stats([torch.zeros(10), torch.zeros(0), torch.full((SMALL * 2,), 3.0)])
+    assert cols["kurtosis"] == [None, None, None]
+    assert cols["std"][0] == 0.0 and cols["numel"][1] == 0 and cols["mean"][1] is None
+    assert cols["frac_near_zero"][0] == 1.0 and cols["mean"][2] == pytest.approx(3.0)
+
+
+def test_histograms_match_numpy_with_under_and_overflow():
+    ts = _tensors()
+    ranges = [bin_range(float(t.min()) * 0.5, float(t.max()) * 0.5) for t in ts]  # force values out of range
+    counts = histograms(ts, ranges, 16)
+    for t, (lo, hi), row in zip(ts, ranges, counts, strict=True):
+        x = t.double().numpy().ravel()
+        edges = np.linspace(lo, hi, 17)
+        inner = np.array([((x >= a) & (x < b)).sum() for a, b in zip(edges[:-1], edges[1:], strict=True)])
+        assert row[0] == (x < lo).sum() and row[-1] == (x >= hi).sum()
+        # float32 binning may move a value sitting on an edge by one bin; totals are exact
+        assert np.abs(row[1:-1].numpy() - inner).sum() <= 2
+        assert int(row.sum()) == x.size
+
+
+def test_bin_range_keeps_the_maximum_inside_and_widens_constants():
+    lo, hi = bin_range(-1.0, 2.0)
+    assert lo == -1.0 and hi > 2.0
+    counts = histograms([torch.tensor([-1.0, 2.0])], [(lo, hi)], 4)[0]
+    assert counts[0] == 0 and counts[-1] == 0 and counts.sum() == 2
+    lo, hi = bin_range(0.0, 0.0)
+    assert lo < 0.0 < hi
+    with pytest.raises(ValueError):
+        bin_range(0.0, math.inf)
+
+
+def test_channel_weights_match_numpy():
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(8, 4, 3, 3, generator=g)
+    gamma = torch.randn(8, generator=g)
+    gamma[1] = 0.0
+    beta = torch.randn(8, generator=g)
+    beta[2], gamma[2] = -10.0, 0.5
+    mean, var = torch.randn(8, generator=g), torch.rand(8, generator=g) + 0.1
+    out = channel_weights(w, gamma, beta, mean, var, eps=1e-3)
+    wn, gn, vn = w.double().numpy(), gamma.double().numpy(), var.double().numpy()
+    filt = np.sqrt((wn.reshape(8, -1) ** 2).sum(1))
+    fused = np.sqrt(((wn * (gn / np.sqrt(vn + 1e-3))[:, None, None, None]).reshape(8, -1) ** 2).sum(1))
+    np.testing.assert_allclose(out["filter_l2"].numpy(), filt, rtol=1e-5)
+    np.testing.assert_allclose(out["fused_l2"].numpy(), fused, rtol=1e-5)
+    expected_dead = (np.abs(gn) < 1e-3) | (beta.double().numpy() + 3 * np.abs(gn) < -4)
+    assert out["dead_by_weights"].numpy().tolist() == expected_dead.tolist()
+    assert out["dead_constant"][1] and out["dead_negative"][2] and not out["dead_constant"][2]
+
+
+def test_divergence_matches_numpy_and_nulls_relative_measures_on_zero_reference():
+    g = torch.Generator().manual_seed(4)
+    b = [torch.randn(32, 16, 3, 3, generator=g), torch.randn(40, generator=g), torch.zeros(16), torch.zeros(16)]
+    a = [b[0] + 0.01 * torch.randn(b[0].shape, generator=g), b[1].clone(), torch.ones(16), torch.zeros(16)]
+    a[1][3] += 0.5
+    cols = divergence(a, b)
+    for i in range(2):
+        x, y = a[i].double().numpy().ravel(), b[i].double().numpy().ravel()
+        d = np.linalg.norm(x - y)
+        assert cols["l2_diff"][i] == pytest.approx(d, rel=1e-5)
+        assert cols["rel_diff"][i] == pytest.approx(d / np.linalg.norm(y), rel=1e-5)
+        assert cols["rms_diff"][i] == pytest.approx(d / math.sqrt(x.size), rel=1e-5)
+        assert cols["cosine"][i] == pytest.approx(x @ y / np.linalg.norm(x) / np.linalg.norm(y), rel=1e-6)
+        assert cols["max_abs_diff"][i] == pytest.approx(np.abs(x - y).max(), rel=1e-5)
+    assert cols["rel_diff"][2] is None and cols["cosine"][2] is None and cols["l2_diff"][2] == pytest.approx(4.0)
+    assert cols["identical"] == [False, False, False, True]
+    assert cols["rel_diff"][3] is None and cols["cosine"][3] is None and cols["l2_diff"][3] == 0.0
+
+
+def test_divergence_on_large_tensors_uses_the_same_definitions():
+    g = torch.Generator().manual_seed(5)
+    b = torch.randn(SMALL * 3, generator=g)
+    a = b * 1.5
+    cols = divergence([a], [b])
+    assert cols["rel_diff"][0] == pytest.approx(0.5, rel=1e-5) and cols["cosine"][0] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_channel_divergence_matches_numpy_and_marks_zero_filters():
+    g = torch.Generator().manual_seed(6)
+    b = torch.randn(6, 3, 3, 3, generator=g)
+    b[4] = 0.0
+    a = b + torch.randn(b.shape, generator=g) * 0.1
+    diff, rel = channel_divergence(a, b)
+    d = np.sqrt(((a - b).double().numpy().reshape(6, -1) ** 2).sum(1))
+    np.testing.assert_allclose(diff.numpy(), d, rtol=1e-5)
+    ref = np.sqrt((b.double().numpy().reshape(6, -1) ** 2).sum(1))
+    np.testing.assert_allclose(np.delete(rel.numpy(), 4), np.delete(d / np.where(ref > 0, ref, 1), 4), rtol=1e-5)
+    assert math.isnan(float(rel[4]))
+
+
+def test_bitwise_equal_tells_signed_zeros_apart():
+    assert bitwise_equal(torch.tensor([0.0, 1.0]), torch.tensor([0.0, 1.0]))
+    assert not bitwise_equal(torch.tensor([0.0]), torch.tensor([-0.0]))
+    assert not bitwise_equal(torch.tensor([1.0]), torch.tensor([1.0 + 1e-7]))
+
+
+def test_layer_verdicts():
+    assert layer_verdict([True, True], [True]) == FROZEN_EXACT
+    assert layer_verdict([True], [False, True]) == FROZEN_BN_DRIFT
+    assert layer_verdict([False, True], [True]) == TRAINED
+    assert layer_verdict([], []) == FROZEN_EXACT
