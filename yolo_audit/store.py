@@ -72,7 +72,7 @@ def top_divergent_layers(out: str | Path, n: int = 10, *, reference_id: str | No
 def freeze_summary(out: str | Path, *, reference_id: str | None = None) -> pl.DataFrame:
     """Per checkpoint and verdict, the layers it covers as compact ranges (e.g. 0-9), and how many layers the
     declared freeze (train_args) contradicts."""
-    runs = scan(out, "checkpoints").select("checkpoint_id", "run", "freeze")
+    runs = scan(out, "checkpoints").select("checkpoint_id", "run", "epoch", "freeze")
     return (
         _against(scan(out, "layer_freeze"), reference_id)
         .join(runs, on="checkpoint_id", how="left")
@@ -81,9 +81,9 @@ def freeze_summary(out: str | Path, *, reference_id: str | None = None) -> pl.Da
             .then(None)
             .otherwise(pl.col("declared_frozen") != (pl.col("verdict") != "trained"))
         )
-        .group_by("run", "checkpoint_id", "reference_id", "freeze", "verdict")
+        .group_by("run", "epoch", "checkpoint_id", "reference_id", "freeze", "verdict")
         .agg(pl.col("layer").sort().alias("layers"), pl.col("mismatch").sum().alias("declared_mismatch"))
-        .sort("run", "checkpoint_id", "verdict")
+        .sort("run", "epoch", "checkpoint_id", "verdict", nulls_last=True)
         .collect()
         .with_columns(pl.col("layers").map_elements(compact_ranges, return_dtype=pl.String))
     )

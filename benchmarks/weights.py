@@ -1,0 +1,81 @@
+"""Benchmark: (load + statistics + divergence) / (load alone) on yolov8s-sized checkpoints, measured side by side.
+
+Builds two yolov8s checkpoints offline (Ultralytics' fp16 layout: a base and a fine-tuned copy), then alternates, for
+`--repeats` rounds, timing `load_checkpoint` alone and the full per-checkpoint work of `yolo-audit weights`: load,
+weight_stats (moments, spectral norm, stable rank), channel_weights, shared-bin histograms, and divergence, channel
+divergence and freeze verdicts against the reference (already in memory, as in a Ray task). Medians are compared.
+Last line: {"benchmark": "weights", "ratio": R, "goal": 2.0}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from yolo_audit.env import prepare, set_torch_threads
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="yolov8s.yaml")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    prepare()
+    set_torch_threads(args.threads)
+    import torch
+
+    from yolo_audit.analysis import (
+        WeightOptions,
+        divergence_tables,
+        hist_table,
+        shared_edges,
+        tensor_stats_ranges,
+        weight_tables,
+    )
+    from yolo_audit.checkpoints import load_checkpoint
+    from yolo_audit.demo import build_model, perturb, save_ultralytics
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_model(args.model, seed=0)
+        base = save_ultralytics(model, Path(tmp) / "base.pt", train_args={"name": "base"}, epoch=-1, key="model")
+        perturb(model, range(10, 23), scale=0.05, seed=1)
+        tuned = save_ultralytics(model, Path(tmp) / "tuned.pt", train_args={"freeze": 10}, epoch=-1, key="model")
+        ref = load_checkpoint(base)
+        edges = shared_edges([tensor_stats_ranges(ref)])
+        opts = WeightOptions()
+
+        def load_only() -> None:
+            load_checkpoint(tuned)
+
+        def full() -> None:
+            ckpt = load_checkpoint(tuned)
+            weight_tables(ckpt, opts)
+            hist_table(ckpt, edges, "ref", opts.bins)
+            divergence_tables(ckpt, ref)
+
+        for fn in (load_only, full):  # warm-up
+            fn()
+        t_load, t_full = [], []
+        for _ in range(args.repeats):
+            for fn, sink in ((load_only, t_load), (full, t_full)):
+                start = time.perf_counter()
+                fn()
+                sink.append(time.perf_counter() - start)
+        n_params = sum(v.numel() for v in ref.tensors.values())
+    load_s, full_s = statistics.median(t_load), statistics.median(t_full)
+    print(
+        f"model {args.model}: {n_params / 1e6:.1f}M values, {len(ref.tensors)} tensors, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(f"load alone        median {load_s * 1000:7.1f} ms  (min {min(t_load) * 1000:.1f})")
+    print(f"load + analysis   median {full_s * 1000:7.1f} ms  (min {min(t_full) * 1000:.1f})")
+    print(json.dumps({"benchmark": "weights", "ratio": round(full_s / load_s, 3), "goal": 2.0}))
+
+
+if __name__ == "__main__":
+    main()

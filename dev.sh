@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The two set-up commands of the README:  bash dev.sh demo   |   bash dev.sh test
+# Each creates .venv at the repo root when missing (or when pyproject.toml changed) and installs the package into it.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+
+ensure_venv() {
+  local stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+  if [ -f "$stamp" ] && [ -x .venv/bin/yolo-audit ]; then return; fi
+  echo "setting up .venv (torch, ultralytics, ray, ...; a few minutes the first time)" >&2
+  [ -x .venv/bin/python ] || "$PY" -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  # torch first, exactly as pinned: the CPU-only 2.13 wheel lacks a matching torchvision
+  .venv/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1 2> >(grep -v "^WARNING: Location" >&2)
+  .venv/bin/python -m pip install -q -e ".[dev]" 2> >(grep -v "^WARNING: Location" >&2)
+  rm -f .venv/.installed-*
+  touch "$stamp"
+}
+
+case "${1:-}" in
+  demo)
+    ensure_venv
+    shift
+    exec .venv/bin/yolo-audit demo "$@"
+    ;;
+  test)
+    ensure_venv
+    shift
+    .venv/bin/ruff check yolo_audit tests benchmarks
+    .venv/bin/ruff format --check yolo_audit tests benchmarks
+    exec .venv/bin/python -m pytest "$@"
+    ;;
+  *)
+    echo "usage: bash dev.sh demo [--out DIR] | bash dev.sh test [pytest args]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,89 @@
+"""CLI wiring: one-line errors and exit codes, the schema documentation, the README kept in sync with the schema."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import polars as pl
+from conftest import save, save_state_dict
+from typer.testing import CliRunner
+
+from yolo_audit import schema
+from yolo_audit.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+
+def test_missing_path_is_one_line_and_exit_1(tmp_path):
+    result = runner.invoke(app, ["weights", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith("error: ") and "nope.pt" in result.stderr and "Traceback" not in result.output
+
+
+def test_folder_without_checkpoints(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["weights", str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "no *.pt or *.safetensors" in result.stderr
+
+
+def test_bad_reference_is_fatal_with_a_clear_line(tmp_path, model):
+    good = save_state_dict(model, tmp_path / "a.pt")
+    ref = tmp_path / "ref.pt"
+    ref.write_bytes(b"")
+    result = runner.invoke(app, ["weights", str(good), "--out", str(tmp_path / "o"), "--reference", str(ref)])
+    assert result.exit_code == 1 and "ref.pt" in result.stderr and "empty" in result.stderr
+
+
+def test_weights_command_with_a_bad_file_completes_the_others_and_exits_1(tmp_path, model, ray_local):
+    folder = tmp_path / "c"
+    ref = save(model, folder / "base.pt", name="base")
+    save_state_dict(model, folder / "copy.pt")
+    (folder / "broken.pt").write_bytes(b"PK\x03\x04garbage")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["weights", str(folder), "--out", str(out), "--reference", str(ref)])
+    assert result.exit_code == 1, result.output
+    assert "Freeze verification" in result.stdout and "broken.pt" in result.stderr
+    assert pl.read_parquet(out / "checkpoints" / "*.parquet").height == 2
+    assert pl.read_parquet(out / "errors" / "*.parquet")["stage"].to_list() == ["load"]
+
+
+def test_convert_to_safetensors(tmp_path, model):
+    src = save(model, tmp_path / "m.pt", freeze=3)
+    result = runner.invoke(app, ["convert", str(src), str(tmp_path / "m.safetensors")])
+    assert result.exit_code == 0 and (tmp_path / "m.safetensors").exists()
+    result = runner.invoke(app, ["convert", str(src), str(tmp_path / "m.bin")])
+    assert result.exit_code == 1 and ".safetensors" in result.stderr
+
+
+def test_schema_command_and_readme_document_every_column():
+    result = runner.invoke(app, ["schema"])
+    assert result.exit_code == 0
+    readme = (ROOT / "README.md").read_text()
+    for table, fields in schema.TABLES.items():
+        assert f"#### `{table}`" in result.stdout and f"#### `{table}`" in readme, table
+        for name, _, _ in fields:
+            section = readme.split(f"#### `{table}`", 1)[1].split("####", 1)[0]
+            assert re.search(rf"^\| `{name}` \|", section, re.M), (table, name)
+
+
+def test_write_validates_columns_and_is_atomic(tmp_path):
+    import pytest
+
+    with pytest.raises(KeyError, match="missing"):
+        schema.write(tmp_path, "errors", "k", {"path": ["x"]})
+    schema.write(tmp_path, "errors", "k", {"path": ["x"], "stage": ["s"], "error_type": ["E"], "message": ["m"]})
+    schema.write(tmp_path, "errors", "k", {"path": ["y"], "stage": ["s"], "error_type": ["E"], "message": ["m"]})
+    assert pl.read_parquet(tmp_path / "errors" / "*.parquet")["path"].to_list() == ["y"]
+    assert [p.name for p in (tmp_path / "errors").iterdir()] == ["k.parquet"]
+    with pytest.raises(ValueError):
+        schema.write(tmp_path, "errors", "../escape", {"path": [], "stage": [], "error_type": [], "message": []})
+
+
+def test_notebook_api_is_exported():
+    import yolo_audit
+
+    assert callable(yolo_audit.analyze_weights) and callable(yolo_audit.open_results)
+    assert yolo_audit.AuditError.__name__ == "AuditError"
