@@ -232,3 +232,13 @@ def test_unwritable_out_fails_before_any_work(tmp_path, model):
         target = ro / "out"
     with pytest.raises(AuditError, match="not writable"):
         analyze_weights([save_state_dict(model, tmp_path / "a.pt")], target)
+
+
+def test_tables_read_with_duckdb_hive_glob_and_polars_recursive_glob(study):
+    import duckdb
+
+    out = study["out"]
+    for table in ("weight_stats", "layer_freeze", "checkpoints"):
+        ours = pl.scan_parquet(f"{out}/{table}/**/*.parquet").select(pl.len()).collect().item()
+        sql = f"select count(*) from read_parquet('{out}/{table}/**/*.parquet', hive_partitioning=true)"
+        assert duckdb.sql(sql).fetchall()[0][0] == ours > 0

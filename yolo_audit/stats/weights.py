@@ -93,9 +93,9 @@ def _big_moments(t: torch.Tensor, scratch: torch.Tensor, near_zero: float) -> li
     buf.square_()
     m4 = torch.dot(buf, buf) / n
     lo, hi = torch.aminmax(flat)
-    l1 = torch.linalg.vector_norm(flat, 1)
-    l2 = torch.linalg.vector_norm(flat, 2)
+    l2 = torch.sqrt((m2 + mean * mean) * n)  # sum of squares = n (variance + mean^2): no extra pass
     torch.abs(flat, out=buf)
+    l1 = buf.sum()
     near = buf.lt_(near_zero).sum()
     return torch.stack([mean, m2, m4, l1 / n, l2, near / n, lo, hi]).tolist()
 
@@ -125,7 +125,9 @@ def histograms(tensors: Sequence[torch.Tensor], ranges: Sequence[tuple[float, fl
         flat = t.detach().reshape(-1).float()
         n = flat.numel()
         buf, idx = scratch[:n], index[:n]
-        torch.sub(flat, lo, out=buf).mul_(bins / (hi - lo)).floor_().clamp_(-1, bins).add_(1)
+        scale = bins / (hi - lo)
+        # position + 1, clamped to [0, bins + 1]: non-negative, so the integer cast truncates like floor
+        torch.add(torch.tensor(1.0 - lo * scale), flat, alpha=scale, out=buf).clamp_(0, bins + 1)
         idx.copy_(buf)
         out[i] = torch.bincount(idx, minlength=bins + 2)
     return out
