@@ -82,28 +82,61 @@ def weights(
         raise typer.Exit(1)
 
 
+WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
+
+
+@app.command()
+@_one_line_errors
+def study(
+    file: Annotated[Path, typer.Argument(help="Study file (see workflows/).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Results folder (default: the file's `out`).")] = None,
+    address: Address = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, print the task plan and resources.")] = False,
+) -> None:
+    """Train freeze-depth variants as Ray tasks, then analyse every epoch snapshot."""
+    _run_study(file, out, address, dry_run)
+
+
 @app.command()
 @_one_line_errors
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Where the demo writes checkpoints and results.")] = Path(
+    out: Annotated[Path, typer.Option("--out", help="Where the demo writes data, runs and results.")] = Path(
         "demo-results"
     ),
-    model: Annotated[str, typer.Option("--model", help="Ultralytics model yaml to build offline.")] = "yolov8n.yaml",
-    num_cpus: NumCpus = None,
+    address: Address = None,
 ) -> None:
-    """Offline demo: build a base model and simulated fine-tunes of it, then analyse their weights."""
-    from yolo_audit.demo import build_demo_checkpoints
-    from yolo_audit.report_text import print_weights_summary
-    from yolo_audit.weights_plan import analyze_weights
+    """Offline demo: workflows/demo.yaml (pretrain on synthetic A, fine-tune 4 ways on B, analyse)."""
+    _run_study(WORKFLOWS / "demo.yaml", out, address, False, examples=True)
 
-    folder = build_demo_checkpoints(out / "checkpoints", cfg=model)
-    typer.echo(f"built demo checkpoints under {folder}", err=True)
-    summary = analyze_weights(
-        [folder], out / "results", reference=folder / "base" / "weights" / "last.pt", trajectory=True, num_cpus=num_cpus
-    )
-    print_weights_summary(summary, examples=True)
+
+def _run_study(file: Path, out: Path | None, address: str | None, dry_run: bool, *, examples: bool = False) -> None:
+    from yolo_audit.report_text import print_study_summary
+    from yolo_audit.study import run_study
+    from yolo_audit.workflow import load_study
+
+    summary = run_study(load_study(file, out=str(out) if out else None), address=address, dry_run=dry_run)
+    if not dry_run:
+        print_study_summary(summary, examples=examples)
     if not summary.ok:
         raise typer.Exit(1)
+
+
+@app.command("make-data")
+@_one_line_errors
+def make_data(
+    out: Annotated[Path, typer.Argument(help="Folder for the dataset (images/, labels/, data.yaml).")],
+    images: Annotated[int, typer.Option("--images", min=2, help="Number of images (a quarter go to val).")] = 32,
+    imgsz: Annotated[int, typer.Option("--imgsz", min=16, help="Image size in pixels.")] = 64,
+    classes: Annotated[int, typer.Option("--classes", min=1, max=6, help="Number of shape classes.")] = 3,
+    domain: Annotated[
+        str, typer.Option("--domain", help="A (filled warm shapes, smooth) or B (outlines, stripes).")
+    ] = "A",
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same bytes).")] = 0,
+) -> None:
+    """Write a deterministic synthetic YOLO-format detection dataset."""
+    from yolo_audit.synth import make_dataset
+
+    typer.echo(str(make_dataset(out, images=images, imgsz=imgsz, classes=classes, domain=domain, seed=seed)))
 
 
 @app.command()

@@ -8,6 +8,7 @@ from typing import TextIO
 import polars as pl
 
 from yolo_audit import store
+from yolo_audit.study import StudySummary
 from yolo_audit.weights_plan import WeightsSummary
 
 EXAMPLES = """\
@@ -39,3 +40,20 @@ def print_weights_summary(summary: WeightsSummary, *, examples: bool = False, st
         print(f"error [{err.stage}] {err.message}", file=sys.stderr)
     if summary.errors:
         print(f"{len(summary.errors)} problem(s); see the errors table. Other checkpoints completed.", file=sys.stderr)
+
+
+def print_study_summary(summary: StudySummary, *, examples: bool = False, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
+    out = summary.out
+    if "runs" in store.tables(out):
+        with pl.Config(
+            tbl_rows=60, tbl_cols=12, fmt_str_lengths=40, tbl_width_chars=200, tbl_hide_dataframe_shape=True
+        ):
+            print("\nRuns:", file=stream)
+            runs = store.scan(out, "runs").sort("run").collect()
+            print(runs.select("run", "strategy", "frozen_layers", "status", "best_map50_95", "seconds"), file=stream)
+    if isinstance(summary.weights, WeightsSummary):
+        print_weights_summary(summary.weights, examples=examples, stream=stream)
+    failed = [r.spec.run for r in summary.trained if r.status != "done"]
+    if failed:
+        print(f"{len(failed)} run(s) failed: {', '.join(failed)}; see the runs table's error column", file=sys.stderr)

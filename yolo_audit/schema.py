@@ -131,6 +131,44 @@ TABLES: dict[str, list[tuple[str, pa.DataType, str]]] = {
         ("n_changed", I32, "of those, how many are not bitwise identical"),
         ("max_rel_diff", F64, "largest rel_diff among the layer's tensors"),
     ],  # fmt: skip
+    "runs": [
+        ("run", S, "run name: `<variant>-s<seed>`, or `base` for the pretraining run"),
+        ("study", S, "the study file's `name`"),
+        ("variant", S, "variant name from the study file"),
+        ("freeze", S, 'the variant\'s freeze spec as written (JSON): an int, "backbone", "all" or a list'),
+        ("frozen_layers", pa.list_(I32), "the exact layers frozen (`all` = 0-21: every module but the Detect head)"),
+        ("strategy", S, "ultralytics (built-in freeze argument) or callback (requires_grad=False in on_train_start)"),
+        ("seed", I32, "training seed"),
+        ("epochs", I32, "epochs asked for"),
+        ("status", S, "done or failed (an interrupted run has no row and is trained again on rerun)"),
+        ("best_map50_95", F64, "best metrics/mAP50-95(B) over the run's epochs"),
+        ("seconds", F64, "wall time of the training task"),
+        ("device", S, "cpu, or the CUDA device index inside the task"),
+        ("error", S, "why a failed run failed"),
+    ],
+    "train_metrics": [
+        ("run", S, "run name (see `runs`)"),
+        ("epoch", I32, "epoch, from 1"),
+        *[
+            (name, F64, f"Ultralytics' per-epoch `{name}` (results.csv)")
+            for name in (
+                "time",
+                "train/box_loss",
+                "train/cls_loss",
+                "train/dfl_loss",
+                "metrics/precision(B)",
+                "metrics/recall(B)",
+                "metrics/mAP50(B)",
+                "metrics/mAP50-95(B)",
+                "val/box_loss",
+                "val/cls_loss",
+                "val/dfl_loss",
+                "lr/pg0",
+                "lr/pg1",
+                "lr/pg2",
+            )
+        ],
+    ],  # fmt: skip
     "errors": [
         ("path", S, "file the error is about"),
         ("stage", S, "load, align, weights, divergence, histogram, ..."),

@@ -1,0 +1,94 @@
+"""Study files: complete validation with one clear message naming the key; freeze semantics; the shipped files."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import yaml
+
+from yolo_audit.errors import AuditError
+from yolo_audit.study import print_plan
+from yolo_audit.workflow import load_study, parse_study, resolve_freeze
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = {
+    "name": "t",
+    "model": "yolov8n.yaml",
+    "data": {"synthetic": {"domain": "B"}},
+    "variants": [{"name": "a", "freeze": 0}],
+}
+
+
+def _parse(**changes):
+    return parse_study({**BASE, **changes}, base=ROOT)
+
+
+def test_freeze_specs():
+    assert resolve_freeze(0, "k") == () and resolve_freeze(10, "k") == tuple(range(10))
+    assert resolve_freeze("backbone", "k") == tuple(range(10))
+    assert resolve_freeze("all", "k") == tuple(range(22))  # every module but the Detect head
+    assert resolve_freeze([3, 1, 3], "k") == (1, 3)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"variants": [{"name": "a", "freeze": 23}]}, r"variants\[0\]\.freeze: freeze=23 is impossible"),
+        ({"variants": [{"name": "a", "freeze": list(range(23))}]}, r"variants\[0\]\.freeze: .*all 23"),
+        ({"variants": [{"name": "a", "freeze": [0, 40]}]}, r"variants\[0\]\.freeze: .*\[40\]"),
+        ({"variants": [{"name": "a", "freeze": "everything"}]}, r"variants\[0\]\.freeze: freeze must be"),
+        ({"variants": [{"name": "a", "freeze": True}]}, r"variants\[0\]\.freeze"),
+        ({"variants": [{"name": "a", "strategy": "magic"}]}, r"variants\[0\]\.strategy: 'magic' is unknown"),
+        ({"variants": [{"name": "a"}, {"name": "a"}]}, "names must be unique"),
+        ({"variants": [{"name": "a", "lr": 1}]}, r"variants\[0\]: unknown key\(s\) \['lr'\]"),
+        ({"variants": []}, "`variants` is empty"),
+        ({"epochs": 3}, r"study file: unknown key\(s\) \['epochs'\]"),
+        ({"train": {"epochs": "3"}}, r"train\.epochs: expected int, got '3'"),
+        ({"train": {"lr0": True}}, r"train\.lr0: expected number"),
+        ({"data": "missing/data.yaml"}, r"data: dataset yaml 'missing/data.yaml' not found"),
+        ({"data": {"synthetic": {"domain": "C"}}}, r"data\.synthetic\.domain: use A or B"),
+        ({"model": "nowhere/model.pt"}, r"model: 'nowhere/model.pt' not found"),
+        ({"seeds": ["x"]}, r"seeds\[0\]: expected int"),
+        ({"analyses": ["weights", "magic"]}, r"`analyses`: unknown \['magic'\]"),
+        ({"pretrain": {"epochs": 1, "bogus": 2}}, r"pretrain: unknown key\(s\) \['bogus'\]"),
+    ],
+)
+def test_invalid_studies_name_the_key(changes, message):
+    with pytest.raises(AuditError, match=message):
+        _parse(**changes)
+
+
+def test_missing_required_key():
+    raw = dict(BASE)
+    raw.pop("variants")
+    with pytest.raises(AuditError, match="missing key `variants`"):
+        parse_study(raw, base=ROOT)
+
+
+def test_bad_files_are_named(tmp_path):
+    with pytest.raises(AuditError, match="no such study file"):
+        load_study(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(AuditError, match=f"{bad}: not valid YAML"):
+        load_study(bad)
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(yaml.safe_dump({**BASE, "train": {"batch": "big"}}))
+    with pytest.raises(AuditError, match=f"{wrong}: train.batch: expected int"):
+        load_study(wrong)
+
+
+def test_shipped_workflows_validate_and_plan():
+    demo = load_study(ROOT / "workflows" / "demo.yaml")
+    assert [v.strategy for v in demo.variants] == ["ultralytics", "ultralytics", "ultralytics", "callback"]
+    assert demo.pretrain is not None and demo.pretrain_data is not None
+    coco = load_study(ROOT / "workflows" / "coco128-freeze.yaml", out="/tmp/x")
+    assert coco.model == "yolov8s.pt" and coco.data == "coco128.yaml" and coco.train.epochs == 300
+    assert coco.out == "/tmp/x" and coco.seeds == (0, 1, 2)
+    stream = io.StringIO()
+    print_plan(coco, Path(coco.out), stream)
+    text = stream.getvalue()
+    assert text.count("  train ") == 12 and "freeze-backbone-callback-s2" in text and "1 GPU" in text
+    assert "layers=0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21 " in text

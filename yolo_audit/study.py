@@ -1,0 +1,215 @@
+"""Driver of `yolo-audit study`: data, (pre)training tasks on Ray, then the configured analyses on every snapshot.
+
+Layout under OUT: `data/` (synthetic datasets), `train/<run>/` (Ultralytics' run folders, with `snapshots/` of fp32
+EMA weights per epoch), and the Parquet tables (`runs`, `train_metrics`, and the analyses' tables) beside them.
+Resume: a run whose `runs` row says `done` (and whose snapshots exist) is skipped; anything else is trained again
+from scratch, its old folder removed, so an interrupted study leaves neither duplicate nor partial rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TextIO
+
+import polars as pl
+
+from yolo_audit import schema
+from yolo_audit.errors import AuditError
+from yolo_audit.orchestrate import Task, ray_session, run_tasks
+from yolo_audit.training import SNAPSHOTS, TrainResult, TrainSpec, describe, train_variant
+from yolo_audit.workflow import Study, Synthetic, TrainCfg
+
+
+@dataclass
+class StudySummary:
+    out: Path
+    trained: list[TrainResult] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    weights: object | None = None  # WeightsSummary when the weights analysis ran
+
+    @property
+    def ok(self) -> bool:
+        runs_ok = all(r.status == "done" for r in self.trained)
+        return runs_ok and (self.weights is None or getattr(self.weights, "ok", True))
+
+
+def dataset_path(data: str | Synthetic, out: Path) -> str:
+    """A dataset yaml for `data`, generating a synthetic one under OUT/data/ the first time (deterministic)."""
+    if not isinstance(data, Synthetic):
+        return data
+    key = hashlib.sha256(json.dumps(asdict(data), sort_keys=True).encode()).hexdigest()[:10]
+    folder = out / "data" / f"synthetic-{data.domain}-{key}"
+    if not (folder / "data.yaml").exists():
+        from yolo_audit.synth import make_dataset
+
+        tmp = folder.with_name(folder.name + ".partial")
+        make_dataset(
+            tmp, images=data.images, imgsz=data.imgsz, classes=data.classes, domain=data.domain, seed=data.seed
+        )
+        (tmp / "data.yaml").write_text(
+            (tmp / "data.yaml").read_text().replace(str(tmp.resolve()), str(folder.resolve()))
+        )
+        tmp.rename(folder)
+    return str(folder / "data.yaml")
+
+
+def _spec(run: str, variant: str, model: str, data: str, out: Path, cfg: TrainCfg, **kw: object) -> TrainSpec:
+    return TrainSpec(run=run, variant=variant, model=model, data=data, project=str(out / "train"), **asdict(cfg), **kw)
+
+
+def plan(
+    study: Study, out: Path, *, data: str = "", pretrain_data: str = ""
+) -> tuple[TrainSpec | None, list[TrainSpec]]:
+    """The pretraining spec (if any) and one spec per (variant x seed)."""
+    base_spec = None
+    model = study.model
+    if study.pretrain is not None:
+        base_spec = _spec("base", "base", study.model, pretrain_data, out, study.pretrain, seed=study.seeds[0])
+        model = str(out / "train" / "base" / "weights" / "last.pt")
+    specs = [
+        _spec(
+            f"{v.name}-s{seed}",
+            v.name,
+            model,
+            data,
+            out,
+            study.train,
+            frozen_layers=v.frozen_layers,
+            freeze=json.dumps(v.freeze),
+            strategy=v.strategy,
+            seed=seed,
+        )  # fmt: skip
+        for v in study.variants
+        for seed in study.seeds
+    ]
+    return base_spec, specs
+
+
+def run_study(
+    study: Study, *, address: str | None = None, dry_run: bool = False, stream: TextIO | None = None
+) -> StudySummary:
+    stream = stream or sys.stderr
+    out = Path(study.out).resolve()
+    if dry_run:
+        print_plan(study, out, stream)
+        return StudySummary(out=out)
+    schema.check_writable(out)
+    data = dataset_path(study.data, out)
+    pre_data = dataset_path(study.pretrain_data, out) if study.pretrain_data is not None else data
+    base_spec, specs = plan(study, out, data=data, pretrain_data=pre_data)
+    summary = StudySummary(out=out)
+    with ray_session(address):
+        import ray
+
+        gpus = ray.cluster_resources().get("GPU", 0) > 0
+        if base_spec is not None:
+            _train_all([base_spec], study, out, gpus, summary, stream)
+            if not all(r.status == "done" for r in summary.trained) and base_spec.run not in summary.skipped:
+                raise AuditError("pretraining the base failed; see the runs table", path=str(out))
+        _train_all(specs, study, out, gpus, summary, stream)
+        if "weights" in study.analyses:
+            summary.weights = _analyse_weights(study, out, specs, base_spec, stream)
+    return summary
+
+
+def _train_all(
+    specs: list[TrainSpec], study: Study, out: Path, gpus: bool, summary: StudySummary, stream: TextIO
+) -> None:
+    done = finished_runs(out)
+    todo = [s for s in specs if s.run not in done]
+    summary.skipped += [s.run for s in specs if s.run in done]
+    for run in (s.run for s in specs if s.run in done):
+        print(f"[train] skip {run}: finished in an earlier run of this study", file=stream)
+    res = study.resources
+    tasks = [
+        Task(s.run, train_variant, (replace(s, device="0" if gpus else "cpu"),), None,
+             num_cpus=res.cpus_per_task, num_gpus=res.gpus_per_task if gpus else 0)
+        for s in todo
+    ]  # fmt: skip
+    for result in run_tasks(tasks, stage="train", stream=stream, retries=1):
+        write_run(out, result, study.name)
+        summary.trained.append(result)
+        print(f"[train] {describe(result)}", file=stream)
+
+
+def finished_runs(out: Path) -> set[str]:
+    """Runs whose row says done and whose snapshots are still there."""
+    if not any((out / "runs").glob("*.parquet")):
+        return set()
+    runs = pl.read_parquet(out / "runs" / "*.parquet").filter(pl.col("status") == "done")
+    return {r for r in runs["run"] if any((out / "train" / r / SNAPSHOTS).glob("*.safetensors"))}
+
+
+def write_run(out: Path, result: TrainResult, study_name: str) -> None:
+    spec = result.spec
+    row = {
+        "run": spec.run, "study": study_name, "variant": spec.variant, "freeze": spec.freeze,
+        "frozen_layers": list(spec.frozen_layers), "strategy": spec.strategy, "seed": spec.seed,
+        "epochs": spec.epochs, "status": result.status, "best_map50_95": result.best_map50_95,
+        "seconds": result.seconds, "device": spec.device, "error": result.error,
+    }  # fmt: skip
+    schema.write(out, "runs", spec.run, {k: [v] for k, v in row.items()})
+    names = [c for c in schema.columns("train_metrics") if c not in ("run", "epoch")]
+    metrics = {
+        "run": [spec.run] * len(result.metrics),
+        "epoch": [int(m.get("epoch", i + 1)) for i, m in enumerate(result.metrics)],
+        **{n: [_clean(m.get(n)) for m in result.metrics] for n in names},
+    }
+    schema.write(out, "train_metrics", spec.run, metrics)
+
+
+def _clean(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value
+
+
+def _analyse_weights(
+    study: Study, out: Path, specs: list[TrainSpec], base_spec: TrainSpec | None, stream: TextIO
+) -> object:
+    from yolo_audit.weights_plan import analyze_weights
+
+    done = finished_runs(out)
+    folders = [out / "train" / s.run / SNAPSHOTS for s in specs if s.run in done]
+    if not folders:
+        raise AuditError("no run finished, nothing to analyse; see the runs table", path=str(out))
+    reference = _reference(study, out, base_spec)
+    print(f"[weights] analysing {len(folders)} runs' snapshots against {reference or 'each other'}", file=stream)
+    return analyze_weights(
+        folders, out, reference=reference, trajectory=True, pairwise=reference is None, stream=stream
+    )
+
+
+def _reference(study: Study, out: Path, base_spec: TrainSpec | None) -> Path | None:
+    """The weights every variant started from: the pretrained base, or the study's model file."""
+    if base_spec is not None:
+        return out / "train" / "base" / "weights" / "last.pt"
+    model = Path(study.model)
+    if model.suffix in (".pt", ".safetensors") and model.exists():
+        return model
+    if model.suffix == ".pt":  # an official name Ultralytics fetched for training: use its local copy
+        from ultralytics.utils.downloads import attempt_download_asset
+
+        local = Path(attempt_download_asset(str(model)))
+        return local if local.exists() else None
+    return None
+
+
+def print_plan(study: Study, out: Path, stream: TextIO) -> None:
+    base_spec, specs = plan(study, out, data=str(study.data), pretrain_data=str(study.pretrain_data))
+    res = study.resources
+    print(f"study {study.name!r} from {study.source or '-'}; results in {out}", file=stream)
+    for spec in ([base_spec] if base_spec else []) + specs:
+        layers = ",".join(map(str, spec.frozen_layers)) or "-"
+        print(
+            f"  train {spec.run:<28} freeze={spec.freeze:<10} layers={layers:<24} strategy={spec.strategy:<11} "
+            f"epochs={spec.epochs} imgsz={spec.imgsz} batch={spec.batch} "
+            f"resources: {res.cpus_per_task} CPU, {res.gpus_per_task} GPU where the cluster has GPUs",
+            file=stream,
+        )
+    print(
+        f"  then analyses {list(study.analyses)}: one task per snapshot, vs the base; trajectory per run", file=stream
+    )

@@ -1,0 +1,163 @@
+"""One freeze variant trained with Ultralytics: the only module that calls `train()`.
+
+Two freeze strategies: `ultralytics` passes the layer list as Ultralytics' `freeze` argument (frozen layers' BatchNorm
+goes to eval mode, so they stay bit-identical); `callback` sets `requires_grad=False` in an `on_train_start` callback,
+as in the original question, which leaves BatchNorm in train mode and its running statistics drifting. Every epoch an
+fp32 safetensors snapshot of the EMA weights is written (Ultralytics' own checkpoints are fp16).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from yolo_audit.checkpoints import Checkpoint, save_safetensors
+from yolo_audit.env import prepare
+
+STRATEGIES = ("ultralytics", "callback")
+SNAPSHOTS = "snapshots"
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Everything one training run needs; plain data so it travels to a Ray worker."""
+
+    run: str
+    variant: str
+    model: str  # weights (.pt) or a model yaml
+    data: str  # dataset yaml
+    project: str  # absolute folder; the run writes project/run
+    frozen_layers: tuple[int, ...] = ()
+    freeze: str = "0"  # the freeze spec as written in the study file
+    strategy: str = "ultralytics"
+    seed: int = 0
+    epochs: int = 1
+    imgsz: int = 640
+    batch: int = 16
+    optimizer: str = "SGD"
+    lr0: float = 0.01
+    close_mosaic: int = 0
+    save_period: int = -1
+    workers: int = 0
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.project) / self.run
+
+
+@dataclass
+class TrainResult:
+    spec: TrainSpec
+    status: str  # done | failed
+    seconds: float
+    best_map50_95: float | None = None
+    metrics: list[dict[str, float]] = field(default_factory=list)
+    error: str | None = None
+    snapshots: list[str] = field(default_factory=list)
+
+
+def train_variant(spec: TrainSpec) -> TrainResult:
+    """Train one variant from scratch (an interrupted earlier attempt's folder is removed first)."""
+    prepare()
+    from ultralytics import YOLO, settings
+
+    settings.update({"sync": False})
+    if spec.folder.exists():
+        shutil.rmtree(spec.folder)
+    started = time.monotonic()
+    model = YOLO(spec.model)
+    if spec.strategy == "callback":
+        model.add_callback("on_train_start", _freeze_by_callback(spec.frozen_layers))
+    model.add_callback("on_fit_epoch_end", _snapshot(spec))
+    args = dict(
+        data=spec.data, epochs=spec.epochs, imgsz=spec.imgsz, batch=spec.batch, optimizer=spec.optimizer,
+        lr0=spec.lr0, close_mosaic=spec.close_mosaic, save_period=spec.save_period, workers=spec.workers,
+        seed=spec.seed, deterministic=True, amp=spec.device != "cpu", device=spec.device, project=spec.project,
+        name=spec.run, exist_ok=True, plots=False, verbose=False,
+        freeze=list(spec.frozen_layers) if spec.strategy == "ultralytics" and spec.frozen_layers else None,
+        **spec.extra,
+    )  # fmt: skip
+    try:
+        model.train(**args)
+    except Exception as exc:  # noqa: BLE001 - a failed run is a row, the study goes on
+        message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return TrainResult(spec, "failed", time.monotonic() - started, error=message)
+    metrics = read_results(spec.folder / "results.csv")
+    maps = [m["metrics/mAP50-95(B)"] for m in metrics if _finite(m.get("metrics/mAP50-95(B)"))]
+    snaps = sorted(str(p) for p in (spec.folder / SNAPSHOTS).glob("*.safetensors"))
+    return TrainResult(spec, "done", time.monotonic() - started, max(maps) if maps else None, metrics, None, snaps)
+
+
+def _freeze_by_callback(layers: tuple[int, ...]) -> Any:
+    """The original question's callback: parameters of `layers` stop requiring gradients; BatchNorm stays in train
+    mode. (Unlike the question's code it leaves every other flag alone, so Ultralytics' always-frozen DFL stays so.)"""
+    prefixes = tuple(f"model.{i}." for i in layers)
+
+    def freeze_layer(trainer: Any) -> None:
+        for name, param in trainer.model.named_parameters():
+            if name.startswith(prefixes):
+                param.requires_grad = False
+
+    return freeze_layer
+
+
+def _snapshot(spec: TrainSpec) -> Any:
+    """on_fit_epoch_end: write the EMA weights as fp32 safetensors, epoch numbered from 1."""
+
+    def save(trainer: Any) -> None:
+        if int(trainer.epoch) >= int(trainer.epochs):  # Ultralytics' final validation of best.pt, not an epoch
+            return
+        ema = trainer.ema.ema if getattr(trainer, "ema", None) else trainer.model
+        tensors = {k: v.detach().float().cpu() for k, v in ema.state_dict().items()}
+        layers = getattr(ema, "model", [])
+        meta = Checkpoint(
+            path="", sha256="", source_format="safetensors", precision="float32", tensors=tensors,
+            run=spec.run, epoch=int(trainer.epoch) + 1, train_args=_train_args(spec),
+            module_types={i: type(m).__name__ for i, m in enumerate(layers)},
+            bn_eps={n: float(m.eps) for n, m in ema.named_modules() if hasattr(m, "running_var")},
+        )  # fmt: skip
+        save_safetensors(meta, spec.folder / SNAPSHOTS / f"epoch{int(trainer.epoch) + 1:04d}.safetensors")
+
+    return save
+
+
+def _train_args(spec: TrainSpec) -> dict[str, Any]:
+    """What the snapshot records as train_args: Ultralytics' `freeze` as it was passed, plus the study's own keys."""
+    passed = list(spec.frozen_layers) if spec.strategy == "ultralytics" and spec.frozen_layers else None
+    info = asdict(spec)
+    info.pop("extra")
+    info["frozen_layers"] = list(spec.frozen_layers)
+    return {**info, "name": spec.run, "freeze": passed, "freeze_spec": spec.freeze}
+
+
+def read_results(path: Path) -> list[dict[str, float]]:
+    """Ultralytics' results.csv as rows of floats (every column, names as Ultralytics writes them)."""
+    if not path.exists():
+        return []
+    with path.open() as handle:
+        return [{k.strip(): _float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def _float(value: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def describe(result: TrainResult) -> str:
+    spec = result.spec
+    tail = f"mAP50-95 {result.best_map50_95:.3f}" if result.best_map50_95 is not None else (result.error or "")
+    return f"{spec.run}: {result.status} in {result.seconds:.1f}s, {json.dumps(spec.freeze)} ({spec.strategy}) {tail}"
