@@ -17,7 +17,7 @@ def test_same_seed_same_bytes_and_valid_labels(tmp_path):
     for rel in files_a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
     data = yaml.safe_load(a.read_text())
-    assert data["names"] == {0: "square", 1: "circle", 2: "triangle"} and data["path"] == str((tmp_path / "a"))
+    assert data["names"] == {0: "square", 1: "circle", 2: "triangle"} and data["path"] == str(tmp_path / "a")
     assert len(list((tmp_path / "a" / "images" / "val").glob("*.png"))) == 2
     for label in (tmp_path / "a" / "labels").rglob("*.txt"):
         for line in label.read_text().splitlines():
