@@ -229,6 +229,21 @@ def remove(out: str | Path, table: str, key: str) -> None:
     table_path(out, table, key).unlink(missing_ok=True)
 
 
+def purge(out: str | Path, checkpoint_ids: set[str]) -> int:
+    """Remove every file whose key names one of these checkpoints (as itself, or either side of a comparison):
+    used when a run is retrained, so rows of its earlier snapshots cannot linger beside the new ones."""
+    if not checkpoint_ids:
+        return 0
+    removed = 0
+    for table in TABLES:
+        for path in (Path(out) / table).glob("*.parquet"):
+            parts = re.split(r"-vs-|-(?=ref-|pooled-)", path.stem)
+            if any(part.removeprefix("ref-") in checkpoint_ids for part in parts):
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
 def check_writable(out: str | Path) -> Path:
     """Fail before any work when OUT cannot be created or written."""
     path = Path(out)

@@ -13,6 +13,7 @@ import json
 import math
 import sys
 from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -22,7 +23,7 @@ from yolo_audit import schema
 from yolo_audit.errors import AuditError
 from yolo_audit.orchestrate import Task, ray_session, run_tasks
 from yolo_audit.training import SNAPSHOTS, TrainResult, TrainSpec, describe, train_variant
-from yolo_audit.workflow import Study, Synthetic, TrainCfg
+from yolo_audit.workflow import Resources, Study, Synthetic, TrainCfg
 
 
 @dataclass
@@ -125,16 +126,31 @@ def _train_all(
     summary.skipped += [s.run for s in specs if s.run in done]
     for run in (s.run for s in specs if s.run in done):
         print(f"[train] skip {run}: finished in an earlier run of this study", file=stream)
-    res = study.resources
-    tasks = [
-        Task(s.run, train_variant, (replace(s, device="0" if gpus else "cpu"),), None,
-             num_cpus=res.cpus_per_task, num_gpus=res.gpus_per_task if gpus else 0)
-        for s in todo
-    ]  # fmt: skip
-    for result in run_tasks(tasks, stage="train", stream=stream, retries=1):
+    _forget(out, [s.run for s in todo])
+    for result in run_tasks(train_tasks(todo, study.resources, gpus=gpus), stage="train", stream=stream, retries=1):
         write_run(out, result, study.name)
         summary.trained.append(result)
         print(f"[train] {describe(result)}", file=stream)
+
+
+def train_tasks(
+    specs: list[TrainSpec], res: Resources, *, gpus: bool, fn: Callable[[TrainSpec], object] = train_variant
+) -> list[Task]:
+    """One task per run: `gpus_per_task` GPUs (device 0 inside the task) where the cluster has GPUs, else CPUs only."""
+    return [
+        Task(s.run, fn, (replace(s, device="0" if gpus else "cpu"),), None,
+             num_cpus=res.cpus_per_task, num_gpus=res.gpus_per_task if gpus else 0)
+        for s in specs
+    ]  # fmt: skip
+
+
+def _forget(out: Path, runs: list[str]) -> None:
+    """Before (re)training runs, drop the analysis rows of their earlier snapshots (an interrupted or failed try)."""
+    if not runs or not any((out / "checkpoints").glob("*.parquet")):
+        return
+    folders = tuple(str(out / "train" / r) + "/" for r in runs)
+    paths = pl.read_parquet(out / "checkpoints" / "*.parquet").select("checkpoint_id", "path")
+    schema.purge(out, {cid for cid, path in paths.iter_rows() if path.startswith(folders)})
 
 
 def finished_runs(out: Path) -> set[str]:

@@ -1,0 +1,54 @@
+"""Scheduling on a two-node Ray cluster (Ray's own test helper), one node advertising a fake GPU.
+
+Runs in a subprocess: the rest of the suite shares one embedded Ray, and a process holds one Ray connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+SCRIPT = r"""
+import json, time
+import ray
+from ray.cluster_utils import Cluster
+from yolo_audit.orchestrate import Task, run_tasks
+from yolo_audit.study import train_tasks
+from yolo_audit.training import TrainSpec
+from yolo_audit.workflow import Resources
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+gpu_node = cluster.add_node(num_cpus=2, num_gpus=1)
+cluster.wait_for_nodes()
+ray.init(address=cluster.address, logging_level="ERROR")
+
+def where(spec=None):
+    time.sleep(0.3)
+    ctx = ray.get_runtime_context()
+    return {"node": ctx.get_node_id(), "gpus": ray.get_gpu_ids(), "device": getattr(spec, "device", None)}
+
+specs = [TrainSpec(run=f"r{i}", variant="v", model="m", data="d", project="/tmp") for i in range(3)]
+gpu = run_tasks(train_tasks(specs, Resources(cpus_per_task=1, gpus_per_task=1), gpus=True, fn=where), stage="gpu")
+cpu = run_tasks([Task(f"c{i}", where, num_cpus=1) for i in range(8)], stage="cpu")
+plain = train_tasks(specs, Resources(), gpus=False, fn=where)
+print(json.dumps({
+    "gpu_node": gpu_node.node_id, "gpu": gpu, "cpu": cpu,
+    "cpu_only_plan": [[t.num_gpus, t.args[0].device] for t in plain],
+}))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+def test_gpu_tasks_go_to_the_gpu_node_and_cpu_tasks_run_anywhere():
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {r["node"] for r in result["gpu"]} == {result["gpu_node"]}
+    assert all(r["gpus"] and r["device"] == "0" for r in result["gpu"])
+    assert len({r["node"] for r in result["cpu"]}) == 2  # CPU tasks use both nodes
+    assert all(not r["gpus"] for r in result["cpu"])
+    assert result["cpu_only_plan"] == [[0, "cpu"]] * 3
