@@ -119,7 +119,7 @@ def test_yolov8s_vs_yolov8n_is_refused_with_counts(model, tmp_path):
 def test_find_checkpoints_recurses_and_rejects_missing_and_empty(tmp_path, model):
     save_state_dict(model, tmp_path / "a" / "b" / "x.pt")
     (tmp_path / "a" / "notes.txt").write_text("hi")
-    assert [p.name for p in find_checkpoints([tmp_path / "a"])] == ["x.pt"]
+    assert [Path(p).name for p in find_checkpoints([tmp_path / "a"])] == ["x.pt"]
     with pytest.raises(AuditError, match="no such file"):
         find_checkpoints([tmp_path / "nope"])
     (tmp_path / "empty").mkdir()

@@ -32,8 +32,8 @@ STUDY = {
 }
 
 
-def _run(tmp: Path, out: Path, **changes) -> object:
-    file = tmp / f"study-{out.name}.yaml"
+def _run(tmp: Path, out: Path | str, **changes) -> object:
+    file = tmp / f"study-{Path(str(out)).name}.yaml"
     file.write_text(yaml.safe_dump({**STUDY, **changes}))
     return run_study(load_study(file, out=str(out)), stream=io.StringIO())
 
@@ -58,7 +58,7 @@ def _values(t: dict[str, pl.DataFrame]) -> pl.DataFrame:
     return stats.sort("run", "epoch", "param").select(sorted(stats.columns))
 
 
-def _final_verdicts(t: dict[str, pl.DataFrame], run: str) -> dict[str, list[int]]:
+def _final_verdicts(t: dict[str, pl.DataFrame], run: str) -> dict[str, list[int]]:  # vs the pretrained base
     ck = t["checkpoints"].filter(pl.col("run") == run).sort("epoch")
     last = ck["checkpoint_id"][-1]
     lf = t["layer_freeze"].filter(pl.col("checkpoint_id") == last)
@@ -115,3 +115,16 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(full, tmp_path):
     # rerunning a finished study trains nothing and changes nothing
     again = _run(tmp_path, out)
     assert again.trained == [] and {k: v.height for k, v in _tables(out).items()} == {k: v.height for k, v in b.items()}
+
+
+def test_study_with_a_filesystem_uri_out_stages_and_uploads(tmp_path, ray_local):
+    out = f"file://{tmp_path}/remote"
+    variants = STUDY["variants"][1:]
+    summary = _run(tmp_path, out, variants=variants)
+    assert summary.ok and summary.out == out
+    t = _tables(out)
+    snaps = t["checkpoints"].filter(pl.col("source_format") == "safetensors")
+    assert snaps.height == 4 and all(p.startswith(f"{out}/train/") for p in snaps["path"])
+    assert (tmp_path / "remote" / "train" / "callback-s0" / "snapshots" / "epoch0002.safetensors").exists()
+    assert (tmp_path / "remote" / "data").is_dir()
+    assert _final_verdicts(t, "callback-s0")["frozen_bn_drift"] == list(range(10))

@@ -242,3 +242,15 @@ def test_tables_read_with_duckdb_hive_glob_and_polars_recursive_glob(study):
         ours = pl.scan_parquet(f"{out}/{table}/**/*.parquet").select(pl.len()).collect().item()
         sql = f"select count(*) from read_parquet('{out}/{table}/**/*.parquet', hive_partitioning=true)"
         assert duckdb.sql(sql).fetchall()[0][0] == ours > 0
+
+
+def test_filesystem_uris_for_checkpoints_and_results(tmp_path, base_model, ray_local):
+    folder = tmp_path / "ck"
+    save(base_model, folder / "base.pt", name="base")
+    save(_edit(base_model, layer12=True), folder / "tuned.pt", name="tuned")
+    out = f"file://{tmp_path}/results"
+    summary = analyze_weights([f"file://{folder}"], out, reference=f"file://{folder}/base.pt", stream=io.StringIO())
+    assert summary.ok
+    ck = pl.read_parquet(tmp_path / "results" / "checkpoints" / "*.parquet")
+    assert sorted(ck["path"]) == [f"file://{folder}/base.pt", f"file://{folder}/tuned.pt"]
+    assert set(open_results(out)["layer_freeze"].collect()["verdict"]) == {"frozen_exact", "trained"}

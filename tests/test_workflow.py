@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from yolo_audit.errors import AuditError
-from yolo_audit.study import print_plan
+from yolo_audit.study import Layout, print_plan
 from yolo_audit.workflow import load_study, parse_study, resolve_freeze
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +88,7 @@ def test_shipped_workflows_validate_and_plan():
     assert coco.model == "yolov8s.pt" and coco.data == "coco128.yaml" and coco.train.epochs == 300
     assert coco.out == "/tmp/x" and coco.seeds == (0, 1, 2)
     stream = io.StringIO()
-    print_plan(coco, Path(coco.out), stream)
+    print_plan(coco, Layout.for_out(coco.out), stream)
     text = stream.getvalue()
     assert text.count("  train ") == 12 and "freeze-backbone-callback-s2" in text and "1 GPU" in text
     assert "layers=0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21 " in text

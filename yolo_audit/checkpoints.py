@@ -15,12 +15,13 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any
 
 import torch
 
 from yolo_audit.errors import AuditError
+from yolo_audit.storage import fetch_file, is_uri, locate
 
 SUFFIXES = (".pt", ".safetensors")
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -110,24 +111,23 @@ def frozen_layers(freeze: Any) -> list[int]:
     return []
 
 
-def find_checkpoints(paths: list[str | Path]) -> list[Path]:
-    """Expand files and directories (searched recursively) into checkpoint files, in a stable order."""
-    found: list[Path] = []
+def find_checkpoints(paths: list[str | Path]) -> list[str]:
+    """Expand files and folders (searched recursively; local paths or filesystem URIs) into checkpoint locations."""
+    found: list[str] = []
     for raw in paths:
-        path = Path(raw)
-        if not path.exists():
-            raise AuditError("no such file or directory; check the path", path=str(path))
-        if path.is_dir():
-            inside = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in SUFFIXES)
+        loc = locate(raw)
+        if not loc.exists():
+            raise AuditError("no such file or directory; check the path", path=str(raw))
+        if loc.is_dir():
+            inside = [f.uri for f in loc.files(*SUFFIXES, recursive=True)]
             if not inside:
                 raise AuditError(
-                    "no *.pt or *.safetensors checkpoints in this folder; pass checkpoint files", path=str(path)
+                    "no *.pt or *.safetensors checkpoints in this folder; pass checkpoint files", path=str(raw)
                 )
             found.extend(inside)
         else:
-            found.append(path)
-    unique = list(dict.fromkeys(p.resolve() for p in found))
-    return unique
+            found.append(loc.uri)
+    return list(dict.fromkeys(found))
 
 
 def file_sha256(path: Path) -> str:
@@ -139,8 +139,24 @@ def file_sha256(path: Path) -> str:
 
 
 def load_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Checkpoint:
-    """Load any supported checkpoint as fp32 tensors plus metadata; raise AuditError naming the file otherwise."""
-    path = Path(path)
+    """Load any supported checkpoint (a local path or a filesystem URI) as fp32 tensors plus metadata; raise
+    AuditError naming the file otherwise."""
+    origin = locate(path).uri if is_uri(path) else str(path)
+    try:
+        local = fetch_file(path)
+    except OSError as exc:
+        raise AuditError(f"cannot read the checkpoint ({exc})", path=origin, stage="load") from exc
+    try:
+        ckpt = _load_local(local, trust_pickle=trust_pickle)
+    except AuditError as exc:
+        if origin == str(local):
+            raise
+        raise AuditError(str(exc).replace(str(local), origin), path=origin, stage=exc.stage) from exc
+    ckpt.path = origin
+    return _fill_defaults(ckpt, PurePosixPath(locate(origin).path) if is_uri(origin) else local)
+
+
+def _load_local(path: Path, *, trust_pickle: bool) -> Checkpoint:
     if not path.is_file():
         raise AuditError("no such checkpoint file; check the path", path=str(path), stage="load")
     if path.suffix not in SUFFIXES:
@@ -177,7 +193,7 @@ def _load_safetensors(path: Path, sha: str) -> Checkpoint:
         module_types={int(k): v for k, v in (info.get("module_types") or {}).items()},
         bn_eps={k: float(v) for k, v in (info.get("bn_eps") or {}).items()},
     )
-    return _fill_defaults(ckpt, path)
+    return ckpt
 
 
 def _load_pickle(path: Path, sha: str, *, trust_pickle: bool) -> Checkpoint:
@@ -235,17 +251,16 @@ def _from_object(obj: Any, path: Path, sha: str) -> Checkpoint:
             ckpt = _from_module(model, path, sha, train_args=dict(args) if isinstance(args, dict) else {})
             ckpt.epoch = int(epoch) if isinstance(epoch, int) and epoch >= 0 else None
             ckpt.run = str(args["name"]) if isinstance(args, dict) and args.get("name") else None
-            return _fill_defaults(ckpt, path)
+            return ckpt
         if isinstance(model, dict):
             obj = model
     if isinstance(obj, torch.nn.Module):
-        return _fill_defaults(_from_module(obj, path, sha, train_args={}), path)
+        return _from_module(obj, path, sha, train_args={})
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         raw = {str(k): v for k, v in obj.items()}
-        ckpt = Checkpoint(str(path), sha, "state_dict", _precision(raw), _to_fp32(raw, path))
-        return _fill_defaults(ckpt, path)
+        return Checkpoint(str(path), sha, "state_dict", _precision(raw), _to_fp32(raw, path))
     raise AuditError(
         f"holds no model weights (found {type(obj).__name__}); pass an Ultralytics checkpoint, a state_dict or "
         ".safetensors",
@@ -269,7 +284,7 @@ def _from_module(model: torch.nn.Module, path: Path, sha: str, *, train_args: di
     )  # fmt: skip
 
 
-def _fill_defaults(ckpt: Checkpoint, path: Path) -> Checkpoint:
+def _fill_defaults(ckpt: Checkpoint, path: PurePath) -> Checkpoint:
     if not ckpt.tensors:
         raise AuditError("holds no tensors; pass a trained checkpoint", path=str(path), stage="load")
     if ckpt.run is None:

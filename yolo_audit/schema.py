@@ -7,7 +7,6 @@ rather than adding rows. Files appear by rename of a hidden temp file, so reader
 
 from __future__ import annotations
 
-import os
 import re
 import uuid
 from collections.abc import Mapping, Sequence
@@ -18,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from yolo_audit.errors import AuditError
+from yolo_audit.storage import Location, locate
 
 S, I64, I32, F64, B = pa.string(), pa.int64(), pa.int32(), pa.float64(), pa.bool_()
 
@@ -189,15 +189,15 @@ def columns(table: str) -> list[str]:
 _KEY = re.compile(r"^[A-Za-z0-9_.=-]+$")
 
 
-def table_path(out: str | Path, table: str, key: str) -> Path:
+def table_file(out: str | Path, table: str, key: str) -> Location:
     if table not in TABLES:
         raise KeyError(f"unknown table {table!r}")
     if not _KEY.match(key):
         raise ValueError(f"unsafe file key {key!r}")
-    return Path(out) / table / f"{key}.parquet"
+    return locate(out).child(table, f"{key}.parquet")
 
 
-def write(out: str | Path, table: str, key: str, data: Mapping[str, Sequence[Any]]) -> Path:
+def write(out: str | Path, table: str, key: str, data: Mapping[str, Sequence[Any]]) -> str:
     """Validate `data` against the table's schema and write it as OUT/<table>/<key>.parquet, atomically.
 
     Replaces the file of an earlier run with the same key (idempotent). Raises KeyError on missing or extra columns.
@@ -206,27 +206,23 @@ def write(out: str | Path, table: str, key: str, data: Mapping[str, Sequence[Any
     if set(data) != set(names):
         raise KeyError(f"{table}: missing {sorted(set(names) - set(data))}, extra {sorted(set(data) - set(names))}")
     arrow = pa.table({name: data[name] for name in names}, schema=schema(table))
-    target = table_path(out, table, key)
+    target = table_file(out, table, key)
+    sink = pa.BufferOutputStream()
+    pq.write_table(arrow, sink, compression="zstd")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-        try:
-            pq.write_table(arrow, tmp, compression="zstd")
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
+        target.write_bytes(sink.getvalue().to_pybytes())
     except OSError as exc:
         raise AuditError(
-            f"cannot write results ({exc.strerror or exc}); choose a writable --out with free space",
-            path=str(target.parent),
+            f"cannot write results ({getattr(exc, 'strerror', None) or exc}); choose a writable --out with free space",
+            path=target.uri.rsplit("/", 1)[0],
             stage="write",
         ) from exc
-    return target
+    return target.uri
 
 
 def remove(out: str | Path, table: str, key: str) -> None:
     """Drop the rows a key wrote earlier (e.g. a stale `errors` row once the checkpoint loads)."""
-    table_path(out, table, key).unlink(missing_ok=True)
+    table_file(out, table, key).delete()
 
 
 def purge(out: str | Path, checkpoint_ids: set[str]) -> int:
@@ -235,28 +231,27 @@ def purge(out: str | Path, checkpoint_ids: set[str]) -> int:
     if not checkpoint_ids:
         return 0
     removed = 0
+    root = locate(out)
     for table in TABLES:
-        for path in (Path(out) / table).glob("*.parquet"):
-            parts = re.split(r"-vs-|-(?=ref-|pooled-)", path.stem)
+        for item in root.child(table).files(".parquet"):
+            parts = re.split(r"-vs-|-(?=ref-|pooled-)", item.name.removesuffix(".parquet"))
             if any(part.removeprefix("ref-") in checkpoint_ids for part in parts):
-                path.unlink(missing_ok=True)
+                item.delete()
                 removed += 1
     return removed
 
 
-def check_writable(out: str | Path) -> Path:
-    """Fail before any work when OUT cannot be created or written."""
-    path = Path(out)
+def check_writable(out: str | Path) -> str:
+    """Fail before any work when OUT cannot be created or written; return its canonical form (path or URI)."""
+    loc = locate(out)
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-probe-{uuid.uuid4().hex}"
+        probe = loc.child(f".write-probe-{uuid.uuid4().hex}")
         probe.write_bytes(b"ok")
-        probe.unlink()
+        probe.delete()
     except OSError as exc:
-        raise AuditError(
-            f"results folder is not writable ({exc.strerror or exc}); pass another --out", path=str(path)
-        ) from exc
-    return path
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        raise AuditError(f"results folder is not writable ({reason}); pass another --out", path=loc.uri) from exc
+    return loc.uri
 
 
 def markdown() -> str:

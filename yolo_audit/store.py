@@ -8,28 +8,30 @@ import polars as pl
 
 from yolo_audit import schema
 from yolo_audit.errors import AuditError
+from yolo_audit.storage import locate
 
 PARAM_ROLES = ("conv_weight", "conv_bias", "bn_weight", "bn_bias")
 
 
 def tables(out: str | Path) -> list[str]:
-    """Tables that have at least one file under `out`."""
-    root = Path(out)
-    return [t for t in schema.TABLES if any((root / t).glob("*.parquet"))]
+    """Tables that have at least one file under `out` (a folder or a filesystem URI)."""
+    root = locate(out)
+    return [t for t in schema.TABLES if root.child(t).files(".parquet")]
 
 
 def scan(out: str | Path, table: str) -> pl.LazyFrame:
     """One table as a lazy frame (the same glob a user would pass to pl.scan_parquet)."""
     if table not in schema.TABLES:
         raise AuditError(f"unknown table {table!r}; tables are {', '.join(schema.TABLES)}")
-    if not any((Path(out) / table).glob("*.parquet")):
+    root = locate(out)
+    if not root.child(table).files(".parquet"):
         raise AuditError(f"no {table} table here; run `yolo-audit weights ... --out {out}` first", path=str(out))
-    return pl.scan_parquet(str(Path(out) / table / "*.parquet"))
+    return pl.scan_parquet(f"{root.uri}/{table}/*.parquet")
 
 
 def open_results(out: str | Path) -> dict[str, pl.LazyFrame]:
     """Every table present under `out`, as lazy frames keyed by table name."""
-    if not Path(out).is_dir():
+    if not locate(out).is_dir():
         raise AuditError("no results folder here; pass the --out of an earlier run", path=str(out))
     return {t: scan(out, t) for t in tables(out)}
 

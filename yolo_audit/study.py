@@ -1,7 +1,9 @@
 """Driver of `yolo-audit study`: data, (pre)training tasks on Ray, then the configured analyses on every snapshot.
 
-Layout under OUT: `data/` (synthetic datasets), `train/<run>/` (Ultralytics' run folders, with `snapshots/` of fp32
-EMA weights per epoch), and the Parquet tables (`runs`, `train_metrics`, and the analyses' tables) beside them.
+Layout under OUT (a folder, or a filesystem URI such as s3://bucket/study): `data/` (synthetic datasets), `train/<run>/`
+(Ultralytics' run folders, with `snapshots/` of fp32 EMA weights per epoch), and the Parquet tables (`runs`,
+`train_metrics`, and the analyses' tables) beside them. With a URI, data and runs are made in a local staging folder
+and uploaded; workers fetch what Ultralytics must read locally.
 Resume: a run whose `runs` row says `done` (and whose snapshots exist) is skipped; anything else is trained again
 from scratch, its old folder removed, so an interrupted study leaves neither duplicate nor partial rows.
 """
@@ -20,15 +22,18 @@ from typing import TextIO
 import polars as pl
 
 from yolo_audit import schema
+from yolo_audit.env import cache_dir
 from yolo_audit.errors import AuditError
 from yolo_audit.orchestrate import Task, ray_session, run_tasks
+from yolo_audit.storage import is_uri, locate, upload_dir
+from yolo_audit.store import scan, tables
 from yolo_audit.training import SNAPSHOTS, TrainResult, TrainSpec, describe, train_variant
 from yolo_audit.workflow import Resources, Study, Synthetic, TrainCfg
 
 
 @dataclass
 class StudySummary:
-    out: Path
+    out: str
     trained: list[TrainResult] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     weights: object | None = None  # WeightsSummary when the weights analysis ran
@@ -39,12 +44,35 @@ class StudySummary:
         return runs_ok and (self.weights is None or getattr(self.weights, "ok", True))
 
 
-def dataset_path(data: str | Synthetic, out: Path) -> str:
-    """A dataset yaml for `data`, generating a synthetic one under OUT/data/ the first time (deterministic)."""
+@dataclass(frozen=True)
+class Layout:
+    """Where a study's files go: `out` (path or URI) and, for URIs, the local staging folder training writes to."""
+
+    out: str
+    stage: Path
+
+    @classmethod
+    def for_out(cls, out: str) -> Layout:
+        if not is_uri(out):
+            return cls(out, Path(out))
+        return cls(out, cache_dir() / "stage" / hashlib.sha256(out.encode()).hexdigest()[:12])
+
+    @property
+    def remote(self) -> bool:
+        return is_uri(self.out)
+
+    def run(self, run: str, *parts: str) -> str:
+        return "/".join([self.out, "train", run, *parts])
+
+
+def dataset_path(data: str | Synthetic, layout: Layout) -> str:
+    """A dataset yaml for `data`, generating a synthetic one the first time (deterministic) and, for a URI out,
+    uploading it under OUT/data/."""
     if not isinstance(data, Synthetic):
         return data
     key = hashlib.sha256(json.dumps(asdict(data), sort_keys=True).encode()).hexdigest()[:10]
-    folder = out / "data" / f"synthetic-{data.domain}-{key}"
+    name = f"synthetic-{data.domain}-{key}"
+    folder = layout.stage / "data" / name
     if not (folder / "data.yaml").exists():
         from yolo_audit.synth import make_dataset
 
@@ -56,29 +84,35 @@ def dataset_path(data: str | Synthetic, out: Path) -> str:
             (tmp / "data.yaml").read_text().replace(str(tmp.resolve()), str(folder.resolve()))
         )
         tmp.rename(folder)
-    return str(folder / "data.yaml")
+    if not layout.remote:
+        return str(folder / "data.yaml")
+    upload_dir(folder, f"{layout.out}/data/{name}")
+    return f"{layout.out}/data/{name}/data.yaml"
 
 
-def _spec(run: str, variant: str, model: str, data: str, out: Path, cfg: TrainCfg, **kw: object) -> TrainSpec:
-    return TrainSpec(run=run, variant=variant, model=model, data=data, project=str(out / "train"), **asdict(cfg), **kw)
+def _spec(run: str, variant: str, model: str, data: str, layout: Layout, cfg: TrainCfg, **kw: object) -> TrainSpec:
+    return TrainSpec(
+        run=run, variant=variant, model=model, data=data, project=str(layout.stage / "train"),
+        upload_to=layout.run(run) if layout.remote else None, **asdict(cfg), **kw,
+    )  # fmt: skip
 
 
 def plan(
-    study: Study, out: Path, *, data: str = "", pretrain_data: str = ""
+    study: Study, layout: Layout, *, data: str = "", pretrain_data: str = ""
 ) -> tuple[TrainSpec | None, list[TrainSpec]]:
     """The pretraining spec (if any) and one spec per (variant x seed)."""
     base_spec = None
     model = study.model
     if study.pretrain is not None:
-        base_spec = _spec("base", "base", study.model, pretrain_data, out, study.pretrain, seed=study.seeds[0])
-        model = str(out / "train" / "base" / "weights" / "last.pt")
+        base_spec = _spec("base", "base", study.model, pretrain_data, layout, study.pretrain, seed=study.seeds[0])
+        model = layout.run("base", "weights", "last.pt")
     specs = [
         _spec(
             f"{v.name}-s{seed}",
             v.name,
             model,
             data,
-            out,
+            layout,
             study.train,
             frozen_layers=v.frozen_layers,
             freeze=json.dumps(v.freeze),
@@ -95,38 +129,39 @@ def run_study(
     study: Study, *, address: str | None = None, dry_run: bool = False, stream: TextIO | None = None
 ) -> StudySummary:
     stream = stream or sys.stderr
-    out = Path(study.out).resolve()
     if dry_run:
-        print_plan(study, out, stream)
+        out = study.out if is_uri(study.out) else str(Path(study.out).resolve())
+        print_plan(study, Layout.for_out(out), stream)
         return StudySummary(out=out)
-    schema.check_writable(out)
-    data = dataset_path(study.data, out)
-    pre_data = dataset_path(study.pretrain_data, out) if study.pretrain_data is not None else data
-    base_spec, specs = plan(study, out, data=data, pretrain_data=pre_data)
-    summary = StudySummary(out=out)
+    layout = Layout.for_out(schema.check_writable(study.out))
+    data = dataset_path(study.data, layout)
+    pre_data = dataset_path(study.pretrain_data, layout) if study.pretrain_data is not None else data
+    base_spec, specs = plan(study, layout, data=data, pretrain_data=pre_data)
+    summary = StudySummary(out=layout.out)
     with ray_session(address):
         import ray
 
         gpus = ray.cluster_resources().get("GPU", 0) > 0
         if base_spec is not None:
-            _train_all([base_spec], study, out, gpus, summary, stream)
+            _train_all([base_spec], study, layout, gpus, summary, stream)
             if not all(r.status == "done" for r in summary.trained) and base_spec.run not in summary.skipped:
-                raise AuditError("pretraining the base failed; see the runs table", path=str(out))
-        _train_all(specs, study, out, gpus, summary, stream)
+                raise AuditError("pretraining the base failed; see the runs table", path=layout.out)
+        _train_all(specs, study, layout, gpus, summary, stream)
         if "weights" in study.analyses:
-            summary.weights = _analyse_weights(study, out, specs, base_spec, stream)
+            summary.weights = _analyse_weights(study, layout, specs, base_spec, stream)
     return summary
 
 
 def _train_all(
-    specs: list[TrainSpec], study: Study, out: Path, gpus: bool, summary: StudySummary, stream: TextIO
+    specs: list[TrainSpec], study: Study, layout: Layout, gpus: bool, summary: StudySummary, stream: TextIO
 ) -> None:
-    done = finished_runs(out)
+    out = layout.out
+    done = finished_runs(layout)
     todo = [s for s in specs if s.run not in done]
     summary.skipped += [s.run for s in specs if s.run in done]
     for run in (s.run for s in specs if s.run in done):
         print(f"[train] skip {run}: finished in an earlier run of this study", file=stream)
-    _forget(out, [s.run for s in todo])
+    _forget(layout, [s.run for s in todo])
     for result in run_tasks(train_tasks(todo, study.resources, gpus=gpus), stage="train", stream=stream, retries=1):
         write_run(out, result, study.name)
         summary.trained.append(result)
@@ -144,24 +179,24 @@ def train_tasks(
     ]  # fmt: skip
 
 
-def _forget(out: Path, runs: list[str]) -> None:
+def _forget(layout: Layout, runs: list[str]) -> None:
     """Before (re)training runs, drop the analysis rows of their earlier snapshots (an interrupted or failed try)."""
-    if not runs or not any((out / "checkpoints").glob("*.parquet")):
+    if not runs or "checkpoints" not in tables(layout.out):
         return
-    folders = tuple(str(out / "train" / r) + "/" for r in runs)
-    paths = pl.read_parquet(out / "checkpoints" / "*.parquet").select("checkpoint_id", "path")
-    schema.purge(out, {cid for cid, path in paths.iter_rows() if path.startswith(folders)})
+    folders = tuple(layout.run(r) + "/" for r in runs)
+    paths = scan(layout.out, "checkpoints").select("checkpoint_id", "path").collect()
+    schema.purge(layout.out, {cid for cid, path in paths.iter_rows() if path.startswith(folders)})
 
 
-def finished_runs(out: Path) -> set[str]:
+def finished_runs(layout: Layout) -> set[str]:
     """Runs whose row says done and whose snapshots are still there."""
-    if not any((out / "runs").glob("*.parquet")):
+    if "runs" not in tables(layout.out):
         return set()
-    runs = pl.read_parquet(out / "runs" / "*.parquet").filter(pl.col("status") == "done")
-    return {r for r in runs["run"] if any((out / "train" / r / SNAPSHOTS).glob("*.safetensors"))}
+    runs = scan(layout.out, "runs").filter(pl.col("status") == "done").collect()
+    return {r for r in runs["run"] if locate(layout.run(r, SNAPSHOTS)).files(".safetensors")}
 
 
-def write_run(out: Path, result: TrainResult, study_name: str) -> None:
+def write_run(out: str, result: TrainResult, study_name: str) -> None:
     spec = result.spec
     row = {
         "run": spec.run, "study": study_name, "variant": spec.variant, "freeze": spec.freeze,
@@ -184,40 +219,40 @@ def _clean(value: float | None) -> float | None:
 
 
 def _analyse_weights(
-    study: Study, out: Path, specs: list[TrainSpec], base_spec: TrainSpec | None, stream: TextIO
+    study: Study, layout: Layout, specs: list[TrainSpec], base_spec: TrainSpec | None, stream: TextIO
 ) -> object:
     from yolo_audit.weights_plan import analyze_weights
 
-    done = finished_runs(out)
-    folders = [out / "train" / s.run / SNAPSHOTS for s in specs if s.run in done]
+    done = finished_runs(layout)
+    folders = [layout.run(s.run, SNAPSHOTS) for s in specs if s.run in done]
     if not folders:
-        raise AuditError("no run finished, nothing to analyse; see the runs table", path=str(out))
-    reference = _reference(study, out, base_spec)
+        raise AuditError("no run finished, nothing to analyse; see the runs table", path=layout.out)
+    reference = _reference(study, layout, base_spec)
     print(f"[weights] analysing {len(folders)} runs' snapshots against {reference or 'each other'}", file=stream)
     return analyze_weights(
-        folders, out, reference=reference, trajectory=True, pairwise=reference is None, stream=stream
+        folders, layout.out, reference=reference, trajectory=True, pairwise=reference is None, stream=stream
     )
 
 
-def _reference(study: Study, out: Path, base_spec: TrainSpec | None) -> Path | None:
+def _reference(study: Study, layout: Layout, base_spec: TrainSpec | None) -> str | None:
     """The weights every variant started from: the pretrained base, or the study's model file."""
     if base_spec is not None:
-        return out / "train" / "base" / "weights" / "last.pt"
+        return layout.run("base", "weights", "last.pt")
     model = Path(study.model)
-    if model.suffix in (".pt", ".safetensors") and model.exists():
-        return model
+    if model.suffix in (".pt", ".safetensors") and (is_uri(study.model) or model.exists()):
+        return study.model
     if model.suffix == ".pt":  # an official name Ultralytics fetched for training: use its local copy
         from ultralytics.utils.downloads import attempt_download_asset
 
         local = Path(attempt_download_asset(str(model)))
-        return local if local.exists() else None
+        return str(local) if local.exists() else None
     return None
 
 
-def print_plan(study: Study, out: Path, stream: TextIO) -> None:
-    base_spec, specs = plan(study, out, data=str(study.data), pretrain_data=str(study.pretrain_data))
+def print_plan(study: Study, layout: Layout, stream: TextIO) -> None:
+    base_spec, specs = plan(study, layout, data=str(study.data), pretrain_data=str(study.pretrain_data))
     res = study.resources
-    print(f"study {study.name!r} from {study.source or '-'}; results in {out}", file=stream)
+    print(f"study {study.name!r} from {study.source or '-'}; results in {layout.out}", file=stream)
     for spec in ([base_spec] if base_spec else []) + specs:
         layers = ",".join(map(str, spec.frozen_layers)) or "-"
         print(

@@ -19,6 +19,7 @@ from typing import Any
 
 from yolo_audit.checkpoints import Checkpoint, save_safetensors
 from yolo_audit.env import prepare
+from yolo_audit.storage import fetch_dir, fetch_file, is_uri, locate, upload_dir
 
 STRATEGIES = ("ultralytics", "callback")
 SNAPSHOTS = "snapshots"
@@ -32,7 +33,8 @@ class TrainSpec:
     variant: str
     model: str  # weights (.pt) or a model yaml
     data: str  # dataset yaml
-    project: str  # absolute folder; the run writes project/run
+    project: str  # absolute local folder; the run writes project/run
+    upload_to: str | None = None  # a URI the run folder is copied to afterwards (results on an object store)
     frozen_layers: tuple[int, ...] = ()
     freeze: str = "0"  # the freeze spec as written in the study file
     strategy: str = "ultralytics"
@@ -72,13 +74,16 @@ def train_variant(spec: TrainSpec) -> TrainResult:
     settings.update({"sync": False})
     if spec.folder.exists():
         shutil.rmtree(spec.folder)
+    if spec.upload_to:  # an earlier, interrupted try may have uploaded part of this run
+        target = locate(spec.upload_to)
+        target.fs.delete_dir_contents(target.path, missing_dir_ok=True)
     started = time.monotonic()
-    model = YOLO(spec.model)
+    model = YOLO(str(fetch_file(spec.model)) if is_uri(spec.model) else spec.model)
     if spec.strategy == "callback":
         model.add_callback("on_train_start", _freeze_by_callback(spec.frozen_layers))
     model.add_callback("on_fit_epoch_end", _snapshot(spec))
     args = dict(
-        data=spec.data, epochs=spec.epochs, imgsz=spec.imgsz, batch=spec.batch, optimizer=spec.optimizer,
+        data=_local_data(spec.data), epochs=spec.epochs, imgsz=spec.imgsz, batch=spec.batch, optimizer=spec.optimizer,
         lr0=spec.lr0, close_mosaic=spec.close_mosaic, save_period=spec.save_period, workers=spec.workers,
         seed=spec.seed, deterministic=True, amp=spec.device != "cpu", device=spec.device, project=spec.project,
         name=spec.run, exist_ok=True, plots=False, verbose=False,
@@ -93,7 +98,23 @@ def train_variant(spec: TrainSpec) -> TrainResult:
     metrics = read_results(spec.folder / "results.csv")
     maps = [m["metrics/mAP50-95(B)"] for m in metrics if _finite(m.get("metrics/mAP50-95(B)"))]
     snaps = sorted(str(p) for p in (spec.folder / SNAPSHOTS).glob("*.safetensors"))
+    if spec.upload_to:
+        upload_dir(spec.folder, spec.upload_to)
     return TrainResult(spec, "done", time.monotonic() - started, max(maps) if maps else None, metrics, None, snaps)
+
+
+def _local_data(data: str) -> str:
+    """Ultralytics reads datasets locally: fetch a dataset folder given by URI and point its yaml's `path` at it."""
+    if not is_uri(data):
+        return data
+    import yaml
+
+    folder = fetch_dir(data.rsplit("/", 1)[0])
+    config = yaml.safe_load((folder / "data.yaml").read_text())
+    config["path"] = str(folder)
+    local = folder / "data.local.yaml"
+    local.write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(local)
 
 
 def _freeze_by_callback(layers: tuple[int, ...]) -> Any:

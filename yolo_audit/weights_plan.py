@@ -17,6 +17,7 @@ from yolo_audit.analysis import WeightOptions, pooled_bins_id, shared_edges, ten
 from yolo_audit.checkpoints import find_checkpoints, load_checkpoint
 from yolo_audit.errors import AuditError
 from yolo_audit.orchestrate import Task, ray_session, run_tasks
+from yolo_audit.storage import locate
 from yolo_audit.weights_job import (
     ErrorRecord,
     TaskResult,
@@ -59,7 +60,7 @@ def analyze_weights(
     out_dir = schema.check_writable(out)
     files = [str(p) for p in find_checkpoints(list(paths))]
     ref = load_checkpoint(reference, trust_pickle=trust_pickle) if reference is not None else None
-    ref_path = str(Path(reference).resolve()) if reference is not None else None
+    ref_path = locate(reference).uri if reference is not None else None
     if ref_path is not None and ref_path not in files:
         files.insert(0, ref_path)
     if len(files) < 2 and (pairwise or trajectory):

@@ -1,0 +1,151 @@
+"""Where results live: a local folder or a pyarrow filesystem URI (`s3://bucket/x`, `gs://bucket/x`, `file:///x`).
+
+Cluster workers on different machines need storage they all reach: a shared filesystem mounted at the same path, or
+an object store given as a URI. Files that tools insist on reading locally (checkpoints for torch, datasets and
+weights for Ultralytics) are fetched into a local cache first; training writes locally and uploads its run folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from yolo_audit.errors import AuditError
+
+
+def is_uri(location: str | Path) -> bool:
+    return "://" in str(location)
+
+
+@dataclass(frozen=True)
+class Location:
+    """A folder on some filesystem. `path` is the filesystem's own path; `uri` is what users and Polars see."""
+
+    fs: pafs.FileSystem
+    path: str
+    uri: str
+
+    def child(self, *parts: str) -> Location:
+        tail = "/".join(p.strip("/") for p in parts)
+        return Location(self.fs, f"{self.path.rstrip('/')}/{tail}", f"{self.uri.rstrip('/')}/{tail}")
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def is_remote(self) -> bool:
+        return is_uri(self.uri)
+
+    def exists(self) -> bool:
+        return self.fs.get_file_info(self.path).type != pafs.FileType.NotFound
+
+    def is_dir(self) -> bool:
+        return self.fs.get_file_info(self.path).type == pafs.FileType.Directory
+
+    def files(self, *suffixes: str, recursive: bool = False) -> list[Location]:
+        """Files directly inside (or anywhere below) this folder ending with one of `suffixes`, sorted."""
+        if not self.is_dir():
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=recursive))
+        names = [i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffixes or ("",))]
+        root = self.path.rstrip("/")
+        return [self.child(p[len(root) + 1 :]) for p in sorted(names) if not _hidden(p[len(root) + 1 :])]
+
+    def write_bytes(self, data: bytes) -> None:
+        """Atomic on local disks (temp file + rename); one PUT on object stores, which never show partial objects."""
+        parent = self.path.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            tmp = f"{parent}/.{self.name}.{uuid.uuid4().hex}.tmp"
+            try:
+                with self.fs.open_output_stream(tmp) as out:
+                    out.write(data)
+                os.replace(tmp, self.path)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+        else:
+            with self.fs.open_output_stream(self.path) as out:
+                out.write(data)
+
+    def read_bytes(self) -> bytes:
+        with self.fs.open_input_stream(self.path) as stream:
+            return stream.read()
+
+    def delete(self) -> None:
+        if self.exists():
+            self.fs.delete_file(self.path)
+
+
+def _hidden(relative: str) -> bool:
+    return any(part.startswith(".") for part in relative.split("/"))
+
+
+def locate(location: str | Path) -> Location:
+    """A Location for a local path or a filesystem URI (errors name the location and what to do)."""
+    text = str(location)
+    if not is_uri(text):
+        path = str(Path(text).expanduser().resolve())
+        return Location(pafs.LocalFileSystem(), path, path)
+    try:
+        fs, path = pafs.FileSystem.from_uri(text)
+    except (pafs.ArrowInvalid, pafs.ArrowNotImplementedError, OSError, ValueError) as exc:
+        raise AuditError(
+            f"unsupported or unreachable location ({exc}); use a path or s3:// gs:// file://", path=text
+        ) from exc
+    return Location(fs, path, text.rstrip("/"))
+
+
+def cache_root() -> Path:
+    from yolo_audit.env import cache_dir
+
+    return cache_dir() / "fetched"
+
+
+def fetch_file(location: str | Path) -> Path:
+    """A local path for a file: itself when local, else a cached download (keyed by URI and size)."""
+    if not is_uri(location):
+        return Path(location)
+    loc = locate(location)
+    info = loc.fs.get_file_info(loc.path)
+    if info.type != pafs.FileType.File:
+        raise AuditError("no such file; check the URI", path=str(location))
+    key = hashlib.sha256(f"{loc.uri}|{info.size}|{info.mtime_ns}".encode()).hexdigest()[:16]
+    target = cache_root() / key / loc.name
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+        tmp.write_bytes(loc.read_bytes())
+        tmp.replace(target)
+    return target
+
+
+def fetch_dir(location: str | Path) -> Path:
+    """A local copy of a folder (itself when local)."""
+    if not is_uri(location):
+        return Path(location)
+    loc = locate(location)
+    target = cache_root() / hashlib.sha256(loc.uri.encode()).hexdigest()[:16] / loc.name
+    for item in loc.files(recursive=True):
+        local = target / item.path[len(loc.path.rstrip("/")) + 1 :]
+        if not local.exists():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_bytes(item.read_bytes())
+    return target
+
+
+def upload_dir(local: Path, location: str | Path) -> None:
+    """Copy a local folder to a location (used for run folders trained in a local staging area)."""
+    dest = locate(location)
+    if not dest.is_remote:
+        if Path(dest.path) != local.resolve():
+            shutil.copytree(local, dest.path, dirs_exist_ok=True)
+        return
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        dest.child(str(path.relative_to(local))).write_bytes(path.read_bytes())
