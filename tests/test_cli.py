@@ -66,7 +66,7 @@ def test_schema_command_and_readme_document_every_column():
         assert f"#### `{table}`" in result.stdout and f"#### `{table}`" in readme, table
         for name, _, _ in fields:
             section = readme.split(f"#### `{table}`", 1)[1].split("####", 1)[0]
-            assert re.search(rf"^\| `{name}` \|", section, re.M), (table, name)
+            assert re.search(rf"^\| `{re.escape(name)}` \|", section, re.M), (table, name)
 
 
 def test_write_validates_columns_and_is_atomic(tmp_path):
@@ -87,3 +87,21 @@ def test_notebook_api_is_exported():
 
     assert callable(yolo_audit.analyze_weights) and callable(yolo_audit.open_results)
     assert yolo_audit.AuditError.__name__ == "AuditError"
+
+
+def test_study_dry_run_and_bad_study_file(tmp_path):
+    result = runner.invoke(app, ["study", str(ROOT / "workflows" / "coco128-freeze.yaml"), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "freeze-backbone-callback-s2" in result.stderr and "1 GPU" in result.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: yolov8n.yaml\ndata: {synthetic: {}}\nvariants: [{name: a, freeze: 99}]\n")
+    result = runner.invoke(app, ["study", str(bad)])
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1
+    assert "variants[0].freeze: freeze=99 is impossible" in result.stderr and str(bad) in result.stderr
+
+
+def test_make_data_command(tmp_path):
+    result = runner.invoke(app, ["make-data", str(tmp_path / "d"), "--images", "4", "--imgsz", "32", "--domain", "B"])
+    assert result.exit_code == 0 and (tmp_path / "d" / "data.yaml").exists()
+    result = runner.invoke(app, ["make-data", str(tmp_path / "e"), "--domain", "C"])
+    assert result.exit_code == 1 and "unknown domain 'C'" in result.stderr

@@ -29,9 +29,12 @@ def print_weights_summary(summary: WeightsSummary, *, examples: bool = False, st
             print("\nMost divergent layers (relative L2 of the layer's parameters vs the reference):", file=stream)
             print(store.top_divergent_layers(out, 10, reference_id=summary.reference_id), file=stream)
         if "layer_freeze" in store.tables(out):
-            print("\nFreeze verification (layers per verdict; declared_mismatch counts layers where train_args"
-                  " and the weights disagree):", file=stream)  # fmt: skip
-            print(store.freeze_summary(out, reference_id=summary.reference_id).drop("reference_id"), file=stream)
+            print("\nFreeze verification of each run's last checkpoint (layers per verdict; declared_mismatch counts"
+                  " layers where train_args and the weights disagree):", file=stream)  # fmt: skip
+            print(
+                store.freeze_summary(out, reference_id=summary.reference_id, latest=True).drop("reference_id"),
+                file=stream,
+            )
     counts = {t: store.scan(out, t).select(pl.len()).collect().item() for t in store.tables(out)}
     print(f"\nResults in {out}: " + ", ".join(f"{t} ({n} rows)" for t, n in counts.items()), file=stream)
     if examples:

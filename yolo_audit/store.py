@@ -71,13 +71,15 @@ def top_divergent_layers(out: str | Path, n: int = 10, *, reference_id: str | No
     )
 
 
-def freeze_summary(out: str | Path, *, reference_id: str | None = None) -> pl.DataFrame:
+def freeze_summary(out: str | Path, *, reference_id: str | None = None, latest: bool = False) -> pl.DataFrame:
     """Per checkpoint and verdict, the layers it covers as compact ranges (e.g. 0-9), and how many layers the
     declared freeze (train_args) contradicts."""
     runs = scan(out, "checkpoints").select("checkpoint_id", "run", "epoch", "freeze")
+    if latest:  # only each run's last epoch (and checkpoints without an epoch, such as a final last.pt)
+        runs = runs.filter(pl.col("epoch").is_null() | (pl.col("epoch") == pl.col("epoch").max().over("run")))
     return (
         _against(scan(out, "layer_freeze"), reference_id)
-        .join(runs, on="checkpoint_id", how="left")
+        .join(runs, on="checkpoint_id", how="inner")
         .with_columns(
             mismatch=pl.when(pl.col("declared_frozen").is_null())
             .then(None)
@@ -87,7 +89,10 @@ def freeze_summary(out: str | Path, *, reference_id: str | None = None) -> pl.Da
         .agg(pl.col("layer").sort().alias("layers"), pl.col("mismatch").sum().alias("declared_mismatch"))
         .sort("run", "epoch", "checkpoint_id", "verdict", nulls_last=True)
         .collect()
-        .with_columns(pl.col("layers").map_elements(compact_ranges, return_dtype=pl.String))
+        .with_columns(
+            pl.col("layers").map_elements(compact_ranges, return_dtype=pl.String),
+            pl.col("freeze").map_elements(_compact_freeze, return_dtype=pl.String),
+        )
     )
 
 
@@ -104,3 +109,11 @@ def compact_ranges(layers: list[int] | pl.Series) -> str:
             start = x
         prev = x
     return ",".join(parts)
+
+
+def _compact_freeze(freeze: str) -> str:
+    """The `freeze` JSON for display: a layer list as ranges ([0, 1, 2] -> '0-2'), anything else as written."""
+    import json
+
+    value = json.loads(freeze)
+    return compact_ranges(value) if isinstance(value, list) and value else freeze
