@@ -57,6 +57,7 @@ class Checkpoint:
     train_args: dict[str, Any] = field(default_factory=dict)
     module_types: dict[int, str] = field(default_factory=dict)
     bn_eps: dict[str, float] = field(default_factory=dict)
+    model_yaml: dict[str, Any] | None = None  # the architecture (Ultralytics' model.yaml), to rebuild the module
 
     @property
     def checkpoint_id(self) -> str:
@@ -192,6 +193,7 @@ def _load_safetensors(path: Path, sha: str) -> Checkpoint:
         train_args=info.get("train_args") or {},
         module_types={int(k): v for k, v in (info.get("module_types") or {}).items()},
         bn_eps={k: float(v) for k, v in (info.get("bn_eps") or {}).items()},
+        model_yaml=info.get("model_yaml"),
     )
     return ckpt
 
@@ -281,6 +283,7 @@ def _from_module(model: torch.nn.Module, path: Path, sha: str, *, train_args: di
     return Checkpoint(
         str(path), sha, "ultralytics", _precision(raw), _to_fp32(raw, path),
         train_args=train_args, module_types=types, bn_eps=eps,
+        model_yaml=_jsonable(model.yaml) if isinstance(getattr(model, "yaml", None), dict) else None,
     )  # fmt: skip
 
 
@@ -399,6 +402,7 @@ def save_safetensors(ckpt: Checkpoint, path: str | Path, *, tensors: dict[str, t
         "train_args": _jsonable(ckpt.train_args),
         "module_types": {str(k): v for k, v in ckpt.module_types.items()},
         "bn_eps": ckpt.bn_eps,
+        "model_yaml": ckpt.model_yaml,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

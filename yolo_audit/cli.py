@@ -82,6 +82,52 @@ def weights(
         raise typer.Exit(1)
 
 
+@app.command()
+@_one_line_errors
+def activations(
+    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoint files or folders.")],
+    data: Annotated[str, typer.Option("--data", help="Dataset yaml (uses --split), image folder, or glob.")],
+    out: Annotated[str, typer.Option("--out", help="Results folder or filesystem URI.")],
+    reference: Annotated[
+        Path | None, typer.Option("--reference", help="Also run it, and flag channels dead here but alive there.")
+    ] = None,
+    tau: Annotated[float, typer.Option("--tau", min=0.0, help="Dormant / constant threshold.")] = 0.025,
+    max_images: Annotated[int | None, typer.Option("--max-images", min=1, help="Use the first N images.")] = None,
+    imgsz: Annotated[int, typer.Option("--imgsz", min=32, help="Letterbox size.")] = 640,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Images per forward pass.")] = 8,
+    depth: Annotated[
+        str, typer.Option("--depth", help="modules (23 top-level) or leaves (every Conv/BN/act).")
+    ] = "modules",
+    maps: Annotated[int, typer.Option("--maps", min=0, help="Save small feature maps of the first K images.")] = 4,
+    split: Annotated[str, typer.Option("--split", help="Split of a dataset yaml.")] = "val",
+    cfg: Annotated[
+        str | None, typer.Option("--cfg", help="Model yaml for bare state dicts that record no architecture.")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda:N.")] = "auto",
+    shards: Annotated[int | None, typer.Option("--shards", min=1, help="Data shards per checkpoint.")] = None,
+    address: Address = None,
+    num_cpus: NumCpus = None,
+    trust_pickle: TrustPickle = False,
+) -> None:
+    """Per-channel activation statistics and dead units over a dataset, written as Parquet."""
+    from yolo_audit.activations_job import ActivationOptions
+    from yolo_audit.activations_plan import analyze_activations
+    from yolo_audit.report_text import print_activations_summary
+
+    if depth not in ("modules", "leaves"):
+        raise AuditError(f"--depth must be modules or leaves, not {depth!r}")
+    opts = ActivationOptions(
+        imgsz=imgsz, batch=batch, depth=depth, maps=maps, tau=tau, device=device, cfg=cfg, trust_pickle=trust_pickle
+    )
+    summary = analyze_activations(
+        list(checkpoints), data, out, reference=reference, opts=opts, max_images=max_images, split=split,
+        shards_per_checkpoint=shards, address=address, num_cpus=num_cpus,
+    )  # fmt: skip
+    print_activations_summary(summary)
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 
 

@@ -8,6 +8,7 @@ from typing import TextIO
 import polars as pl
 
 from yolo_audit import store
+from yolo_audit.activations_plan import ActivationsSummary
 from yolo_audit.study import StudySummary
 from yolo_audit.weights_plan import WeightsSummary
 
@@ -60,3 +61,21 @@ def print_study_summary(summary: StudySummary, *, examples: bool = False, stream
     failed = [r.spec.run for r in summary.trained if r.status != "done"]
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}; see the runs table's error column", file=sys.stderr)
+
+
+def print_activations_summary(summary: ActivationsSummary, *, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
+    out = summary.out
+    print(f"\n{len(summary.analysed)} checkpoint(s) over {summary.images} images (dataset {summary.dataset_id});"
+          f" {summary.failed_images} unreadable image(s) skipped", file=stream)  # fmt: skip
+    if "channel_stats" in store.tables(out):
+        with pl.Config(
+            tbl_rows=30, tbl_cols=12, fmt_str_lengths=40, tbl_width_chars=200, tbl_hide_dataframe_shape=True
+        ):
+            print(
+                "\nDead units per checkpoint and layer (dormant / constant / never positive / newly dead):", file=stream
+            )
+            print(store.dead_unit_summary(out, summary.dataset_id), file=stream)
+    print(f"\nResults in {out}: channel_stats, activation_hist, feature_maps, activation_passes", file=stream)
+    for err in summary.errors:
+        print(f"error [{err.stage}] {err.message}", file=sys.stderr)

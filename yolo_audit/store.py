@@ -117,3 +117,22 @@ def _compact_freeze(freeze: str) -> str:
 
     value = json.loads(freeze)
     return compact_ranges(value) if isinstance(value, list) and value else freeze
+
+
+def dead_unit_summary(out: str | Path, dataset_id: str | None = None) -> pl.DataFrame:
+    """Dead channels per checkpoint and layer, by criterion (layers with none are left out)."""
+    stats = scan(out, "channel_stats")
+    if dataset_id is not None:
+        stats = stats.filter(pl.col("dataset_id") == dataset_id)
+    runs = scan(out, "checkpoints").select("checkpoint_id", "run", "epoch") if "checkpoints" in tables(out) else None
+    frame = stats.group_by("checkpoint_id", "layer").agg(
+        pl.len().alias("channels"),
+        pl.col("dormant").sum(),
+        pl.col("constant").sum(),
+        pl.col("never_positive").sum(),
+        pl.col("newly_dead").sum(),
+    )
+    frame = frame.filter(pl.col("dormant") + pl.col("constant") + pl.col("never_positive") > 0)
+    if runs is not None:
+        frame = frame.join(runs, on="checkpoint_id", how="left")
+    return frame.sort("checkpoint_id", "layer").collect()

@@ -144,10 +144,16 @@ def _snapshot(spec: TrainSpec) -> Any:
             run=spec.run, epoch=int(trainer.epoch) + 1, train_args=_train_args(spec),
             module_types={i: type(m).__name__ for i, m in enumerate(layers)},
             bn_eps={n: float(m.eps) for n, m in ema.named_modules() if hasattr(m, "running_var")},
+            model_yaml=_jsonable_yaml(ema),
         )  # fmt: skip
         save_safetensors(meta, spec.folder / SNAPSHOTS / f"epoch{int(trainer.epoch) + 1:04d}.safetensors")
 
     return save
+
+
+def _jsonable_yaml(model: Any) -> dict[str, Any] | None:
+    arch = getattr(model, "yaml", None)
+    return json.loads(json.dumps(arch, default=str)) if isinstance(arch, dict) else None
 
 
 def _train_args(spec: TrainSpec) -> dict[str, Any]:

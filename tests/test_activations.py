@@ -1,0 +1,197 @@
+"""Activations end to end: hooks leave outputs alone, statistics equal numpy on materialised activations, forced dead
+channels are flagged by the right criterion, shards merge exactly, Detect and leaves are covered, bad inputs."""
+
+from __future__ import annotations
+
+import io
+from copy import deepcopy
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from conftest import save
+
+from yolo_audit.activations_job import ActivationOptions
+from yolo_audit.activations_plan import analyze_activations
+from yolo_audit.data import list_images, load_batch
+from yolo_audit.errors import AuditError
+from yolo_audit.hooks import Recorder, select_modules
+from yolo_audit.synth import make_dataset
+
+IMGSZ = 64
+KILLED = {3: (0.0, -10.0), 5: (0.0, 2.0)}  # channel of layer 1: (BN gamma, BN beta)
+
+
+def _killed(model):
+    m = deepcopy(model)
+    with torch.no_grad():
+        for c, (gamma, beta) in KILLED.items():
+            m.model[1].bn.weight[c], m.model[1].bn.bias[c] = gamma, beta
+    return m
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """All 12 images of a synthetic dataset, as a folder (the yaml's val split holds only 3)."""
+    return (
+        make_dataset(tmp_path_factory.mktemp("data") / "B", images=12, imgsz=IMGSZ, domain="B", seed=2).parent
+        / "images"
+    )
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, base_model, data, ray_local):
+    root = tmp_path_factory.mktemp("act")
+    ref = save(base_model, root / "ckpts" / "base.pt", name="base")
+    dead = save(_killed(base_model), root / "ckpts" / "dead.pt", name="dead")
+    opts = ActivationOptions(imgsz=IMGSZ, batch=2, maps=2)
+    out = root / "out"
+    summary = analyze_activations(
+        [dead], data, out, reference=ref, opts=opts, shards_per_checkpoint=3, stream=io.StringIO()
+    )
+    return {"out": out, "summary": summary, "ref": ref, "dead": dead, "root": root}
+
+
+def _stats(out) -> pl.DataFrame:
+    return pl.read_parquet(out / "channel_stats" / "*.parquet").join(
+        pl.read_parquet(out / "checkpoints" / "*.parquet").select("checkpoint_id", "run"), on="checkpoint_id"
+    )
+
+
+def test_hooks_do_not_change_outputs(base_model, data):
+    batch, _ = load_batch(list_images(data)[:2], IMGSZ)
+    model = deepcopy(base_model).eval()
+    with torch.inference_mode():
+        plain = model(batch)
+        for depth in ("modules", "leaves"):
+            with Recorder(model, depth=depth, maps=1) as rec:
+                rec.begin_batch(len(batch))
+                hooked = model(batch)
+            assert torch.equal(plain[0], hooked[0]) and rec.states
+    names = select_modules(model, "modules")
+    assert len(names) == 22 + 6 and "model.22.cv2.0" in names and "model.22.cv3.2" in names and "model.22" not in names
+    leaves = select_modules(model, "leaves")
+    assert {"model.1.conv", "model.1.bn", "model.1.act", "model.22.cv3.0.2"} <= set(leaves)
+
+
+def test_statistics_equal_numpy_on_materialised_activations(run, base_model, data):
+    assert run["summary"].ok and run["summary"].images == 12
+    captured = []
+    model = _killed(base_model).eval()
+    handle = model.model[4].register_forward_hook(lambda m, i, o: captured.append(o.detach().double().numpy()))
+    with torch.inference_mode():
+        for start in range(0, 12, 2):  # the tool's batches (batch 2), so these are the very same activations
+            model(load_batch(list_images(data)[start : start + 2], IMGSZ)[0])
+    handle.remove()
+    a = np.moveaxis(np.concatenate(captured), 1, 0)
+    a = a.reshape(a.shape[0], -1)
+    rows = _stats(run["out"]).filter((pl.col("run") == "dead") & (pl.col("module") == "model.4")).sort("channel")
+    np.testing.assert_allclose(rows["mean"].to_numpy(), a.mean(1), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(rows["std"].to_numpy(), a.std(1), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(rows["max"].to_numpy(), a.max(1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rows["mean_abs"].to_numpy(), np.abs(a).mean(1), rtol=1e-4, atol=1e-6)
+    # Ray workers run torch with one thread, this process with two: values within rounding of 0 may flip sign
+    np.testing.assert_allclose(rows["frac_positive"].to_numpy(), (a > 0).mean(1), atol=0.01)
+    assert (rows["count"] == a.shape[1]).all()
+
+
+def test_recorder_statistics_equal_numpy_on_the_same_forward(base_model, data):
+    """Same forward pass, two hooks: the recorder's streaming states and a plain capture of the raw tensors."""
+    model = _killed(base_model).eval()
+    captured: dict[str, list[np.ndarray]] = {"model.4": [], "model.22.cv2.1": []}
+    handles = [
+        model.get_submodule(name).register_forward_hook(lambda m, i, o, n=name: captured[n].append(o.double().numpy()))
+        for name in captured
+    ]
+    with torch.inference_mode(), Recorder(model) as rec:
+        for start in range(0, 12, 3):
+            model(load_batch(list_images(data)[start : start + 3], IMGSZ)[0])
+    for handle in handles:
+        handle.remove()
+    for name, parts in captured.items():
+        a = np.moveaxis(np.concatenate(parts), 1, 0)
+        a = a.reshape(a.shape[0], -1)
+        got = rec.states[name].compute()
+        expected = {"mean": a.mean(1), "std": a.std(1), "min": a.min(1), "max": a.max(1),
+                    "mean_abs": np.abs(a).mean(1), "frac_positive": (a > 0).mean(1)}  # fmt: skip
+        for key, value in expected.items():
+            np.testing.assert_allclose(got[key].numpy(), value, rtol=2e-5, atol=1e-7, err_msg=f"{name} {key}")
+
+
+def test_forced_dead_channels_flagged_by_the_right_criterion(run):
+    rows = _stats(run["out"]).filter((pl.col("module") == "model.1") & pl.col("channel").is_in(list(KILLED)))
+    dead = rows.filter(pl.col("run") == "dead").sort("channel")
+    neg, pos = dead.row(0, named=True), dead.row(1, named=True)  # gamma 0 with beta -10, and with beta +2
+    assert neg["constant"] and neg["never_positive"] and neg["dormant"] and neg["newly_dead"]
+    assert pos["constant"] and not pos["never_positive"] and not pos["dormant"] and pos["newly_dead"]
+    assert pos["mean"] == pytest.approx(2.0 / (1 + np.exp(-2.0)), rel=1e-4)  # SiLU(beta)
+    base = rows.filter(pl.col("run") == "base")
+    assert not base["constant"].any() and base["newly_dead"].null_count() == 0 and not base["newly_dead"].any()
+
+
+def test_shards_merge_to_the_single_pass(run, data):
+    out = run["root"] / "one-shard"
+    opts = ActivationOptions(imgsz=IMGSZ, batch=2, maps=0)  # the same batches as the 3-shard run, in one task
+    analyze_activations([run["dead"]], data, out, opts=opts, shards_per_checkpoint=1, stream=io.StringIO())
+    a = _stats(run["out"]).filter(pl.col("run") == "dead").sort("module", "channel")
+    b = _stats(out).sort("module", "channel")
+    for col in ("count", "mean", "std", "min", "max", "mean_abs", "frac_positive"):
+        np.testing.assert_allclose(a[col].to_numpy(), b[col].to_numpy(), rtol=1e-6, atol=1e-9, err_msg=col)
+
+
+def test_detect_branches_histograms_maps_and_passes(run):
+    out = run["out"]
+    stats = _stats(out)
+    assert {"model.22.cv2.0", "model.22.cv3.2"} <= set(stats["module"])
+    assert stats.filter(pl.col("module") == "model.22.cv3.0")["channel"].max() == 79  # nc = 80 from the yaml
+    hist = pl.read_parquet(out / "activation_hist" / "*.parquet")
+    per_module = hist.group_by("checkpoint_id", "module").agg(pl.col("count").sum())
+    counts = stats.group_by("checkpoint_id", "module").agg(pl.col("count").sum())
+    assert (
+        per_module.join(counts, on=["checkpoint_id", "module"]).filter(pl.col("count") != pl.col("count_right")).height
+        == 0
+    )
+    maps = pl.read_parquet(out / "feature_maps" / "*.parquet")
+    assert set(maps["image"]) == {0, 1} and maps["channel"].max() == 15
+    assert (maps["values"].list.len() == maps["height"] * maps["width"]).all() and maps["height"].max() <= 32
+    passes = pl.read_parquet(out / "activation_passes" / "*.parquet")
+    assert passes["images"].to_list() == [12, 12] and set(passes["device"]) == {"cpu"}
+
+
+def test_leaves_depth(run, data):
+    out = run["root"] / "leaves"
+    opts = ActivationOptions(imgsz=IMGSZ, batch=6, depth="leaves", maps=0)
+    analyze_activations([run["dead"]], data, out, opts=opts, max_images=6, stream=io.StringIO())
+    modules = set(pl.read_parquet(out / "channel_stats" / "*.parquet")["module"])
+    assert {"model.1.conv", "model.1.bn", "model.1.act", "model.22.dfl.conv"} <= modules
+
+
+def test_dataset_yaml_split(run, data):
+    yaml_path = data.parent / "data.yaml"
+    assert len(list_images(yaml_path)) == 3 and len(list_images(yaml_path, split="train")) == 9
+    with pytest.raises(AuditError, match="has no `test` split"):
+        list_images(yaml_path, split="test")
+
+
+def test_bad_inputs(tmp_path, run, data):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AuditError, match="no images found"):
+        analyze_activations([run["dead"]], tmp_path / "empty", tmp_path / "o")
+    nowhere = tmp_path / "nowhere.yaml"
+    nowhere.write_text("path: /does/not/exist\nval: images/val\nnames: {0: a}\n")
+    with pytest.raises(AuditError, match="points nowhere"):
+        analyze_activations([run["dead"]], nowhere, tmp_path / "o")
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for p in list_images(data)[:3]:
+        (images / Path(p).name).write_bytes(Path(p).read_bytes())
+    (images / "broken.png").write_bytes(b"not an image")
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"PK\x03\x04 truncated")
+    opts = ActivationOptions(imgsz=IMGSZ, batch=2, maps=0)
+    summary = analyze_activations([run["dead"], broken], images, tmp_path / "o", opts=opts, stream=io.StringIO())
+    assert summary.failed_images == 1 and summary.images == 4 and len(summary.analysed) == 1
+    assert [e.path for e in summary.errors] == [str(broken)] and not summary.ok
+    assert pl.read_parquet(tmp_path / "o" / "errors" / "*.parquet")["stage"].to_list() == ["activations"]

@@ -1,0 +1,167 @@
+"""One task of `yolo-audit activations`: one checkpoint over one shard of images -> partial per-channel states.
+
+Partial states are small (a few vectors per hooked module) and merge exactly, so shards of the data reduce in a tree.
+`tables_for` turns a fully merged result into the rows of `channel_stats`, `activation_hist`, `feature_maps` and
+`activation_passes`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from yolo_audit.analysis import checkpoint_table
+from yolo_audit.checkpoints import load_checkpoint
+from yolo_audit.data import load_batch
+from yolo_audit.hooks import Recorder, layer_of
+from yolo_audit.models import build_module
+from yolo_audit.stats.channels import ChannelState, dead_units, merge, octave_bin_edges
+from yolo_audit.stats.weights import Columns
+from yolo_audit.weights_job import ErrorRecord, record
+
+
+@dataclass(frozen=True)
+class ActivationOptions:
+    imgsz: int = 640
+    batch: int = 8
+    depth: str = "modules"
+    maps: int = 0  # feature maps of this many images (from the first shard)
+    tau: float = 0.025
+    device: str = "auto"  # auto: CUDA when the task sees a GPU
+    cfg: str | None = None
+    trust_pickle: bool = False
+
+
+@dataclass
+class ShardResult:
+    path: str
+    checkpoint_id: str | None = None
+    states: dict[str, ChannelState] = field(default_factory=dict)
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    images: int = 0
+    failed_images: int = 0
+    seconds: float = 0.0
+    device: str = "cpu"
+    errors: list[ErrorRecord] = field(default_factory=list)
+    checkpoint_row: Columns | None = None  # the `checkpoints` row, from the first shard
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def activations_shard(
+    path: str, images: list[str], opts: ActivationOptions, *, first: bool = False, maps: int = 0
+) -> ShardResult:
+    """Forward every image of the shard through the checkpoint with hooks; states come back on the CPU. The first
+    shard also returns the checkpoint's `checkpoints` row and the feature maps of its first `maps` images."""
+    result = ShardResult(path=path)
+    started = time.monotonic()
+    try:
+        ckpt = load_checkpoint(path, trust_pickle=opts.trust_pickle)
+        result.checkpoint_id = ckpt.checkpoint_id
+        result.checkpoint_row = checkpoint_table(ckpt) if first else None
+        device = resolve_device(opts.device)
+        model = build_module(ckpt, cfg=opts.cfg).to(device)
+        with torch.inference_mode(), Recorder(model, depth=opts.depth, maps=maps) as recorder:
+            for start in range(0, len(images), opts.batch):
+                batch, failed = load_batch(images[start : start + opts.batch], opts.imgsz)
+                result.failed_images += failed
+                if len(batch):
+                    recorder.begin_batch(len(batch))
+                    model(batch.to(device, non_blocking=True))
+                    result.images += len(batch)
+        result.states = {k: v.to("cpu") for k, v in recorder.states.items()}
+        result.maps = recorder.feature_maps
+        result.device = str(device)
+    except Exception as exc:  # noqa: BLE001 - an errors row; other checkpoints and shards go on
+        result.errors.append(record(path, "activations", exc))
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def merge_results(a: ShardResult, b: ShardResult) -> ShardResult:
+    """Exact merge of two shards of the same checkpoint (maps: the first shard's; errors: both)."""
+    out = ShardResult(path=a.path, checkpoint_id=a.checkpoint_id or b.checkpoint_id, device=a.device)
+    names = list(dict.fromkeys([*a.states, *b.states]))
+    out.states = {
+        n: merge(a.states[n], b.states[n]) if n in a.states and n in b.states else (a.states.get(n) or b.states[n])
+        for n in names
+    }
+    out.maps = a.maps or b.maps
+    out.checkpoint_row = a.checkpoint_row or b.checkpoint_row
+    out.images, out.failed_images = a.images + b.images, a.failed_images + b.failed_images
+    out.seconds, out.errors = a.seconds + b.seconds, a.errors + b.errors
+    return out
+
+
+def dead_flags(result: ShardResult, tau: float) -> dict[tuple[str, int], bool]:
+    """(module, channel) -> dead by any criterion: what newly_dead compares against in the reference."""
+    flags: dict[tuple[str, int], bool] = {}
+    for name, state in result.states.items():
+        dead = dead_units(state.compute(), tau=tau)
+        anyd = dead["dormant"] | dead["constant"] | dead["never_positive"]
+        flags.update({(name, c): bool(v) for c, v in enumerate(anyd.tolist())})
+    return flags
+
+
+def tables_for(
+    result: ShardResult, dataset_id: str, opts: ActivationOptions, images: list[str], reference: dict | None
+) -> dict[str, Columns]:
+    ids = {"checkpoint_id": result.checkpoint_id, "dataset_id": dataset_id}
+    stats: Columns = {}
+    hist: Columns = {}
+    for name, state in result.states.items():
+        values = state.compute()
+        dead = dead_units(values, tau=opts.tau)
+        n = int(values["mean"].numel())
+        anyd = (dead["dormant"] | dead["constant"] | dead["never_positive"]).tolist()
+        newly = [None] * n if reference is None else [
+            bool(d and not reference.get((name, c), True)) for c, d in enumerate(anyd)
+        ]  # fmt: skip
+        _extend(stats, {**ids, "layer": layer_of(name), "module": name}, n, {
+            "channel": list(range(n)), "count": [int(v) for v in values["count"].tolist()],
+            **{k: values[k].tolist() for k in ("mean", "std", "min", "max", "mean_abs", "frac_positive")},
+            **{k: dead[k].tolist() for k in ("dormant_score", "dormant", "constant", "never_positive")},
+            "newly_dead": newly, "tau": [opts.tau] * n,
+        })  # fmt: skip
+        nonzero = [(b, int(c)) for b, c in enumerate(state.hist.tolist()) if c]
+        edges = [octave_bin_edges(b) for b, _ in nonzero]
+        _extend(hist, {**ids, "layer": layer_of(name), "module": name}, len(nonzero), {
+            "bin": [b for b, _ in nonzero], "lo": [e[0] for e in edges], "hi": [e[1] for e in edges],
+            "count": [c for _, c in nonzero],
+        })  # fmt: skip
+    return {
+        "checkpoints": result.checkpoint_row or {},
+        "channel_stats": stats,
+        "activation_hist": hist,
+        "feature_maps": _maps_table(result, ids, images),
+        "activation_passes": {k: [v] for k, v in {
+            **ids, "images": result.images, "failed_images": result.failed_images, "imgsz": opts.imgsz,
+            "depth": opts.depth, "device": result.device, "seconds": result.seconds,
+        }.items()},
+    }  # fmt: skip
+
+
+def _maps_table(result: ShardResult, ids: dict, images: list[str]) -> Columns:
+    out: Columns = {}
+    for name, maps in result.maps.items():
+        n_img, n_ch, h, w = maps.shape
+        rows = [(i, c) for i in range(n_img) for c in range(n_ch)]
+        _extend(out, {**ids, "layer": layer_of(name), "module": name}, len(rows), {
+            "image": [i for i, _ in rows], "image_path": [images[i] for i, _ in rows], "channel": [c for _, c in rows],
+            "height": [h] * len(rows), "width": [w] * len(rows),
+            "values": [maps[i, c].float().reshape(-1).tolist() for i, c in rows],
+        })  # fmt: skip
+    return out
+
+
+def _extend(cols: Columns, constants: dict, n: int, values: dict[str, list]) -> None:
+    for key, value in constants.items():
+        cols.setdefault(key, []).extend([value] * n)
+    for key, value in values.items():
+        cols.setdefault(key, []).extend(value)

@@ -1,0 +1,94 @@
+"""Images for activation passes: a dataset yaml (a split), a folder or a glob; Ultralytics' letterbox; shards.
+
+Preprocessing is Ultralytics' predict path with a square canvas (LetterBox(auto=False), grey 114 padding, BGR -> RGB,
+0..1), so every batch has one shape. Unreadable images are skipped and counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from yolo_audit.errors import AuditError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(data: str | Path, *, split: str = "val", max_images: int | None = None) -> list[str]:
+    """Image paths from a dataset yaml's `split`, a folder (recursive) or a glob pattern, sorted and capped."""
+    text = str(data)
+    if text.endswith((".yaml", ".yml")):
+        found = _from_yaml(Path(text), split)
+    elif Path(text).is_dir():
+        found = sorted(str(p) for p in Path(text).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        found = sorted(p for p in glob.glob(text, recursive=True) if p.lower().endswith(IMAGE_SUFFIXES))
+    if not found:
+        raise AuditError("no images found; pass a dataset yaml, an image folder or a glob", path=text)
+    return found[:max_images] if max_images else found
+
+
+def _from_yaml(path: Path, split: str) -> list[str]:
+    if not path.is_file():
+        raise AuditError("no such dataset yaml; check the path", path=str(path))
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise AuditError(f"not valid YAML ({str(exc).splitlines()[0]})", path=str(path)) from exc
+    if split not in config:
+        raise AuditError(f"has no `{split}` split; use --split with one of {sorted(config)}", path=str(path))
+    root = Path(config.get("path") or path.parent)
+    root = root if root.is_absolute() else (path.parent / root)
+    entries = config[split] if isinstance(config[split], list) else [config[split]]
+    images: list[str] = []
+    for entry in entries:
+        where = root / entry
+        if where.is_dir():
+            images += sorted(str(p) for p in where.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif where.is_file() and where.suffix == ".txt":
+            images += [str((root / line.strip()).resolve()) for line in where.read_text().splitlines() if line.strip()]
+        else:
+            raise AuditError(f"`{split}: {entry}` points nowhere ({where}); fix the dataset yaml", path=str(path))
+    return images
+
+
+def load_batch(paths: list[str], imgsz: int) -> tuple[torch.Tensor, int]:
+    """Letterboxed images (N, 3, imgsz, imgsz) in 0..1, and how many files could not be read."""
+    import cv2
+    from ultralytics.data.augment import LetterBox
+
+    letterbox = LetterBox(new_shape=(imgsz, imgsz), auto=False)
+    arrays, failed = [], 0
+    for p in paths:
+        image = cv2.imread(p)
+        if image is None:
+            failed += 1
+            continue
+        arrays.append(letterbox(image=image)[..., ::-1].transpose(2, 0, 1))
+    if not arrays:
+        return torch.zeros(0, 3, imgsz, imgsz), failed
+    batch = torch.from_numpy(np.ascontiguousarray(np.stack(arrays))).float() / 255.0
+    return batch, failed
+
+
+def shards(paths: list[str], n: int) -> list[list[str]]:
+    """Split into at most n contiguous, nearly equal shards (order kept, so shard 0 starts with the first images)."""
+    n = max(1, min(n, len(paths)))
+    size, extra = divmod(len(paths), n)
+    out, start = [], 0
+    for i in range(n):
+        end = start + size + (1 if i < extra else 0)
+        out.append(paths[start:end])
+        start = end
+    return out
+
+
+def dataset_id(paths: list[str], imgsz: int) -> str:
+    """Identifies the exact image list and preprocessing: rows of the same dataset_id are comparable."""
+    digest = hashlib.sha256(f"{imgsz}\n".encode() + "\n".join(paths).encode())
+    return digest.hexdigest()[:16]
