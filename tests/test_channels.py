@@ -34,7 +34,19 @@ def _batches(seed: int = 0) -> list[torch.Tensor]:
     return out
 
 
-def test_streaming_state_matches_numpy():
+@pytest.fixture(params=["fused", "torch"])
+def path(request, monkeypatch):
+    """Both implementations: the one-pass numba kernel (CPU) and the torch reductions (used on GPUs)."""
+    from yolo_audit.stats import fused
+
+    if request.param == "torch":
+        monkeypatch.setattr(fused, "available", lambda: False)
+    else:
+        assert fused.available(), "numba is a dependency: the fused CPU path must be importable"
+    return request.param
+
+
+def test_streaming_state_matches_numpy(path):
     batches = _batches()
     state = ChannelState.empty(6)
     for b in batches:
@@ -46,7 +58,7 @@ def test_streaming_state_matches_numpy():
     assert got["std"][4] == 0.0
 
 
-def test_two_dimensional_activations():
+def test_two_dimensional_activations(path):
     x = torch.randn(10, 4)
     state = ChannelState.empty(4)
     state.update(x)
@@ -54,7 +66,7 @@ def test_two_dimensional_activations():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_random_shard_splits_merge_to_one_pass(seed):
+def test_random_shard_splits_merge_to_one_pass(seed, path):
     batches = _batches(seed)
     one = ChannelState.empty(6)
     for b in batches:

@@ -28,7 +28,7 @@ STUDY = {
         {"name": "backbone", "freeze": "backbone"},
         {"name": "callback", "freeze": "backbone", "strategy": "callback"},
     ],
-    "analyses": ["weights"],
+    "analyses": ["weights", "activations"],
 }
 
 
@@ -77,8 +77,14 @@ def test_study_trains_every_variant_and_writes_runs(full):
     assert runs.filter(pl.col("run") == "callback-s0")["frozen_layers"].to_list() == [list(range(10))]
     assert t["train_metrics"].group_by("run").len().sort("run")["len"].to_list() == [2, 1, 2, 2]
     assert "metrics/mAP50-95(B)" in t["train_metrics"].columns
+    assert t["checkpoints"]["checkpoint_id"].is_unique().all()  # weights and activations share one row per file
     snaps = t["checkpoints"].filter(pl.col("source_format") == "safetensors")
     assert snaps.height == 6 and set(snaps["precision"]) == {"float32"} and set(snaps["epoch"]) == {1, 2}
+    # activations: the base and each run's last snapshot, on the study's validation images
+    passes = t["activation_passes"].join(t["checkpoints"].select("checkpoint_id", "run", "epoch"), on="checkpoint_id")
+    assert sorted(passes["run"]) == ["backbone-s0", "base", "callback-s0", "none-s0"]
+    assert set(passes.filter(pl.col("run") != "base")["epoch"]) == {2} and set(passes["images"]) == {2}
+    assert t["channel_stats"]["newly_dead"].null_count() == 0
 
 
 def test_freeze_strategies_give_the_expected_verdicts(full):

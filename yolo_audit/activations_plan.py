@@ -23,7 +23,7 @@ from yolo_audit.activations_job import (
 from yolo_audit.checkpoints import find_checkpoints
 from yolo_audit.data import dataset_id, list_images, shards
 from yolo_audit.orchestrate import Task, cluster_cpus, ray_session, run_tasks
-from yolo_audit.storage import locate
+from yolo_audit.storage import local_dataset, locate
 from yolo_audit.weights_job import ErrorRecord, error_key, write_errors
 
 
@@ -62,7 +62,7 @@ def analyze_activations(
     ref_path = locate(reference).uri if reference is not None else None
     if ref_path is not None and ref_path not in files:
         files.insert(0, ref_path)
-    images = list_images(data, split=split, max_images=max_images)
+    images = list_images(local_dataset(str(data)), split=split, max_images=max_images)
     summary = ActivationsSummary(out=out_uri, dataset_id=dataset_id(images, opts.imgsz), images=len(images))
     with ray_session(address, num_cpus=num_cpus):
         import ray
@@ -90,8 +90,8 @@ def analyze_activations(
         schema.remove(out_uri, "errors", error_key(result.path, "activations"))
         key = f"{result.checkpoint_id}-{summary.dataset_id}"
         for table, cols in tables_for(result, summary.dataset_id, opts, images, reference_dead).items():
-            if cols:
-                schema.write(out_uri, table, key, cols)
+            if cols:  # the checkpoints row has the same key as the weights analysis writes: one row per file
+                schema.write(out_uri, table, result.checkpoint_id if table == "checkpoints" else key, cols)
         summary.analysed.append(result.path)
     write_errors(out_uri, summary.errors)
     return summary

@@ -58,6 +58,8 @@ def print_study_summary(summary: StudySummary, *, examples: bool = False, stream
             print(runs.select("run", "strategy", "frozen_layers", "status", "best_map50_95", "seconds"), file=stream)
     if isinstance(summary.weights, WeightsSummary):
         print_weights_summary(summary.weights, examples=examples, stream=stream)
+    if isinstance(summary.activations, ActivationsSummary):
+        print_activations_summary(summary.activations, stream=stream)
     failed = [r.spec.run for r in summary.trained if r.status != "done"]
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}; see the runs table's error column", file=sys.stderr)

@@ -149,3 +149,18 @@ def upload_dir(local: Path, location: str | Path) -> None:
         return
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         dest.child(str(path.relative_to(local))).write_bytes(path.read_bytes())
+
+
+def local_dataset(data: str) -> str:
+    """Ultralytics and the image loader read datasets locally: a dataset yaml given by URI is fetched with its folder
+    and its `path` pointed at the local copy. Local paths come back unchanged."""
+    if not is_uri(data):
+        return data
+    import yaml
+
+    folder = fetch_dir(data.rsplit("/", 1)[0])
+    config = yaml.safe_load((folder / data.rsplit("/", 1)[1]).read_text())
+    config["path"] = str(folder)
+    local = folder / "data.local.yaml"
+    local.write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(local)

@@ -37,11 +37,12 @@ class StudySummary:
     trained: list[TrainResult] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     weights: object | None = None  # WeightsSummary when the weights analysis ran
+    activations: object | None = None  # ActivationsSummary when the activations analysis ran
 
     @property
     def ok(self) -> bool:
         runs_ok = all(r.status == "done" for r in self.trained)
-        return runs_ok and (self.weights is None or getattr(self.weights, "ok", True))
+        return runs_ok and all(getattr(a, "ok", True) for a in (self.weights, self.activations))
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,8 @@ def run_study(
         _train_all(specs, study, layout, gpus, summary, stream)
         if "weights" in study.analyses:
             summary.weights = _analyse_weights(study, layout, specs, base_spec, stream)
+        if "activations" in study.analyses:
+            summary.activations = _analyse_activations(study, layout, specs, base_spec, data, stream)
     return summary
 
 
@@ -232,6 +235,23 @@ def _analyse_weights(
     return analyze_weights(
         folders, layout.out, reference=reference, trajectory=True, pairwise=reference is None, stream=stream
     )
+
+
+def _analyse_activations(
+    study: Study, layout: Layout, specs: list[TrainSpec], base_spec: TrainSpec | None, data: str, stream: TextIO
+) -> object:
+    """Each finished run's last snapshot (and the base) over the study's validation images, at the training size."""
+    from yolo_audit.activations_job import ActivationOptions
+    from yolo_audit.activations_plan import analyze_activations
+
+    done = finished_runs(layout)
+    last = [locate(layout.run(s.run, SNAPSHOTS)).files(".safetensors")[-1].uri for s in specs if s.run in done]
+    if not last:
+        raise AuditError("no run finished, nothing to analyse; see the runs table", path=layout.out)
+    opts = ActivationOptions(imgsz=study.train.imgsz, batch=study.train.batch, maps=4)
+    print(f"[activations] {len(last)} runs' last snapshots over {data}", file=stream)
+    reference = _reference(study, layout, base_spec)
+    return analyze_activations(last, data, layout.out, reference=reference, opts=opts, stream=stream)
 
 
 def _reference(study: Study, layout: Layout, base_spec: TrainSpec | None) -> str | None:

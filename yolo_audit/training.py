@@ -19,7 +19,7 @@ from typing import Any
 
 from yolo_audit.checkpoints import Checkpoint, save_safetensors
 from yolo_audit.env import prepare
-from yolo_audit.storage import fetch_dir, fetch_file, is_uri, locate, upload_dir
+from yolo_audit.storage import fetch_file, is_uri, local_dataset, locate, upload_dir
 
 STRATEGIES = ("ultralytics", "callback")
 SNAPSHOTS = "snapshots"
@@ -83,7 +83,7 @@ def train_variant(spec: TrainSpec) -> TrainResult:
         model.add_callback("on_train_start", _freeze_by_callback(spec.frozen_layers))
     model.add_callback("on_fit_epoch_end", _snapshot(spec))
     args = dict(
-        data=_local_data(spec.data), epochs=spec.epochs, imgsz=spec.imgsz, batch=spec.batch, optimizer=spec.optimizer,
+        data=local_dataset(spec.data), epochs=spec.epochs, imgsz=spec.imgsz, batch=spec.batch, optimizer=spec.optimizer,
         lr0=spec.lr0, close_mosaic=spec.close_mosaic, save_period=spec.save_period, workers=spec.workers,
         seed=spec.seed, deterministic=True, amp=spec.device != "cpu", device=spec.device, project=spec.project,
         name=spec.run, exist_ok=True, plots=False, verbose=False,
@@ -101,20 +101,6 @@ def train_variant(spec: TrainSpec) -> TrainResult:
     if spec.upload_to:
         upload_dir(spec.folder, spec.upload_to)
     return TrainResult(spec, "done", time.monotonic() - started, max(maps) if maps else None, metrics, None, snaps)
-
-
-def _local_data(data: str) -> str:
-    """Ultralytics reads datasets locally: fetch a dataset folder given by URI and point its yaml's `path` at it."""
-    if not is_uri(data):
-        return data
-    import yaml
-
-    folder = fetch_dir(data.rsplit("/", 1)[0])
-    config = yaml.safe_load((folder / "data.yaml").read_text())
-    config["path"] = str(folder)
-    local = folder / "data.local.yaml"
-    local.write_text(yaml.safe_dump(config, sort_keys=False))
-    return str(local)
 
 
 def _freeze_by_callback(layers: tuple[int, ...]) -> Any:

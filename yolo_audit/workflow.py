@@ -17,7 +17,7 @@ from yolo_audit.training import STRATEGIES
 N_LAYERS = 23  # YOLOv8 top-level modules
 HEAD = 22  # the Detect head
 BACKBONE = tuple(range(10))
-ANALYSES = ("weights",)
+ANALYSES = ("weights", "activations")
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class Study:
     pretrain: TrainCfg | None = None  # train the base first (on pretrain_data), e.g. from a yaml, offline
     pretrain_data: str | Synthetic | None = None
     seeds: tuple[int, ...] = (0,)
-    analyses: tuple[str, ...] = ANALYSES
+    analyses: tuple[str, ...] = ("weights",)
     out: str = "results"
     resources: Resources = field(default_factory=Resources)
     source: str = ""
@@ -134,7 +134,7 @@ def parse_study(raw: Any, *, base: Path, source: str = "") -> Study:
     if len(set(names)) != len(names):
         raise AuditError(f"`variants`: names must be unique ({names})")
     seeds = tuple(_typed(s, int, f"seeds[{i}]") for i, s in enumerate(_list(top.get("seeds", [0]), "seeds")))
-    analyses = tuple(_list(top.get("analyses", list(ANALYSES)), "analyses"))
+    analyses = tuple(_list(top.get("analyses", ["weights"]), "analyses"))
     unknown = [a for a in analyses if a not in ANALYSES]
     if unknown:
         raise AuditError(f"`analyses`: unknown {unknown}; available: {list(ANALYSES)}")
