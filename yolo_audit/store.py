@@ -120,19 +120,24 @@ def _compact_freeze(freeze: str) -> str:
 
 
 def dead_unit_summary(out: str | Path, dataset_id: str | None = None) -> pl.DataFrame:
-    """Dead channels per checkpoint and layer, by criterion (layers with none are left out)."""
+    """Per checkpoint: channels dead by each criterion, newly dead vs the reference, and the layer with most dead."""
     stats = scan(out, "channel_stats")
     if dataset_id is not None:
         stats = stats.filter(pl.col("dataset_id") == dataset_id)
-    runs = scan(out, "checkpoints").select("checkpoint_id", "run", "epoch") if "checkpoints" in tables(out) else None
-    frame = stats.group_by("checkpoint_id", "layer").agg(
+    dead = pl.col("dormant") | pl.col("constant") | pl.col("never_positive")
+    per_layer = stats.group_by("checkpoint_id", "layer").agg(
         pl.len().alias("channels"),
+        dead.sum().alias("dead"),
         pl.col("dormant").sum(),
         pl.col("constant").sum(),
         pl.col("never_positive").sum(),
         pl.col("newly_dead").sum(),
     )
-    frame = frame.filter(pl.col("dormant") + pl.col("constant") + pl.col("never_positive") > 0)
-    if runs is not None:
-        frame = frame.join(runs, on="checkpoint_id", how="left")
-    return frame.sort("checkpoint_id", "layer").collect()
+    frame = per_layer.group_by("checkpoint_id").agg(
+        pl.col("channels", "dead", "dormant", "constant", "never_positive", "newly_dead").sum(),
+        pl.col("layer").sort_by("dead", descending=True).first().alias("most_dead_layer"),
+    )
+    if "checkpoints" in tables(out):
+        runs = scan(out, "checkpoints").select("checkpoint_id", "run", "epoch")
+        frame = runs.join(frame, on="checkpoint_id", how="inner")
+    return frame.sort("checkpoint_id").collect()
