@@ -36,10 +36,10 @@ def main() -> None:
         x = torch.rand(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0))
         recorder = Recorder(model)
 
-        def plain() -> None:
+        def plain(x: torch.Tensor = x) -> None:
             model(x)
 
-        def hooked() -> None:
+        def hooked(x: torch.Tensor = x, recorder: Recorder = recorder) -> None:
             with recorder:
                 model(x)
 
