@@ -28,6 +28,12 @@ case "${1:-}" in
   test)
     ensure_venv
     shift
+    # the report test opens the HTML in a real headless browser: Debian's chromium
+    if ! command -v chromium >/dev/null 2>&1; then
+      echo "installing chromium (Debian package) for the report test" >&2
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null ||
+        { echo "could not install chromium; the report test will fail" >&2; }
+    fi
     .venv/bin/ruff check yolo_audit tests benchmarks
     .venv/bin/ruff format --check yolo_audit tests benchmarks
     exec .venv/bin/python -m pytest "$@"

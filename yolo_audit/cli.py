@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from yolo_audit.errors import AuditError
+from yolo_audit.storage import is_uri
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Audit what transfer learning changed inside YOLO.")
 
@@ -128,6 +129,96 @@ def activations(
         raise typer.Exit(1)
 
 
+rank_app = typer.Typer(no_args_is_help=True, help="Rank dead units, weight divergence, or BatchNorm drift.")
+app.add_typer(rank_app, name="rank")
+Results = Annotated[str, typer.Option("--results", help="Results folder or URI (the --out of earlier commands).")]
+Top = Annotated[int, typer.Option("--top", min=1, help="How many rows.")]
+
+
+@rank_app.command("dead-units")
+@_one_line_errors
+def rank_dead_units(
+    results: Results,
+    top: Top = 20,
+    by: Annotated[str, typer.Option("--by", help="channel, layer or checkpoint.")] = "layer",
+    criterion: Annotated[
+        str, typer.Option("--criterion", help="any, dormant, constant, never_positive or newly_dead.")
+    ] = "any",
+) -> None:
+    """Dead units across every checkpoint (newly dead vs the reference first)."""
+    from yolo_audit import rank
+
+    _show(rank.rank_dead_units(results, by=by, criterion=criterion, top=top).collect())
+
+
+@rank_app.command("divergence")
+@_one_line_errors
+def rank_divergence(
+    results: Results,
+    top: Top = 20,
+    by: Annotated[str, typer.Option("--by", help="param, layer or checkpoint.")] = "layer",
+) -> None:
+    """Weight divergence across checkpoints and runs, largest first."""
+    from yolo_audit import rank
+
+    _show(rank.rank_divergence(results, by=by, top=top).collect())
+
+
+@rank_app.command("drift")
+@_one_line_errors
+def rank_drift(results: Results, top: Top = 20) -> None:
+    """Layers whose BatchNorm statistics moved while their weights did not."""
+    from yolo_audit import rank
+
+    _show(rank.rank_drift(results, top=top).collect())
+
+
+@app.command()
+@_one_line_errors
+def query(
+    sql: Annotated[str, typer.Argument(help='SQL over the tables, e.g. "select * from layer_freeze limit 5".')],
+    results: Results,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv, json or parquet (binary, to stdout).")] = "table",
+) -> None:
+    """Run SQL (Polars SQL) over every results table."""
+    from yolo_audit import rank
+
+    if fmt not in ("table", "csv", "json", "parquet"):
+        raise AuditError(f"--format must be table, csv, json or parquet, not {fmt!r}")
+    frame = rank.query(results, sql)
+    if fmt == "table":
+        _show(frame)
+    elif fmt == "csv":
+        typer.echo(frame.write_csv(), nl=False)
+    elif fmt == "json":
+        typer.echo(frame.write_json())
+    else:
+        import io
+
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer)
+        sys.stdout.buffer.write(buffer.getvalue())
+
+
+def _show(frame: Any) -> None:
+    import polars as pl
+
+    with pl.Config(tbl_rows=200, tbl_cols=20, fmt_str_lengths=60, tbl_width_chars=220, tbl_hide_dataframe_shape=True):
+        typer.echo(str(frame))
+
+
+@app.command()
+@_one_line_errors
+def report(
+    results: Results,
+    out: Annotated[Path, typer.Option("--out", help="HTML file to write.")] = Path("report.html"),
+) -> None:
+    """A self-contained HTML report (plots embedded, no network) of whatever tables exist."""
+    from yolo_audit.report import write_report
+
+    typer.echo(str(write_report(results, out)))
+
+
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 
 
@@ -163,6 +254,10 @@ def _run_study(file: Path, out: Path | None, address: str | None, dry_run: bool,
     summary = run_study(load_study(file, out=str(out) if out else None), address=address, dry_run=dry_run)
     if not dry_run:
         print_study_summary(summary, examples=examples)
+    if examples and not is_uri(summary.out):
+        from yolo_audit.report import write_report
+
+        typer.echo(f"\nReport: {write_report(summary.out, Path(summary.out) / 'report.html')}")
     if not summary.ok:
         raise typer.Exit(1)
 

@@ -1,0 +1,136 @@
+"""Rankings, SQL and the HTML report on a real (tiny) study; the report opened in headless Chromium."""
+
+from __future__ import annotations
+
+import http.server
+import re
+import io
+import shutil
+import subprocess
+import threading
+from functools import partial
+
+import polars as pl
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from yolo_audit import rank
+from yolo_audit.cli import app
+from yolo_audit.errors import AuditError
+from yolo_audit.report import write_report
+from yolo_audit.study import run_study
+from yolo_audit.workflow import load_study
+
+runner = CliRunner()
+SECTIONS = ("summary", "freeze", "divergence", "distributions", "dead-units", "feature-maps", "training")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory, ray_local):
+    """A two-variant study with weights and activations: every table the report can show (but similarity)."""
+    tmp = tmp_path_factory.mktemp("report")
+    study = {
+        "name": "r",
+        "model": "yolov8n.yaml",
+        "pretrain": {
+            "data": {"synthetic": {"domain": "A", "images": 8, "imgsz": 32}},
+            "epochs": 1,
+            "imgsz": 32,
+            "batch": 4,
+        },
+        "data": {"synthetic": {"domain": "B", "images": 8, "imgsz": 32, "seed": 1}},
+        "train": {"epochs": 2, "imgsz": 32, "batch": 4},
+        "variants": [
+            {"name": "ultra", "freeze": "backbone"},
+            {"name": "cb", "freeze": "backbone", "strategy": "callback"},
+        ],
+        "analyses": ["weights", "activations"],
+    }
+    (tmp / "s.yaml").write_text(yaml.safe_dump(study))
+    summary = run_study(load_study(tmp / "s.yaml", out=str(tmp / "out")), stream=io.StringIO())
+    assert summary.ok
+    return tmp / "out"
+
+
+def test_rank_dead_units_layer_order_and_criteria(results):
+    frame = rank.rank_dead_units(results, by="layer", top=50).collect()
+    assert frame.height > 0 and {"run", "rank_in_checkpoint", "frac_dead"} <= set(frame.columns)
+    keys = frame.select(
+        (-pl.col("newly_dead").cast(pl.Int64)).alias("a"), (-pl.col("dead").cast(pl.Int64)).alias("b")
+    ).rows()
+    assert keys == sorted(keys)  # newly dead first, then most dead
+    channels = rank.rank_dead_units(results, by="channel", criterion="never_positive", top=10).collect()
+    assert channels["never_positive"].all()
+    with pytest.raises(AuditError, match="unknown criterion"):
+        rank.rank_dead_units(results, criterion="sleepy")
+
+
+def test_rank_divergence_and_drift(results):
+    by_layer = rank.rank_divergence(results, by="layer", top=5).collect()
+    assert by_layer["rel_l2"].to_list() == sorted(by_layer["rel_l2"].to_list(), reverse=True)
+    drift = rank.rank_drift(results).collect()
+    assert set(drift["run"]) == {"cb-s0"} and set(drift["layer"]) <= set(range(10)) and drift.height > 0
+    assert (drift["max_bn_stat_rel_diff"] > 0).all()
+    per_ckpt = rank.rank_divergence(results, by="checkpoint").collect()
+    assert {"mean_rel_l2", "most_moved_layer"} <= set(per_ckpt.columns)
+
+
+def test_query_formats_and_errors(results):
+    out = runner.invoke(
+        app, ["query", "select run, status from runs order by run", "--results", str(results), "--format", "csv"]
+    )
+    assert out.exit_code == 0 and out.stdout.splitlines() == ["run,status", "base,done", "cb-s0,done", "ultra-s0,done"]
+    out = runner.invoke(
+        app, ["query", "select count(*) as n from layer_freeze", "--results", str(results), "--format", "json"]
+    )
+    assert out.exit_code == 0 and '"n"' in out.stdout
+    bad = runner.invoke(app, ["query", "select nope from runs", "--results", str(results)])
+    assert bad.exit_code == 1 and bad.stderr.startswith("error: ") and "query failed" in bad.stderr
+    ranked = runner.invoke(app, ["rank", "drift", "--results", str(results), "--top", "3"])
+    assert ranked.exit_code == 0 and "cb-s0" in ranked.stdout
+
+
+class _Log(http.server.SimpleHTTPRequestHandler):
+    requests: list[str] = []
+
+    def do_GET(self):  # noqa: N802
+        _Log.requests.append(self.path)
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_report_renders_in_headless_chromium_without_network(results, tmp_path):
+    page = write_report(results, tmp_path / "site" / "report.html")
+    text = page.read_text()
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in text, section
+    assert not re.search(r"(src|href)=.(https?:|//)", text) and text.count("data:image/png;base64,") >= 6
+    assert "BatchNorm statistics drifted" in text  # the callback variant's finding, in words
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Debian's chromium package is needed for this test (.ci/run installs it)"
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Log, directory=str(page.parent)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/report.html"
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+             "--virtual-time-budget=5000", "--window-size=1300,4000"]  # fmt: skip
+    try:
+        dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+        shot = tmp_path / "shot.png"
+        subprocess.run([*flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    finally:
+        server.shutdown()
+    assert 'data-sections="7"' in dom and 'data-images-loaded="' in dom
+    loaded = int(dom.split('data-images-loaded="', 1)[1].split('"', 1)[0])
+    assert loaded == text.count("data:image/png;base64,")  # every embedded plot decoded and laid out
+    assert set(_Log.requests) == {"/report.html"}  # the page itself asked for nothing
+    assert shot.exists() and shot.stat().st_size > 50_000
+
+
+def test_report_without_results_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    out = runner.invoke(app, ["report", "--results", str(tmp_path / "empty"), "--out", str(tmp_path / "r.html")])
+    assert out.exit_code == 1 and "no results tables here" in out.stderr

@@ -1,0 +1,120 @@
+"""Rankings over a results store: lazy Polars queries built from small expression functions, one collect each.
+
+No Python loops over rows: every ranking is a `scan_parquet` chain, so it scales with the store (benchmarks/rank.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from yolo_audit.errors import AuditError
+from yolo_audit.store import layer_divergence, scan, tables
+
+CRITERIA = ("any", "dormant", "constant", "never_positive", "newly_dead")
+DEAD_BY = ("channel", "layer", "checkpoint")
+DIVERGENCE_BY = ("param", "layer", "checkpoint")
+
+
+def dead_expr(criterion: str = "any") -> pl.Expr:
+    """A channel counts as dead by this criterion (`any`: dormant, constant or never positive)."""
+    if criterion not in CRITERIA:
+        raise AuditError(f"unknown criterion {criterion!r}; use one of {', '.join(CRITERIA)}")
+    if criterion == "any":
+        return pl.col("dormant") | pl.col("constant") | pl.col("never_positive")
+    return pl.col(criterion).fill_null(False)
+
+
+def _with_runs(frame: pl.LazyFrame, out: str | Path) -> pl.LazyFrame:
+    if "checkpoints" not in tables(out):
+        return frame.with_columns(run=pl.lit(None, pl.String), epoch=pl.lit(None, pl.Int32))
+    runs = scan(out, "checkpoints").select("checkpoint_id", "run", "epoch")
+    return frame.join(runs, on="checkpoint_id", how="left", maintain_order="left")
+
+
+def rank_dead_units(out: str | Path, *, by: str = "layer", criterion: str = "any", top: int = 20) -> pl.LazyFrame:
+    """Dead units across every checkpoint, newly dead (vs the reference) first where known."""
+    if by not in DEAD_BY:
+        raise AuditError(f"--by must be one of {', '.join(DEAD_BY)}")
+    stats = scan(out, "channel_stats")
+    if by == "channel":
+        ranked = stats.filter(dead_expr(criterion)).sort(
+            [pl.col("newly_dead").fill_null(False), "dormant_score", "mean_abs"], descending=[True, False, False],
+            nulls_last=True,
+        )  # fmt: skip
+        cols = ["checkpoint_id", "layer", "module", "channel", "newly_dead", "dormant", "constant", "never_positive",
+                "dormant_score", "mean_abs", "std", "max"]  # fmt: skip
+        return _with_runs(ranked.head(top).select(cols), out)
+    keys = ["checkpoint_id", "layer"] if by == "layer" else ["checkpoint_id"]
+    grouped = stats.group_by(keys).agg(  # aggregate the flags in place: no helper columns over the whole store
+        pl.len().alias("channels"),
+        dead_expr(criterion).sum().alias("dead"),
+        pl.col("newly_dead").sum(),
+        pl.col("dormant").sum(),
+        pl.col("constant").sum(),
+        pl.col("never_positive").sum(),
+    )
+    ranked = grouped.with_columns(
+        (pl.col("dead") / pl.col("channels")).alias("frac_dead"),
+        pl.col("dead").rank("min", descending=True).over("checkpoint_id").alias("rank_in_checkpoint")
+        if by == "layer"
+        else pl.col("dead").rank("min", descending=True).alias("rank"),
+    ).sort(["newly_dead", "dead", *keys], descending=[True, True] + [False] * len(keys))
+    return _with_runs(ranked.head(top), out)
+
+
+def rank_divergence(out: str | Path, *, by: str = "layer", top: int = 20) -> pl.LazyFrame:
+    """Weight divergence across checkpoints and runs: per tensor (rel_diff), per layer (relative L2 of the layer's
+    parameters) or per checkpoint (mean over its layers), largest first."""
+    if by not in DIVERGENCE_BY:
+        raise AuditError(f"--by must be one of {', '.join(DIVERGENCE_BY)}")
+    if by == "param":
+        frame = scan(out, "weight_divergence").sort("rel_diff", descending=True, nulls_last=True).head(top)
+        return _with_runs(frame, out)
+    layers = layer_divergence(out)
+    if by == "layer":
+        return layers.sort("rel_l2", descending=True, nulls_last=True).head(top)
+    return (
+        layers.group_by("checkpoint_id", "reference_id", "run", "epoch")
+        .agg(
+            pl.col("rel_l2").mean().alias("mean_rel_l2"),
+            pl.col("rel_l2").max().alias("max_rel_l2"),
+            pl.col("layer").sort_by("rel_l2", descending=True).first().alias("most_moved_layer"),
+        )  # fmt: skip
+        .sort("mean_rel_l2", descending=True, nulls_last=True)
+        .head(top)
+    )
+
+
+def rank_drift(out: str | Path, *, top: int = 20) -> pl.LazyFrame:
+    """Layers whose BatchNorm running statistics moved while every parameter stayed bit-identical (the callback
+    freeze trap), by how far the statistics moved."""
+    bn = (
+        scan(out, "weight_divergence")
+        .filter(pl.col("role").is_in(["bn_running_mean", "bn_running_var"]))
+        .group_by("checkpoint_id", "reference_id", "layer")
+        .agg(
+            pl.col("rel_diff").max().alias("max_bn_stat_rel_diff"),
+            pl.col("max_abs_diff").max().alias("max_bn_abs_diff"),
+        )
+    )
+    drift = scan(out, "layer_freeze").filter(pl.col("verdict") == "frozen_bn_drift")
+    ranked = drift.join(bn, on=["checkpoint_id", "reference_id", "layer"], how="left").sort(
+        "max_bn_stat_rel_diff", descending=True, nulls_last=True
+    )
+    cols = ["checkpoint_id", "reference_id", "layer", "declared_frozen", "max_bn_stat_rel_diff", "max_bn_abs_diff"]
+    return _with_runs(ranked.select(cols).head(top), out)
+
+
+def query(out: str | Path, sql: str) -> pl.DataFrame:
+    """Polars SQL over every table present (table names as in the README)."""
+    from yolo_audit.store import open_results
+
+    context = pl.SQLContext(frames=open_results(out))
+    try:
+        return context.execute(sql).collect()
+    except (pl.exceptions.SQLInterfaceError, pl.exceptions.SQLSyntaxError, pl.exceptions.ColumnNotFoundError,
+            pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:  # fmt: skip
+        reason = str(exc).splitlines()[0]
+        raise AuditError(f"query failed: {reason}; tables: {', '.join(tables(out))}", path=str(out)) from exc

@@ -1,0 +1,170 @@
+"""The static HTML report: one self-contained file (images embedded, no network), sections only where data exists.
+
+Reads the store (Polars) and draws with matplotlib; never computes statistics of its own beyond summaries.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+
+from yolo_audit.errors import AuditError
+from yolo_audit.report import figures
+from yolo_audit.report.findings import Context, findings, freeze_table
+from yolo_audit.store import layer_divergence, scan, tables
+
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ddd;padding:.25em .5em;text-align:left}
+th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5em 0}.note{color:#666;font-size:.85em}
+li{margin:.3em 0}
+"""
+SCRIPT = """window.addEventListener('load',()=>{const ok=[...document.images].filter(i=>i.complete&&i.naturalWidth>0);
+document.body.dataset.imagesLoaded=ok.length;document.body.dataset.sections=document.querySelectorAll('section').length;});"""
+
+
+def write_report(results: str | Path, out: str | Path) -> Path:
+    """Write the report for a results folder; return its path."""
+    present = tables(results)
+    if not present:
+        raise AuditError("no results tables here; run `yolo-audit demo`, `weights` or `study` first", path=str(results))
+    ctx = Context.load(results, present)
+    sections = [("summary", "Findings", _list(findings(ctx)))]
+    if "layer_freeze" in present:
+        sections.append(
+            ("freeze", "Freeze verification (each run's last checkpoint vs the base)", _table(freeze_table(ctx)))
+        )
+    if "weight_divergence" in present:
+        sections.append(("divergence", "Weight divergence per layer", _divergence(ctx)))
+    if "weight_hist" in present:
+        sections.append(("distributions", "Weight distributions per layer", _distributions(ctx)))
+    if "channel_stats" in present:
+        sections.append(("dead-units", "Dead units", _dead(ctx)))
+    if "feature_maps" in present:
+        sections.append(("feature-maps", "Feature maps", _maps(ctx)))
+    if "similarity" in present:
+        sections.append(("similarity", "Representation similarity (CKA)", _similarity(ctx)))
+    if "train_metrics" in present:
+        sections.append(("training", "Training curves and final mAP", _training(ctx)))
+    body = "\n".join(
+        f'<section id="{sid}"><h2>{html.escape(title)}</h2>\n{content}</section>' for sid, title, content in sections
+    )
+    page = (
+        f'<!doctype html><html><head><meta charset="utf-8"><link rel="icon" href="data:,">'
+        f"<title>yolo-audit report</title><style>{CSS}</style></head><body>"
+        f"<h1>yolo-audit report</h1><p class=note>Results: {html.escape(str(results))} · generated "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · tables: {', '.join(present)}</p>\n{body}"
+        f"<script>{SCRIPT}</script></body></html>"
+    )
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(page)
+    return target
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _list(items: list[str]) -> str:
+    return "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"
+
+
+def _table(frame: pl.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in frame.iter_rows()
+    )
+    return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+def _divergence(ctx: Context) -> str:
+    layers = ctx.latest(layer_divergence(ctx.results).filter(pl.col("reference_id") == ctx.reference_id).collect())
+    if layers.is_empty():
+        return "<p class=note>No comparison against a base in these results.</p>"
+    return _img(
+        figures.heatmap(
+            layers,
+            "layer",
+            "label",
+            "rel_l2",
+            "Relative L2 change of each layer's parameters vs the base",
+            "||W - W_base|| / ||W_base||",
+        ),  # fmt: skip
+        "divergence heatmap",
+    )
+
+
+def _distributions(ctx: Context) -> str:
+    hist = scan(ctx.results, "weight_hist")
+    bins_id = hist.group_by("bins_id").len().sort("len", descending=True).collect()["bins_id"][0]
+    wanted = ctx.labels.select("checkpoint_id", "label")
+    frame = (
+        hist.filter((pl.col("bins_id") == bins_id) & pl.col("param").str.ends_with("conv.weight"))
+        .join(wanted.lazy(), on="checkpoint_id")
+        .collect()
+    )
+    note = (
+        f"<p class=note>First conv weight of each layer, bins {html.escape(bins_id)}; under/overflow bins left out.</p>"
+    )
+    return note + _img(figures.weight_distributions(frame, ctx.colors), "weight distributions")
+
+
+def _dead(ctx: Context) -> str:
+    stats = ctx.latest(scan(ctx.results, "channel_stats").collect(), keep_reference=True)
+    per_layer = stats.group_by("label", "layer").agg(
+        (pl.col("dormant") | pl.col("constant") | pl.col("never_positive")).sum().alias("dead"),
+        pl.col("newly_dead").sum().alias("newly_dead"),
+        pl.len().alias("channels"),
+    )
+    totals = (
+        per_layer.group_by("label")
+        .agg(
+            pl.col("channels", "dead", "newly_dead").sum(),
+            pl.col("layer").sort_by("newly_dead", descending=True).first().alias("layer_with_most_newly_dead"),
+        )
+        .sort("label")
+    )
+    return _img(figures.dead_units(per_layer.sort("label", "layer"), ctx.colors), "dead units per layer") + _table(
+        totals
+    )
+
+
+def _maps(ctx: Context) -> str:
+    maps = scan(ctx.results, "feature_maps").filter((pl.col("image") == 0) & (pl.col("channel") == 0)).collect()
+    maps = ctx.latest(maps, keep_reference=True).filter(pl.col("module") == pl.format("model.{}", pl.col("layer")))
+    layers = sorted(maps["layer"].unique().to_list())
+    chosen = [layers[round(i * (len(layers) - 1) / 7)] for i in range(8)] if len(layers) > 8 else layers
+    labels = maps["label"].unique().sort().to_list()
+    image = html.escape(str(maps["image_path"][0])) if maps.height else ""
+    return f"<p class=note>Image 0 ({image}), channel 0 of each module.</p>" + _img(
+        figures.feature_maps(maps, labels, sorted(set(chosen))), "feature maps"
+    )
+
+
+def _similarity(ctx: Context) -> str:
+    sim = scan(ctx.results, "similarity").filter(pl.col("layer_a") == pl.col("layer_b")).collect()
+    sim = sim.with_columns(
+        pair=pl.col("checkpoint_a").str.slice(0, 6) + " vs " + pl.col("checkpoint_b").str.slice(0, 6)
+    )
+    return _img(figures.heatmap(sim, "layer_a", "pair", "cka", "Linear CKA per layer", "CKA"), "CKA heatmap")
+
+
+def _training(ctx: Context) -> str:
+    metrics = scan(ctx.results, "train_metrics").collect()
+    out = _img(figures.training_curves(metrics, ctx.colors), "training curves")
+    if "runs" in tables(ctx.results) and "weight_divergence" in tables(ctx.results):
+        div = ctx.latest(layer_divergence(ctx.results).filter(pl.col("reference_id") == ctx.reference_id).collect())
+        points = (
+            div.group_by("run").agg(pl.col("rel_l2").mean().alias("mean_rel_l2"))
+            .join(scan(ctx.results, "runs").select("run", "best_map50_95").collect(), on="run")
+            .drop_nulls()
+        )  # fmt: skip
+        if points.height:
+            out += _img(figures.map_vs_divergence(points, ctx.colors), "mAP against divergence")
+    return out

@@ -1,0 +1,130 @@
+"""Matplotlib figures of a results store, each returned as PNG bytes. Reads frames; computes no statistics."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import polars as pl  # noqa: E402
+
+Palette = dict[str, tuple[float, float, float, float]]
+
+
+def palette(labels: list[str]) -> Palette:
+    """One colour per checkpoint label, the same in every figure."""
+    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    return {label: cmap(i % cmap.N) for i, label in enumerate(labels)}
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def weight_distributions(hist: pl.DataFrame, colors: Palette) -> bytes:
+    """Small multiples: per layer, its first conv weight's histogram on the shared bins, every checkpoint overlaid."""
+    params = (
+        hist.select("layer", "param").unique().sort("layer", "param").group_by("layer", maintain_order=True).first()
+    )
+    n = params.height
+    cols = 5
+    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(3.2 * cols, 2.3 * math.ceil(n / cols)), squeeze=False)
+    for ax, (layer, param) in zip(axes.flat, params.iter_rows(), strict=False):
+        inner = hist.filter((pl.col("param") == param) & pl.col("lo").is_finite() & pl.col("hi").is_finite())
+        for label, part in inner.sort("bin").group_by("label", maintain_order=True):
+            centres = ((part["lo"] + part["hi"]) / 2).to_numpy()
+            density = part["count"].to_numpy() / max(part["count"].sum(), 1)
+            ax.plot(centres, density, color=colors.get(label[0]), lw=1.2, label=label[0])
+        ax.set_title(f"layer {layer}: {param.split('.', 2)[-1]}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.tight_layout()
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(labels), 5), fontsize=8,
+               frameon=False)  # fmt: skip
+    fig.suptitle("Weight distributions on shared bins (fraction of weights per bin)", y=1.06, fontsize=10)
+    return _png(fig)
+
+
+def heatmap(matrix: pl.DataFrame, row: str, col: str, value: str, title: str, cbar: str) -> bytes:
+    """A labelled heatmap of `value` with rows `row` (e.g. layer) and columns `col` (e.g. checkpoint label)."""
+    wide = matrix.pivot(on=col, index=row, values=value, aggregate_function="mean").sort(row)
+    labels = [c for c in wide.columns if c != row]
+    data = wide.select(labels).to_numpy().astype(float)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(labels), 0.9 + 0.28 * wide.height))
+    image = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap="viridis")
+    ax.set_yticks(range(wide.height), [str(v) for v in wide[row]], fontsize=7)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel(row)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=ax, label=cbar)
+    return _png(fig)
+
+
+def dead_units(per_layer: pl.DataFrame, colors: Palette) -> bytes:
+    """Dead channels per layer, one bar per checkpoint."""
+    labels = per_layer["label"].unique(maintain_order=True).to_list()
+    layers = sorted(per_layer["layer"].unique().to_list())
+    width = 0.8 / max(len(labels), 1)
+    fig, ax = plt.subplots(figsize=(11, 3.2))
+    for i, label in enumerate(labels):
+        part = per_layer.filter(pl.col("label") == label)
+        lookup = dict(zip(part["layer"].to_list(), part["dead"].to_list(), strict=True))
+        ax.bar([x + i * width for x in range(len(layers))], [lookup.get(layer, 0) for layer in layers], width,
+               color=colors.get(label), label=label)  # fmt: skip
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(layers))], [str(layer) for layer in layers], fontsize=7)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("dead channels")
+    ax.set_title("Dead channels per layer (dormant, constant or never positive)", fontsize=10)
+    ax.legend(fontsize=7, ncol=3, frameon=False)
+    return _png(fig)
+
+
+def feature_maps(maps: pl.DataFrame, labels: list[str], layers: list[int]) -> bytes:
+    """Rows: layers; columns: checkpoints; each cell the same image's channel 0 map at that layer."""
+    fig, axes = plt.subplots(len(layers), len(labels), figsize=(1.7 * len(labels), 1.7 * len(layers)), squeeze=False)
+    for r, layer in enumerate(layers):
+        for c, label in enumerate(labels):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            cell = maps.filter((pl.col("layer") == layer) & (pl.col("label") == label))
+            if cell.height:
+                h, w = cell["height"][0], cell["width"][0]
+                ax.imshow(np.asarray(cell["values"][0].to_list(), dtype=float).reshape(h, w), cmap="magma")
+            if r == 0:
+                ax.set_title(label, fontsize=7)
+            if c == 0:
+                ax.set_ylabel(f"{cell['module'][0] if cell.height else layer}", fontsize=7)
+    fig.suptitle("Feature maps: the same image and channel, checkpoints side by side", fontsize=10)
+    return _png(fig)
+
+
+def training_curves(metrics: pl.DataFrame, colors: Palette) -> bytes:
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    for (run,), part in metrics.sort("epoch").group_by("run", maintain_order=True):
+        for ax, column in zip(axes, ("metrics/mAP50-95(B)", "train/box_loss", "val/box_loss"), strict=True):
+            ax.plot(part["epoch"], part[column], marker="o", ms=3, color=colors.get(run), label=run)
+            ax.set_title(column, fontsize=9)
+            ax.set_xlabel("epoch")
+    axes[0].legend(fontsize=7, frameon=False)
+    return _png(fig)
+
+
+def map_vs_divergence(points: pl.DataFrame, colors: Palette) -> bytes:
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for run, x, y in points.select("run", "mean_rel_l2", "best_map50_95").iter_rows():
+        ax.scatter([x], [y], color=colors.get(run), s=40)
+        ax.annotate(run, (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    ax.set_xlabel("mean relative L2 change per layer vs the base")
+    ax.set_ylabel("best mAP50-95")
+    ax.set_title("Final mAP against how far the weights moved", fontsize=10)
+    return _png(fig)

@@ -1,0 +1,116 @@
+"""What the report says in words, computed from the tables: which checkpoints it shows, and the findings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from yolo_audit.report.figures import Palette, palette
+from yolo_audit.store import compact_ranges, layer_divergence, scan
+
+
+@dataclass
+class Context:
+    """The checkpoints a report shows (each run's last one, and the base) with labels and colours."""
+
+    results: str | Path
+    present: list[str]
+    reference_id: str | None
+    labels: pl.DataFrame  # checkpoint_id, label, run, epoch
+    colors: Palette
+
+    @classmethod
+    def load(cls, results: str | Path, present: list[str]) -> Context:
+        ckpts = scan(results, "checkpoints").collect() if "checkpoints" in present else pl.DataFrame()
+        reference_id = None
+        if "layer_freeze" in present:  # the base: the reference most comparisons were made against
+            counts = scan(results, "layer_freeze").group_by("reference_id").len().sort("len", descending=True).collect()
+            reference_id = counts["reference_id"][0] if counts.height else None
+        if ckpts.is_empty():
+            labels = pl.DataFrame(
+                schema={"checkpoint_id": pl.String, "label": pl.String, "run": pl.String, "epoch": pl.Int32}
+            )
+        else:
+            run = pl.coalesce(pl.col("run"), pl.col("checkpoint_id").str.slice(0, 8))
+            last = pl.col("epoch").is_null() | (pl.col("epoch") == pl.col("epoch").max().over("run"))
+            is_ref = pl.col("checkpoint_id") == (reference_id or "")
+            labels = (
+                ckpts.with_columns(run=run)
+                .filter(last | is_ref)
+                .with_columns(label=pl.when(is_ref).then(pl.lit("base")).otherwise(pl.col("run")))
+                .unique("label", keep="last", maintain_order=True)
+                .select("checkpoint_id", "label", "run", "epoch")
+                .sort("label")
+            )
+        return cls(results, present, reference_id, labels, palette(labels["label"].to_list()))
+
+    def latest(self, frame: pl.DataFrame, *, keep_reference: bool = False) -> pl.DataFrame:
+        """Rows of the shown checkpoints, with their label (the base only if asked)."""
+        shown = self.labels if keep_reference else self.labels.filter(pl.col("label") != "base")
+        return frame.drop([c for c in ("run", "epoch", "label") if c in frame.columns]).join(
+            shown, on="checkpoint_id", how="inner"
+        )
+
+
+def freeze_table(ctx: Context) -> pl.DataFrame:
+    lf = ctx.latest(scan(ctx.results, "layer_freeze").filter(pl.col("reference_id") == ctx.reference_id).collect())
+    mismatch = pl.col("declared_frozen").is_not_null() & (pl.col("declared_frozen") != (pl.col("verdict") != "trained"))
+    out = lf.group_by("label").agg(
+        *[
+            pl.col("layer").filter(pl.col("verdict") == v).sort().alias(v)
+            for v in ("frozen_exact", "frozen_bn_drift", "trained")
+        ],
+        mismatch.sum().alias("declared_vs_seen_mismatch"),
+    )
+    return out.with_columns(
+        [
+            pl.col(v).map_elements(compact_ranges, return_dtype=pl.String)
+            for v in ("frozen_exact", "frozen_bn_drift", "trained")
+        ]
+    ).sort("label")
+
+
+def findings(ctx: Context) -> list[str]:
+    """Plain-language sentences, one per fact worth reading first."""
+    out: list[str] = []
+    if "layer_freeze" in ctx.present and ctx.reference_id:
+        for row in freeze_table(ctx).iter_rows(named=True):
+            parts = []
+            if row["frozen_exact"]:
+                parts.append(f"layers {row['frozen_exact']} bit-identical to the base")
+            if row["frozen_bn_drift"]:
+                parts.append(
+                    f"layers {row['frozen_bn_drift']} weights identical to the base but BatchNorm statistics drifted"
+                )
+            if row["trained"]:
+                parts.append(f"layers {row['trained']} trained")
+            note = (
+                f"; the training arguments disagree with this for {row['declared_vs_seen_mismatch']} layers"
+                if row["declared_vs_seen_mismatch"]
+                else ""
+            )
+            out.append(f"{row['label']}: " + "; ".join(parts) + note + ".")
+    if "weight_divergence" in ctx.present and ctx.reference_id:
+        div = ctx.latest(layer_divergence(ctx.results).filter(pl.col("reference_id") == ctx.reference_id).collect())
+        for label, layer, rel in (
+            div.sort("rel_l2", descending=True, nulls_last=True).group_by("label", maintain_order=True).first()
+            .sort("label").select("label", "layer", "rel_l2").iter_rows()
+        ):  # fmt: skip
+            if rel:
+                out.append(f"{label}: the most changed layer is {layer} (relative L2 change {rel:.2%}).")
+    if "channel_stats" in ctx.present:
+        stats = ctx.latest(scan(ctx.results, "channel_stats").collect())
+        newly = stats.filter(pl.col("newly_dead").fill_null(False))
+        for (label,), part in newly.group_by("label", maintain_order=True):
+            layer, count = part.group_by("layer").len().sort("len", descending=True).row(0)
+            out.append(f"{label}: {part.height} channels newly dead vs the base, most in layer {layer} ({count}).")
+    if "runs" in ctx.present:
+        runs = (
+            scan(ctx.results, "runs").filter(pl.col("run") != "base").sort("best_map50_95", descending=True).collect()
+        )
+        ranked = [f"{r} {m:.3f}" for r, m in runs.select("run", "best_map50_95").iter_rows() if m is not None]
+        if ranked:
+            out.append("Best mAP50-95, highest first: " + ", ".join(ranked) + ".")
+    return out or ["No comparisons against a base in these results yet."]
