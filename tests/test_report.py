@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import http.server
-import re
 import io
+import re
 import shutil
 import subprocess
 import threading
@@ -115,8 +115,8 @@ def test_report_renders_in_headless_chromium_without_network(results, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/report.html"
     flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-             "--virtual-time-budget=5000", "--window-size=1300,4000"]  # fmt: skip
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--virtual-time-budget=5000",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1300,4000"]  # fmt: skip
     try:
         dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
         shot = tmp_path / "shot.png"

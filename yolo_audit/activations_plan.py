@@ -23,7 +23,7 @@ from yolo_audit.activations_job import (
 from yolo_audit.checkpoints import find_checkpoints
 from yolo_audit.data import dataset_id, list_images, shards
 from yolo_audit.orchestrate import Task, cluster_cpus, ray_session, run_tasks
-from yolo_audit.storage import local_dataset, locate
+from yolo_audit.storage import exclusive, local_dataset, locate
 from yolo_audit.weights_job import ErrorRecord, error_key, write_errors
 
 
@@ -64,6 +64,23 @@ def analyze_activations(
         files.insert(0, ref_path)
     images = list_images(local_dataset(str(data)), split=split, max_images=max_images)
     summary = ActivationsSummary(out=out_uri, dataset_id=dataset_id(images, opts.imgsz), images=len(images))
+    with exclusive(out_uri):
+        _run(files, ref_path, images, opts, summary, shards_per_checkpoint, address, num_cpus, stream)
+    return summary
+
+
+def _run(
+    files: list[str],
+    ref_path: str | None,
+    images: list[str],
+    opts: ActivationOptions,
+    summary: ActivationsSummary,
+    shards_per_checkpoint: int | None,
+    address: str | None,
+    num_cpus: int | None,
+    stream: TextIO,
+) -> None:
+    out_uri = summary.out
     with ray_session(address, num_cpus=num_cpus):
         import ray
 
@@ -94,7 +111,6 @@ def analyze_activations(
                 schema.write(out_uri, table, result.checkpoint_id if table == "checkpoints" else key, cols)
         summary.analysed.append(result.path)
     write_errors(out_uri, summary.errors)
-    return summary
 
 
 def _tree_merge(ray: Any, groups: list[list[ShardResult]]) -> list[ShardResult]:

@@ -7,10 +7,13 @@ weights for Ultralytics) are fetched into a local cache first; training writes l
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,3 +167,40 @@ def local_dataset(data: str) -> str:
     local = folder / "data.local.yaml"
     local.write_text(yaml.safe_dump(config, sort_keys=False))
     return str(local)
+
+
+_HELD: dict[str, int] = {}  # results folders this process holds the lock of (commands nest: a study runs weights)
+LOCK_NAME = ".yolo-audit.lock"
+
+
+@contextmanager
+def exclusive(out: str) -> Iterator[None]:
+    """One writing command per local results folder at a time; a second fails at once with a clear message.
+
+    An flock, so a killed command releases it by dying. Object-store URIs need none: every file is written whole by
+    one PUT under a key no other task uses.
+    """
+    if is_uri(out) or out in _HELD:
+        yield
+        return
+    path = Path(out) / LOCK_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise AuditError(
+            f"another yolo-audit command ({holder or 'unknown'}) is writing here; wait for it or use another --out",
+            path=out,
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+    _HELD[out] = fd
+    try:
+        yield
+    finally:
+        del _HELD[out]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -25,7 +25,7 @@ from yolo_audit import schema
 from yolo_audit.env import cache_dir
 from yolo_audit.errors import AuditError
 from yolo_audit.orchestrate import Task, ray_session, run_tasks
-from yolo_audit.storage import is_uri, locate, upload_dir
+from yolo_audit.storage import exclusive, is_uri, locate, upload_dir
 from yolo_audit.store import scan, tables
 from yolo_audit.training import SNAPSHOTS, TrainResult, TrainSpec, describe, train_variant
 from yolo_audit.workflow import Resources, Study, Synthetic, TrainCfg
@@ -139,7 +139,7 @@ def run_study(
     pre_data = dataset_path(study.pretrain_data, layout) if study.pretrain_data is not None else data
     base_spec, specs = plan(study, layout, data=data, pretrain_data=pre_data)
     summary = StudySummary(out=layout.out)
-    with ray_session(address):
+    with exclusive(layout.out), ray_session(address):
         import ray
 
         gpus = ray.cluster_resources().get("GPU", 0) > 0

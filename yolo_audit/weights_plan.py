@@ -17,7 +17,7 @@ from yolo_audit.analysis import WeightOptions, pooled_bins_id, shared_edges, ten
 from yolo_audit.checkpoints import find_checkpoints, load_checkpoint
 from yolo_audit.errors import AuditError
 from yolo_audit.orchestrate import Task, ray_session, run_tasks
-from yolo_audit.storage import locate
+from yolo_audit.storage import exclusive, locate
 from yolo_audit.weights_job import (
     ErrorRecord,
     TaskResult,
@@ -69,7 +69,7 @@ def analyze_weights(
     edges = shared_edges([tensor_stats_ranges(ref)]) if ref is not None else None
     summary.bins_id = f"ref-{ref.checkpoint_id}" if ref is not None else None
     common = {"trust_pickle": trust_pickle}
-    with ray_session(address, num_cpus=num_cpus):
+    with exclusive(out_dir), ray_session(address, num_cpus=num_cpus):
         import ray
 
         ref_obj = ray.put(ref) if ref is not None else None
@@ -109,7 +109,7 @@ def analyze_weights(
                 stream=stream,
             )  # fmt: skip
             summary.errors += [e for r in third for e in r.errors]
-    write_errors(out_dir, summary.errors)
+        write_errors(out_dir, summary.errors)
     return summary
 
 
