@@ -1,0 +1,180 @@
+"""Fault injection: a killed driver, a killed Ray worker, two writers, a full disk. Nothing lost, duplicated or torn."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+from conftest import save
+
+from yolo_audit import schema, storage
+from yolo_audit.errors import AuditError
+from yolo_audit.orchestrate import Task, run_tasks
+from yolo_audit.study import run_study
+from yolo_audit.weights_job import analyse_checkpoint
+from yolo_audit.weights_plan import analyze_weights
+from yolo_audit.workflow import load_study
+
+ROOT = Path(__file__).resolve().parent
+STUDY = {
+    "name": "crash",
+    "model": "yolov8n.yaml",
+    "pretrain": {
+        "data": {"synthetic": {"domain": "A", "images": 8, "imgsz": 32}},
+        "epochs": 1,
+        "imgsz": 32,
+        "batch": 4,
+    },
+    "data": {"synthetic": {"domain": "B", "images": 8, "imgsz": 32, "seed": 1}},
+    "train": {"epochs": 2, "imgsz": 32, "batch": 4},
+    "variants": [{"name": "none", "freeze": 0}, {"name": "cb", "freeze": "backbone", "strategy": "callback"}],
+    "analyses": ["weights"],
+}
+DRIVER = """
+import sys
+from yolo_audit.study import run_study
+from yolo_audit.workflow import load_study
+run_study(load_study(sys.argv[1], out=sys.argv[2]))
+"""
+
+
+def _orphans() -> list[int]:
+    """Ray helper processes a SIGKILLed driver leaves behind (re-parented to init)."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    return [
+        int(p)
+        for p, pp, *cmd in (line.split(None, 2) for line in out.splitlines())
+        if pp == "1" and cmd and cmd[0].startswith("ray::")
+    ]
+
+
+def _kill_driver_after(study_file: Path, out: Path, seconds: float) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT.parent)}
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, str(study_file), str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, mid-flight
+        proc.wait()
+    time.sleep(0.5)
+    for pid in _orphans():
+        os.kill(pid, signal.SIGKILL)
+
+
+def _tables(out: Path) -> dict[str, pl.DataFrame]:
+    from yolo_audit.store import open_results
+
+    return {k: v.collect() for k, v in open_results(out).items()}
+
+
+def _values(t: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    ck = t["checkpoints"].select("checkpoint_id", "run", "epoch")
+    stats = t["weight_stats"].join(ck, on="checkpoint_id").drop("checkpoint_id")
+    return stats.sort("run", "epoch", "param").select(sorted(stats.columns))
+
+
+def test_driver_killed_at_random_points_then_rerun_equals_an_uninterrupted_run(tmp_path, ray_local):
+    study_file = tmp_path / "s.yaml"
+    study_file.write_text(yaml.safe_dump(STUDY))
+    clean = tmp_path / "clean"
+    assert run_study(load_study(study_file, out=str(clean)), stream=io.StringIO()).ok
+    crashed = tmp_path / "crashed"
+    rng = random.Random(7)
+    for seconds in sorted(rng.uniform(2.0, 14.0) for _ in range(3)):
+        _kill_driver_after(study_file, crashed, seconds)
+        for f in crashed.rglob("*.parquet"):  # whatever a killed run left must be whole files
+            pl.read_parquet(f)
+    assert run_study(load_study(study_file, out=str(crashed)), stream=io.StringIO()).ok
+    a, b = _tables(clean), _tables(crashed)
+    assert {k: v.height for k, v in a.items()} == {k: v.height for k, v in b.items()}
+    assert _values(a).equals(_values(b))
+    assert b["checkpoints"]["checkpoint_id"].is_unique().all() and "errors" not in b
+    verdicts = [t["layer_freeze"].group_by("verdict").len().sort("verdict") for t in (a, b)]
+    assert verdicts[0].equals(verdicts[1])
+
+
+def test_killed_worker_is_retried_and_rows_are_written_once(tmp_path, base_model, ray_local):
+    ckpt = save(base_model, tmp_path / "a.pt", name="a")
+    marker, out = tmp_path / "killed-once", tmp_path / "out"
+
+    def dies_first_time(path: str, out: str, marker: str) -> object:
+        if not Path(marker).exists():
+            Path(marker).touch()
+            os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies mid-task
+        return analyse_checkpoint(path, out)
+
+    [result] = run_tasks(
+        [Task("a", dies_first_time, (str(ckpt), str(out), str(marker)))], stage="t", stream=io.StringIO()
+    )
+    assert marker.exists() and not result.errors and result.rows["weight_stats"] > 0
+    for table in ("checkpoints", "weight_stats", "channel_weights"):
+        assert [p.name for p in (out / table).iterdir()] == [f"{result.checkpoint_id}.parquet"]
+    assert pl.read_parquet(out / "checkpoints" / "*.parquet").height == 1
+
+
+def test_a_second_command_on_the_same_out_is_refused_clearly(tmp_path, base_model):
+    ckpt = save(base_model, tmp_path / "a.pt")
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+from yolo_audit.storage import exclusive
+import time
+with exclusive({str(out)!r}):
+    print("locked", flush=True)
+    time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT.parent)})  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(AuditError, match=rf"another yolo-audit command \(pid {holder.pid}\) is writing here"):
+            analyze_weights([ckpt], out)
+    finally:
+        holder.kill()
+        holder.wait()
+    with storage.exclusive(str(out)):  # released when its holder died
+        pass
+
+
+def test_concurrent_writes_of_one_file_never_tear(tmp_path):
+    def write(i: int) -> None:
+        schema.write(tmp_path, "errors", "same", {"path": [f"p{i}"] * 500, "stage": ["s"] * 500,
+                                                   "error_type": ["E"] * 500, "message": [str(i)] * 500})  # fmt: skip
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    frame = pl.read_parquet(tmp_path / "errors" / "same.parquet")
+    assert frame.height == 500 and frame["path"].n_unique() == 1  # one writer's rows, whole
+    assert [p.name for p in (tmp_path / "errors").iterdir()] == ["same.parquet"]
+
+
+def test_full_disk_is_one_clear_error_and_earlier_results_stay(tmp_path, base_model, monkeypatch):
+    ckpt = save(base_model, tmp_path / "a.pt")
+    out = tmp_path / "out"
+    first = analyse_checkpoint(str(ckpt), str(out))
+    assert not first.errors
+    before = {p: p.read_bytes() for p in out.rglob("*.parquet")}
+
+    def full(self, data):  # noqa: ANN001
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(storage.Location, "write_bytes", full)
+    again = analyse_checkpoint(str(ckpt), str(out))
+    assert again.errors[0].stage == "weights" and "No space left on device" in again.errors[0].message
+    assert "choose a writable --out with free space" in again.errors[0].message
+    assert {p: p.read_bytes() for p in out.rglob("*.parquet")} == before
+    with pytest.raises(AuditError, match="not writable"):
+        schema.check_writable(out)
