@@ -129,6 +129,38 @@ def activations(
         raise typer.Exit(1)
 
 
+@app.command()
+@_one_line_errors
+def similarity(
+    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoint files or folders (all compared pairwise).")],
+    data: Annotated[str, typer.Option("--data", help="Dataset yaml (uses --split), image folder, or glob.")],
+    out: Annotated[str, typer.Option("--out", help="Results folder or filesystem URI.")],
+    cross_layer: Annotated[bool, typer.Option("--cross-layer", help="Every layer against every layer.")] = False,
+    pool: Annotated[str, typer.Option("--pool", help="avg (channel means) or none (all activations).")] = "avg",
+    max_images: Annotated[int | None, typer.Option("--max-images", min=4, help="Use the first N images.")] = None,
+    imgsz: Annotated[int, typer.Option("--imgsz", min=32, help="Letterbox size.")] = 640,
+    batch: Annotated[int, typer.Option("--batch", help="Images per batch (at least 4).")] = 8,
+    split: Annotated[str, typer.Option("--split", help="Split of a dataset yaml.")] = "val",
+    cfg: Annotated[str | None, typer.Option("--cfg", help="Model yaml for bare state dicts.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda:N.")] = "auto",
+    address: Address = None,
+    num_cpus: NumCpus = None,
+    trust_pickle: TrustPickle = False,
+) -> None:
+    """Representation similarity (linear CKA) between checkpoints, layer by layer."""
+    from yolo_audit.similarity import SimilarityOptions, analyze_similarity
+
+    opts = SimilarityOptions(imgsz=imgsz, batch=batch, pool=pool, cross_layer=cross_layer, device=device, cfg=cfg,
+                             trust_pickle=trust_pickle)  # fmt: skip
+    summary = analyze_similarity(list(checkpoints), data, out, opts=opts, max_images=max_images, split=split,
+                                 address=address, num_cpus=num_cpus)  # fmt: skip
+    typer.echo(f"{summary.pairs} CKA rows over {summary.images} images in {summary.out}/similarity")
+    for err in summary.errors:
+        typer.echo(f"error [{err.stage}] {err.message}", err=True)
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
 rank_app = typer.Typer(no_args_is_help=True, help="Rank dead units, weight divergence, or BatchNorm drift.")
 app.add_typer(rank_app, name="rank")
 Results = Annotated[str, typer.Option("--results", help="Results folder or URI (the --out of earlier commands).")]

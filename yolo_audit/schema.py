@@ -183,6 +183,20 @@ TABLES: dict[str, list[tuple[str, pa.DataType, str]]] = {
         ("device", S, "where the forward passes ran"),
         ("seconds", F64, "task time, summed over shards"),
     ],  # fmt: skip
+    "similarity": [
+        ("checkpoint_a", S, "checkpoint_id of the first checkpoint"),
+        ("checkpoint_b", S, "checkpoint_id of the second (equal to checkpoint_a for the self-pair, CKA 1)"),
+        ("layer_a", I32, "top-level layer of module_a"),
+        ("layer_b", I32, "top-level layer of module_b"),
+        ("module_a", S, "hooked module of checkpoint_a (model.N, or a Detect branch model.22.cv2.i / cv3.i)"),
+        ("module_b", S, "hooked module of checkpoint_b (the same as module_a unless --cross-layer)"),
+        ("cka", F64, "linear CKA, minibatch unbiased HSIC (Nguyen et al. 2021); null where undefined"),
+        ("reason", S, "why cka is null (e.g. the layer does not vary across images); null otherwise"),
+        ("n_images", I64, "images in full batches (batches under 4 images are skipped)"),
+        ("n_batches", I64, "batches accumulated"),
+        ("pool", S, "avg (per-channel spatial means) or none (every activation)"),
+        ("dataset_id", S, "see channel_stats"),
+    ],
     "runs": [
         ("run", S, "run name: `<variant>-s<seed>`, or `base` for the pretraining run"),
         ("study", S, "the study file's `name`"),

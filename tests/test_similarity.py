@@ -1,0 +1,153 @@
+"""Minibatch CKA: properties against numpy, exact shard merges, and real trained checkpoints end to end."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import yaml
+
+from yolo_audit.errors import AuditError
+from yolo_audit.similarity import SimilarityOptions, analyze_similarity
+from yolo_audit.stats.cka import CKAState, hsic_matrix
+from yolo_audit.study import run_study
+from yolo_audit.synth import make_dataset
+from yolo_audit.workflow import load_study
+
+
+def _np_hsic1(x: np.ndarray, y: np.ndarray) -> float:
+    """Unbiased HSIC_1 written out from the paper's formula, with explicit centring."""
+    n = x.shape[0]
+    k = (x - x.mean(0)) @ (x - x.mean(0)).T
+    ll = (y - y.mean(0)) @ (y - y.mean(0)).T
+    np.fill_diagonal(k, 0)
+    np.fill_diagonal(ll, 0)
+    one = np.ones(n)
+    return (
+        (k * ll).sum() + (one @ k @ one) * (one @ ll @ one) / ((n - 1) * (n - 2)) - 2 / (n - 2) * one @ k @ ll @ one
+    ) / (n * (n - 3))
+
+
+def _cka(*features: torch.Tensor, batch: int) -> torch.Tensor:
+    state = CKAState.empty(len(features))
+    for start in range(0, features[0].shape[0], batch):
+        state.update([f[start : start + batch] for f in features])
+    return state.compute()[0]
+
+
+def test_hsic_matches_the_formula():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(9, 5, generator=g), torch.randn(9, 7, generator=g)
+    from yolo_audit.stats.cka import centred_gram
+
+    h = hsic_matrix(torch.stack([centred_gram(x), centred_gram(y)]))
+    assert float(h[0, 1]) == pytest.approx(_np_hsic1(x.double().numpy(), y.double().numpy()), rel=1e-10)
+    assert float(h[0, 0]) == pytest.approx(_np_hsic1(x.double().numpy(), x.double().numpy()), rel=1e-10)
+
+
+def test_cka_properties():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 20, generator=g) + 50.0  # a large offset: centring must remove it
+    q, _ = torch.linalg.qr(torch.randn(20, 20, generator=g, dtype=torch.float64))
+    rotated_scaled = (x.double() @ q * 7.5).float()
+    other = torch.randn(64, 30, generator=g)
+    cka = _cka(x, rotated_scaled, other, batch=8)
+    assert float(cka[0, 0]) == pytest.approx(1.0, abs=1e-9)
+    assert float(cka[0, 1]) == pytest.approx(1.0, abs=1e-5)  # orthogonal transform and isotropic scaling
+    assert abs(float(cka[0, 2])) < 0.3  # unrelated features
+
+
+def test_minibatch_close_to_full_batch_and_exact_with_one_batch():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(48, 10, generator=g)
+    y = x @ torch.randn(10, 10, generator=g) + 0.5 * torch.randn(48, 10, generator=g)
+    xs, ys = x.double().numpy(), y.double().numpy()
+    full = _np_hsic1(xs, ys) / np.sqrt(_np_hsic1(xs, xs) * _np_hsic1(ys, ys))
+    assert float(_cka(x, y, batch=48)[0, 1]) == pytest.approx(full, rel=1e-9)
+    assert float(_cka(x, y, batch=8)[0, 1]) == pytest.approx(full, abs=0.1)
+
+
+def test_layers_that_do_not_vary_get_null_and_a_reason():
+    g = torch.Generator().manual_seed(3)
+    varying = torch.randn(16, 8, generator=g)
+    constant = torch.full((16, 8), 3.0)  # identical for every image
+    state = CKAState.empty(2)
+    for start in range(0, 16, 8):
+        state.update([varying[start : start + 8], constant[start : start + 8]])
+    cka, reasons = state.compute()
+    assert torch.isnan(cka[0, 1]) and torch.isnan(cka[1, 1]) and float(cka[0, 0]) == pytest.approx(1.0)
+    assert "does not vary" in reasons[0][1] and reasons[0][0] is None
+
+
+def test_merge_of_shards_equals_one_pass():
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(32, 6, generator=g), torch.randn(32, 6, generator=g)
+    one, a, b = CKAState.empty(2), CKAState.empty(2), CKAState.empty(2)
+    for start in range(0, 32, 8):
+        one.update([x[start : start + 8], y[start : start + 8]])
+        (a if start < 16 else b).update([x[start : start + 8], y[start : start + 8]])
+    merged = a.merge(b)
+    assert torch.allclose(merged.hsic, one.hsic, rtol=1e-12) and merged.images == 32 and merged.batches == 4
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, ray_local):
+    """A tiny pretrained base and two fine-tunes of it: real trained checkpoints."""
+    tmp = tmp_path_factory.mktemp("sim")
+    study = {
+        "name": "sim", "model": "yolov8n.yaml",
+        "pretrain": {"data": {"synthetic": {"domain": "A", "images": 8, "imgsz": 64}}, "epochs": 2, "imgsz": 64,
+                     "batch": 4},
+        "data": {"synthetic": {"domain": "B", "images": 8, "imgsz": 64, "seed": 1}},
+        "train": {"epochs": 2, "imgsz": 64, "batch": 4},
+        "variants": [{"name": "none", "freeze": 0}, {"name": "head", "freeze": "all"}], "analyses": [],
+    }  # fmt: skip
+    (tmp / "s.yaml").write_text(yaml.safe_dump(study))
+    assert run_study(load_study(tmp / "s.yaml", out=str(tmp / "out")), stream=io.StringIO()).ok
+    ckpts = [tmp / "out" / "train" / r / "weights" / "last.pt" for r in ("base", "none-s0", "head-s0")]
+    images = make_dataset(tmp / "imgs", images=16, imgsz=64, domain="B", seed=5).parent / "images"
+    return tmp, ckpts, images
+
+
+def test_trained_checkpoints_give_finite_cka_in_range_and_shards_merge(trained):
+    tmp, ckpts, images = trained
+    opts = SimilarityOptions(imgsz=64, batch=4)
+    one = analyze_similarity(ckpts, images, tmp / "one", opts=opts, shards_per_run=1, stream=io.StringIO())
+    two = analyze_similarity(ckpts, images, tmp / "two", opts=opts, shards_per_run=2, stream=io.StringIO())
+    assert one.ok and two.ok
+    a = pl.read_parquet(tmp / "one" / "similarity" / "*.parquet").sort("checkpoint_a", "checkpoint_b", "module_a")
+    b = pl.read_parquet(tmp / "two" / "similarity" / "*.parquet").sort("checkpoint_a", "checkpoint_b", "module_a")
+    defined = a.filter(pl.col("cka").is_not_null())
+    # this barely trained tiny model collapses in depth: from layer ~9 its features vary between images by 1e-14 of
+    # their energy or less (fp32 rounding is ~4e-15), so null with a reason there is right; earlier layers must count
+    assert a.filter(pl.col("layer_a") <= 8)["cka"].null_count() == 0
+    assert a.filter(pl.col("cka").is_null())["reason"].null_count() == 0
+    assert defined["cka"].is_finite().all() and defined["cka"].min() >= -1e-6 and defined["cka"].max() <= 1 + 1e-6
+    selfs = defined.filter(pl.col("checkpoint_a") == pl.col("checkpoint_b"))
+    assert np.allclose(selfs["cka"].to_numpy(), 1.0, atol=1e-9)
+    np.testing.assert_allclose(
+        a["cka"].fill_null(-9).to_numpy(), b["cka"].fill_null(-9).to_numpy(), rtol=1e-9, atol=1e-12
+    )
+    assert set(a["n_images"]) == {16} and set(a["n_batches"]) == {4}
+    # the all-but-head fine-tune keeps layers 0-21 identical to the base: CKA 1 there, lower in the head
+    ck = pl.read_parquet(tmp / "one" / "checkpoints" / "*.parquet").select("checkpoint_id", "run")
+    named = a.join(ck.rename({"checkpoint_id": "checkpoint_a", "run": "run_a"}), on="checkpoint_a").join(
+        ck.rename({"checkpoint_id": "checkpoint_b", "run": "run_b"}), on="checkpoint_b"
+    )
+    frozen = named.filter(pl.col("run_a").is_in(["base", "head-s0"]) & pl.col("run_b").is_in(["base", "head-s0"])
+                          & (pl.col("run_a") != pl.col("run_b")) & (pl.col("layer_a") < 22))  # fmt: skip
+    assert np.allclose(frozen["cka"].drop_nulls().to_numpy(), 1.0, atol=1e-6)
+
+
+def test_cross_layer_and_bad_batch(trained):
+    tmp, ckpts, images = trained
+    opts = SimilarityOptions(imgsz=64, batch=4, cross_layer=True)
+    analyze_similarity(ckpts[:1], images, tmp / "x", opts=opts, max_images=8, stream=io.StringIO())
+    x = pl.read_parquet(tmp / "x" / "similarity" / "*.parquet")
+    modules = x["module_a"].n_unique()
+    assert x.height == modules * modules and (x["module_a"] != x["module_b"]).any()
+    with pytest.raises(AuditError, match="at least 4"):
+        analyze_similarity(ckpts, images, tmp / "y", opts=SimilarityOptions(batch=3))
