@@ -23,12 +23,12 @@ from yolo_audit.study import run_study
 from yolo_audit.workflow import load_study
 
 runner = CliRunner()
-SECTIONS = ("summary", "freeze", "divergence", "distributions", "dead-units", "feature-maps", "training")
+SECTIONS = ("summary", "freeze", "divergence", "distributions", "dead-units", "feature-maps", "similarity", "training")
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory, ray_local):
-    """A two-variant study with weights and activations: every table the report can show (but similarity)."""
+    """A two-variant study with every analysis: every table the report can show."""
     tmp = tmp_path_factory.mktemp("report")
     study = {
         "name": "r",
@@ -45,7 +45,7 @@ def results(tmp_path_factory, ray_local):
             {"name": "ultra", "freeze": "backbone"},
             {"name": "cb", "freeze": "backbone", "strategy": "callback"},
         ],
-        "analyses": ["weights", "activations"],
+        "analyses": ["weights", "activations", "similarity"],
     }
     (tmp / "s.yaml").write_text(yaml.safe_dump(study))
     summary = run_study(load_study(tmp / "s.yaml", out=str(tmp / "out")), stream=io.StringIO())
@@ -107,7 +107,7 @@ def test_report_renders_in_headless_chromium_without_network(results, tmp_path):
     text = page.read_text()
     for section in SECTIONS:
         assert f'<section id="{section}">' in text, section
-    assert not re.search(r"(src|href)=.(https?:|//)", text) and text.count("data:image/png;base64,") >= 6
+    assert not re.search(r"(src|href)=.(https?:|//)", text) and text.count("data:image/png;base64,") >= 7
     assert "BatchNorm statistics drifted" in text  # the callback variant's finding, in words
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Debian's chromium package is needed for this test (.ci/run installs it)"
@@ -123,7 +123,7 @@ def test_report_renders_in_headless_chromium_without_network(results, tmp_path):
         subprocess.run([*flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
     finally:
         server.shutdown()
-    assert 'data-sections="7"' in dom and 'data-images-loaded="' in dom
+    assert f'data-sections="{len(SECTIONS)}"' in dom and 'data-images-loaded="' in dom
     loaded = int(dom.split('data-images-loaded="', 1)[1].split('"', 1)[0])
     assert loaded == text.count("data:image/png;base64,")  # every embedded plot decoded and laid out
     assert set(_Log.requests) == {"/report.html"}  # the page itself asked for nothing

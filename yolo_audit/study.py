@@ -38,11 +38,12 @@ class StudySummary:
     skipped: list[str] = field(default_factory=list)
     weights: object | None = None  # WeightsSummary when the weights analysis ran
     activations: object | None = None  # ActivationsSummary when the activations analysis ran
+    similarity: object | None = None  # SimilaritySummary when the similarity analysis ran
 
     @property
     def ok(self) -> bool:
         runs_ok = all(r.status == "done" for r in self.trained)
-        return runs_ok and all(getattr(a, "ok", True) for a in (self.weights, self.activations))
+        return runs_ok and all(getattr(a, "ok", True) for a in (self.weights, self.activations, self.similarity))
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,8 @@ def run_study(
             summary.weights = _analyse_weights(study, layout, specs, base_spec, stream)
         if "activations" in study.analyses:
             summary.activations = _analyse_activations(study, layout, specs, base_spec, data, stream)
+        if "similarity" in study.analyses:
+            summary.similarity = _analyse_similarity(study, layout, specs, base_spec, data, stream)
     return summary
 
 
@@ -237,6 +240,27 @@ def _analyse_weights(
     )
 
 
+def _last_snapshots(layout: Layout, specs: list[TrainSpec]) -> list[str]:
+    done = finished_runs(layout)
+    last = [locate(layout.run(s.run, SNAPSHOTS)).files(".safetensors")[-1].uri for s in specs if s.run in done]
+    if not last:
+        raise AuditError("no run finished, nothing to analyse; see the runs table", path=layout.out)
+    return last
+
+
+def _analyse_similarity(
+    study: Study, layout: Layout, specs: list[TrainSpec], base_spec: TrainSpec | None, data: str, stream: TextIO
+) -> object:
+    """CKA between the base and every run's last snapshot, layer by layer, over the study's validation images."""
+    from yolo_audit.similarity import SimilarityOptions, analyze_similarity
+
+    reference = _reference(study, layout, base_spec)
+    paths = ([reference] if reference else []) + _last_snapshots(layout, specs)
+    opts = SimilarityOptions(imgsz=study.train.imgsz, batch=max(4, min(study.train.batch, 16)))
+    print(f"[similarity] CKA between {len(paths)} checkpoints over {data}", file=stream)
+    return analyze_similarity(paths, data, layout.out, opts=opts, stream=stream)
+
+
 def _analyse_activations(
     study: Study, layout: Layout, specs: list[TrainSpec], base_spec: TrainSpec | None, data: str, stream: TextIO
 ) -> object:
@@ -244,10 +268,7 @@ def _analyse_activations(
     from yolo_audit.activations_job import ActivationOptions
     from yolo_audit.activations_plan import analyze_activations
 
-    done = finished_runs(layout)
-    last = [locate(layout.run(s.run, SNAPSHOTS)).files(".safetensors")[-1].uri for s in specs if s.run in done]
-    if not last:
-        raise AuditError("no run finished, nothing to analyse; see the runs table", path=layout.out)
+    last = _last_snapshots(layout, specs)
     opts = ActivationOptions(imgsz=study.train.imgsz, batch=study.train.batch, maps=4)
     print(f"[activations] {len(last)} runs' last snapshots over {data}", file=stream)
     reference = _reference(study, layout, base_spec)

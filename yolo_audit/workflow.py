@@ -17,7 +17,7 @@ from yolo_audit.training import STRATEGIES
 N_LAYERS = 23  # YOLOv8 top-level modules
 HEAD = 22  # the Detect head
 BACKBONE = tuple(range(10))
-ANALYSES = ("weights", "activations")
+ANALYSES = ("weights", "activations", "similarity")
 
 
 @dataclass(frozen=True)

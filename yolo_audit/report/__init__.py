@@ -148,11 +148,25 @@ def _maps(ctx: Context) -> str:
 
 
 def _similarity(ctx: Context) -> str:
-    sim = scan(ctx.results, "similarity").filter(pl.col("layer_a") == pl.col("layer_b")).collect()
-    sim = sim.with_columns(
-        pair=pl.col("checkpoint_a").str.slice(0, 6) + " vs " + pl.col("checkpoint_b").str.slice(0, 6)
+    sim = scan(ctx.results, "similarity").filter(
+        (pl.col("module_a") == pl.col("module_b")) & (pl.col("checkpoint_a") != pl.col("checkpoint_b"))
     )
-    return _img(figures.heatmap(sim, "layer_a", "pair", "cka", "Linear CKA per layer", "CKA"), "CKA heatmap")
+    names = ctx.labels.select("checkpoint_id", "label").lazy()
+    sim = (
+        sim.join(names.rename({"checkpoint_id": "checkpoint_a", "label": "a"}), on="checkpoint_a", how="left")
+        .join(names.rename({"checkpoint_id": "checkpoint_b", "label": "b"}), on="checkpoint_b", how="left")
+        .with_columns(
+            pair=pl.coalesce("a", pl.col("checkpoint_a").str.slice(0, 8))
+            + " vs "
+            + pl.coalesce("b", pl.col("checkpoint_b").str.slice(0, 8))
+        )  # fmt: skip
+        .collect()
+    )
+    if sim.is_empty():
+        return "<p class=note>Only one checkpoint in the similarity table.</p>"
+    nulls = sim.filter(pl.col("cka").is_null()).height
+    note = f"<p class=note>Corresponding modules; {nulls} undefined (layers that do not vary across images).</p>"
+    return note + _img(figures.heatmap(sim, "module_a", "pair", "cka", "Linear CKA per module", "CKA"), "CKA heatmap")
 
 
 def _training(ctx: Context) -> str:
