@@ -158,15 +158,16 @@ def _similarity(ctx: Context) -> str:
         .with_columns(
             pair=pl.coalesce("a", pl.col("checkpoint_a").str.slice(0, 8))
             + " vs "
-            + pl.coalesce("b", pl.col("checkpoint_b").str.slice(0, 8))
-        )  # fmt: skip
+            + pl.coalesce("b", pl.col("checkpoint_b").str.slice(0, 8)),
+            module=pl.format("{} {}", pl.col("layer_a").cast(pl.String).str.zfill(2), pl.col("module_a")),
+        )
         .collect()
     )
     if sim.is_empty():
         return "<p class=note>Only one checkpoint in the similarity table.</p>"
     nulls = sim.filter(pl.col("cka").is_null()).height
     note = f"<p class=note>Corresponding modules; {nulls} undefined (layers that do not vary across images).</p>"
-    return note + _img(figures.heatmap(sim, "module_a", "pair", "cka", "Linear CKA per module", "CKA"), "CKA heatmap")
+    return note + _img(figures.heatmap(sim, "module", "pair", "cka", "Linear CKA per module", "CKA"), "CKA heatmap")
 
 
 def _training(ctx: Context) -> str:
