@@ -85,7 +85,8 @@ def run_tasks(
 ) -> list[Any]:
     """Run tasks on Ray, at most `max_in_flight` at once (default: twice the cluster's CPUs); results in task order.
 
-    Tasks are retried `retries` times if their worker dies. Progress: one line per finished task.
+    Tasks are retried `retries` times if their worker dies. Progress: a line when a task is submitted and one with a
+    bar when it finishes (done or FAILED).
     """
     import ray
 
@@ -104,6 +105,7 @@ def run_tasks(
                 num_cpus=task.num_cpus, num_gpus=task.num_gpus, max_retries=retries, name=f"{stage}:{task.label}"
             ).remote(task.fn, max(1, int(task.num_cpus)), *task.args, **(task.kwargs or {}))
             pending[ref] = index
+            print(f"[{stage}] submitted {task.label}", file=stream, flush=True)
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
             index = pending.pop(ref)
