@@ -1,9 +1,10 @@
 """Benchmark: (load + statistics + divergence) / (load alone) on yolov8s-sized checkpoints, measured side by side.
 
-Builds two yolov8s checkpoints offline (Ultralytics' fp16 layout: a base and a fine-tuned copy), then alternates, for
-`--repeats` rounds, timing `load_checkpoint` alone and the full per-checkpoint work of `yolo-audit weights`: load,
-weight_stats (moments, spectral norm, stable rank), channel_weights, shared-bin histograms, and divergence, channel
-divergence and freeze verdicts against the reference (already in memory, as in a Ray task). Medians are compared.
+Builds two yolov8s checkpoints offline (Ultralytics' fp16 layout: a base and a fine-tune of it with layers
+0..`--frozen`-1 left as they were, like Ultralytics' freeze=10), then alternates, for `--repeats` rounds, timing
+`load_checkpoint` alone and the full per-checkpoint work of `yolo-audit weights --reference`: load, weight_stats
+(moments, spectral norm, stable rank), channel_weights, shared-bin histograms, and divergence, channel divergence and
+freeze verdicts against the reference (in memory with its cached statistics, as in a Ray task). Medians compared.
 Last line: {"benchmark": "weights", "ratio": R, "goal": 2.0}.
 """
 
@@ -24,39 +25,33 @@ def main() -> None:
     parser.add_argument("--model", default="yolov8s.yaml")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--frozen", type=int, default=10, help="layers 0..N-1 left as in the base (0: all trained)")
     args = parser.parse_args()
     prepare()
     set_torch_threads(args.threads)
     import torch
 
-    from yolo_audit.analysis import (
-        WeightOptions,
-        divergence_tables,
-        hist_table,
-        shared_edges,
-        tensor_stats_ranges,
-        weight_tables,
-    )
+    from yolo_audit.analysis import WeightOptions, analyse, reference_cache, shared_edges, tensor_stats_ranges
     from yolo_audit.checkpoints import load_checkpoint
     from yolo_audit.demo import build_model, perturb, save_ultralytics
 
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(args.model, seed=0)
         base = save_ultralytics(model, Path(tmp) / "base.pt", train_args={"name": "base"}, epoch=-1, key="model")
-        perturb(model, range(10, 23), scale=0.05, seed=1)
-        tuned = save_ultralytics(model, Path(tmp) / "tuned.pt", train_args={"freeze": 10}, epoch=-1, key="model")
+        perturb(model, range(args.frozen, 23), scale=0.05, seed=1)
+        tuned = save_ultralytics(
+            model, Path(tmp) / "tuned.pt", train_args={"freeze": args.frozen}, epoch=-1, key="model"
+        )
         ref = load_checkpoint(base)
-        edges = shared_edges([tensor_stats_ranges(ref)])
         opts = WeightOptions()
+        edges = shared_edges([tensor_stats_ranges(ref)])
+        cache = reference_cache(ref, opts, edges)  # once per command, in the driver
 
         def load_only() -> None:
             load_checkpoint(tuned)
 
-        def full() -> None:
-            ckpt = load_checkpoint(tuned)
-            weight_tables(ckpt, opts)
-            hist_table(ckpt, edges, "ref", opts.bins)
-            divergence_tables(ckpt, ref)
+        def full() -> None:  # exactly what each Ray task of `yolo-audit weights --reference` computes
+            list(analyse(load_checkpoint(tuned), opts, reference=ref, cache=cache, edges=edges, bins_id="ref"))
 
         for fn in (load_only, full):  # warm-up
             fn()

@@ -8,14 +8,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
 from yolo_audit.checkpoints import Checkpoint, check_aligned
-from yolo_audit.stats.divergence import channel_divergence, divergence, layer_verdict
-from yolo_audit.stats.weights import Columns, bin_range, channel_weights, histograms, tensor_stats
+from yolo_audit.stats.divergence import bitwise_equal, channel_divergence, divergence, layer_verdict
+from yolo_audit.stats.weights import TENSOR_STATS, Columns, bin_range, channel_weights, histograms, tensor_stats
 
 Tables = dict[str, Columns]
 BUFFER_ROLES = ("bn_running_mean", "bn_running_var")
@@ -43,18 +44,53 @@ def checkpoint_table(ckpt: Checkpoint) -> Columns:
     return {k: [v] for k, v in row.items()}
 
 
-def weight_tables(ckpt: Checkpoint, opts: WeightOptions) -> Tables:
-    """`weight_stats` (one row per tensor) and `channel_weights` (one row per output channel of each Conv+BN block)."""
+def weight_tables(ckpt: Checkpoint, opts: WeightOptions, *, known: dict[str, dict] | None = None) -> Tables:
+    """`weight_stats` (one row per tensor) and `channel_weights` (one row per output channel of each Conv+BN block).
+
+    `known` maps tensor names to statistics already computed for bit-identical tensors (a frozen layer's, from the
+    reference): those rows are copied, not recomputed, so frozen layers cost nothing.
+    """
     names = list(ckpt.tensors)
     keys = ckpt.keys
-    tensors = [ckpt.tensors[n] for n in names]
-    stats = tensor_stats(tensors, near_zero=opts.near_zero, matrix=[keys[n].role == "conv_weight" for n in names])
+    known = known or {}
+    todo = [n for n in names if n not in known]
+    fresh = tensor_stats(
+        [ckpt.tensors[n] for n in todo], near_zero=opts.near_zero, matrix=[keys[n].role == "conv_weight" for n in todo]
+    )
+    position = {n: i for i, n in enumerate(todo)}
+    stats = {k: [known[n][k] if n in known else fresh[k][position[n]] for n in names] for k in fresh}
     where = {
         "checkpoint_id": [ckpt.checkpoint_id] * len(names), "param": names,
         "layer": [keys[n].layer for n in names], "module": [keys[n].module for n in names],
         "module_type": [keys[n].module_type for n in names], "role": [keys[n].role for n in names],
     }  # fmt: skip
     return {"weight_stats": {**where, **stats}, "channel_weights": _channel_table(ckpt, opts)}
+
+
+@dataclass
+class ReferenceCache:
+    """What every checkpoint compared with one reference can reuse for its bit-identical tensors."""
+
+    stats: dict[str, dict]  # param -> weight_stats values of the reference's tensor
+    hist: dict[str, list[int]]  # param -> the reference tensor's counts on the command's shared bins
+
+
+def reference_cache(
+    ref: Checkpoint, opts: WeightOptions, edges: dict[str, tuple[float, float]] | None
+) -> ReferenceCache:
+    stats = weight_tables(ref, opts)["weight_stats"]
+    rows = {p: {k: stats[k][i] for k in TENSOR_STATS} for i, p in enumerate(stats["param"])}
+    hist: dict[str, list[int]] = {}
+    if edges is not None:
+        names = [n for n in ref.tensors if n in edges]
+        counts = histograms([ref.tensors[n] for n in names], [edges[n] for n in names], opts.bins)
+        hist = {n: counts[i].tolist() for i, n in enumerate(names)}
+    return ReferenceCache(rows, hist)
+
+
+def identical_names(ckpt: Checkpoint, ref: Checkpoint) -> set[str]:
+    """Tensors whose float32 bits equal the reference's (what a frozen layer keeps)."""
+    return {n for n, t in ckpt.tensors.items() if n in ref.tensors and bitwise_equal(t, ref.tensors[n])}
 
 
 def conv_bn_blocks(ckpt: Checkpoint) -> list[str]:
@@ -93,16 +129,25 @@ def _empty_channels(where: Columns) -> Columns:
     return {**where, **{n: [] for n in names}, "dead_by_weights": []}
 
 
-def hist_table(ckpt: Checkpoint, edges: dict[str, tuple[float, float]], bins_id: str, bins: int) -> Columns:
-    """Histogram of every tensor on shared bins: `edges[param] = (lo, hi)` fixed for the whole study."""
+def hist_table(
+    ckpt: Checkpoint,
+    edges: dict[str, tuple[float, float]],
+    bins_id: str,
+    bins: int,
+    *,
+    known: dict[str, list[int]] | None = None,
+) -> Columns:
+    """Histogram of every tensor on shared bins: `edges[param] = (lo, hi)` fixed for the whole study. `known` holds
+    counts of bit-identical tensors on the same bins (reused)."""
+    known = known or {}
     names = [n for n in ckpt.tensors if n in edges]
-    counts = histograms([ckpt.tensors[n] for n in names], [edges[n] for n in names], bins)
+    todo = [n for n in names if n not in known]
+    fresh = histograms([ckpt.tensors[n] for n in todo], [edges[n] for n in todo], bins)
+    position = {n: i for i, n in enumerate(todo)}
+    counts = [known[n] if n in known else fresh[position[n]].tolist() for n in names]
     out: Columns = {k: [] for k in ("checkpoint_id", "bins_id", "param", "layer", "bin", "lo", "hi", "count")}
     for row, name in enumerate(names):
-        lo, hi = edges[name]
-        width = (hi - lo) / bins
-        lows = [-math.inf] + [lo + i * width for i in range(bins)] + [hi]
-        highs = [lo] + [lo + (i + 1) * width for i in range(bins - 1)] + [hi, math.inf]
+        lows, highs = bin_edges(*edges[name], bins)
         out["checkpoint_id"] += [ckpt.checkpoint_id] * (bins + 2)
         out["bins_id"] += [bins_id] * (bins + 2)
         out["param"] += [name] * (bins + 2)
@@ -110,8 +155,18 @@ def hist_table(ckpt: Checkpoint, edges: dict[str, tuple[float, float]], bins_id:
         out["bin"] += list(range(-1, bins + 1))
         out["lo"] += lows
         out["hi"] += highs
-        out["count"] += counts[row].tolist()
+        out["count"] += counts[row]
     return out
+
+
+@lru_cache(maxsize=4096)
+def bin_edges(lo: float, hi: float, bins: int) -> tuple[list[float], list[float]]:
+    """Lower and upper edges of the underflow bin, the `bins` equal bins over [lo, hi), and the overflow bin (the same
+    for every checkpoint of a command, so computed once per parameter)."""
+    width = (hi - lo) / bins
+    lows = [-math.inf] + [lo + i * width for i in range(bins)] + [hi]
+    highs = [lo] + [lo + (i + 1) * width for i in range(bins - 1)] + [hi, math.inf]
+    return lows, highs
 
 
 def shared_edges(ranges: Sequence[dict[str, tuple[float, float]]]) -> dict[str, tuple[float, float]]:
@@ -132,14 +187,17 @@ def pooled_bins_id(checkpoint_ids: Sequence[str]) -> str:
     return "pooled-" + hashlib.sha256(",".join(sorted(set(checkpoint_ids))).encode()).hexdigest()[:12]
 
 
-def divergence_tables(ckpt: Checkpoint, ref: Checkpoint) -> Tables:
-    """`weight_divergence`, `channel_divergence` and `layer_freeze` of `ckpt` against the reference `ref`."""
+def divergence_tables(ckpt: Checkpoint, ref: Checkpoint, *, identical: set[str] | None = None) -> Tables:
+    """`weight_divergence`, `channel_divergence` and `layer_freeze` of `ckpt` against the reference `ref`
+    (`identical`: names already known to be bit-identical, from `identical_names`)."""
     check_aligned(ref, ckpt)
     keys = ref.keys
     names = list(ref.tensors)
+    compare = coarser_dtype(ckpt, ref)
     cols = divergence(
-        [ckpt.tensors[n] for n in names], [ref.tensors[n] for n in names], compare_dtype=coarser_dtype(ckpt, ref)
-    )
+        [ckpt.tensors[n] for n in names], [ref.tensors[n] for n in names], compare_dtype=compare,
+        identical=[n in identical for n in names] if identical is not None and compare is None else None,
+    )  # fmt: skip
     ids = {"checkpoint_id": [ckpt.checkpoint_id] * len(names), "reference_id": [ref.checkpoint_id] * len(names)}
     weight_div = {
         **ids, "param": names, "layer": [keys[n].layer for n in names], "role": [keys[n].role for n in names], **cols,
@@ -216,3 +274,29 @@ def tensor_stats_ranges(ckpt: Checkpoint) -> dict[str, tuple[float, float]]:
             lo, hi = torch.aminmax(t)
             out[name] = (float(lo), float(hi))
     return out
+
+
+def analyse(
+    ckpt: Checkpoint,
+    opts: WeightOptions,
+    *,
+    reference: Checkpoint | None = None,
+    cache: ReferenceCache | None = None,
+    edges: dict[str, tuple[float, float]] | None = None,
+    bins_id: str | None = None,
+) -> Iterator[tuple[str, Tables]]:
+    """Everything the weights analysis computes for one checkpoint, as (file key, tables) groups, yielded in turn so
+    each can be written before the next is computed: its own tables, its histogram on the shared bins, and its
+    comparison with the reference (which raises for another architecture, after the rest). Tensors bit-identical
+    to the reference reuse the reference's statistics and histograms from `cache`."""
+    compared = reference is not None and reference.checkpoint_id != ckpt.checkpoint_id
+    same = identical_names(ckpt, reference) if compared and reference.arch_hash == ckpt.arch_hash else set()
+    reuse = cache if same and cache is not None else ReferenceCache({}, {})
+    known_stats = {n: reuse.stats[n] for n in same if n in reuse.stats}
+    yield ckpt.checkpoint_id, {"checkpoints": checkpoint_table(ckpt), **weight_tables(ckpt, opts, known=known_stats)}
+    if edges is not None and bins_id is not None:
+        known = {n: reuse.hist[n] for n in same if n in reuse.hist}
+        table = hist_table(ckpt, edges, bins_id, opts.bins, known=known)
+        yield f"{ckpt.checkpoint_id}-{bins_id}", {"weight_hist": table}
+    if compared:
+        yield f"{ckpt.checkpoint_id}-vs-{reference.checkpoint_id}", divergence_tables(ckpt, reference, identical=same)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 from yolo_audit import schema
 from yolo_audit.analysis import (
+    ReferenceCache,
     WeightOptions,
-    checkpoint_table,
+    analyse,
     divergence_tables,
     hist_table,
     ranges_of,
-    weight_tables,
 )
 from yolo_audit.checkpoints import Checkpoint, load_checkpoint
 from yolo_audit.errors import AuditError
@@ -81,6 +81,7 @@ def analyse_checkpoint(
     out: str,
     *,
     reference: Checkpoint | None = None,
+    cache: ReferenceCache | None = None,
     edges: dict[str, tuple[float, float]] | None = None,
     bins_id: str | None = None,
     opts: WeightOptions | None = None,
@@ -97,22 +98,12 @@ def analyse_checkpoint(
         for stale in ("load", "weights", "histogram", "divergence", "align"):
             schema.remove(out, "errors", error_key(path, stale))
         stage = "weights"
-        tables = {"checkpoints": checkpoint_table(ckpt), **weight_tables(ckpt, opts)}
-        result.ranges = ranges_of(tables["weight_stats"])
-        _write_tables(out, ckpt.checkpoint_id, tables, result)
-        if edges is not None and bins_id is not None:
-            stage = "histogram"
-            _write_tables(
-                out,
-                f"{ckpt.checkpoint_id}-{bins_id}",
-                {"weight_hist": hist_table(ckpt, edges, bins_id, opts.bins)},
-                result,
-            )
-        if reference is not None and reference.checkpoint_id != ckpt.checkpoint_id:
-            stage = "divergence"
-            _write_tables(
-                out, f"{ckpt.checkpoint_id}-vs-{reference.checkpoint_id}", divergence_tables(ckpt, reference), result
-            )
+        upcoming = iter((["histogram"] if edges is not None and bins_id is not None else []) + ["divergence"])
+        for key, tables in analyse(ckpt, opts, reference=reference, cache=cache, edges=edges, bins_id=bins_id):
+            if "weight_stats" in tables:
+                result.ranges = ranges_of(tables["weight_stats"])
+            _write_tables(out, key, tables, result)
+            stage = next(upcoming, stage)  # what the generator computes next, should it fail
     except Exception as exc:  # noqa: BLE001 - every failure becomes an errors row; other checkpoints go on
         result.errors.append(
             record(path, "align" if isinstance(exc, AuditError) and exc.stage == "align" else stage, exc)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from yolo_audit import schema
-from yolo_audit.analysis import WeightOptions, pooled_bins_id, shared_edges, tensor_stats_ranges
+from yolo_audit.analysis import WeightOptions, pooled_bins_id, reference_cache, shared_edges, tensor_stats_ranges
 from yolo_audit.checkpoints import find_checkpoints, load_checkpoint
 from yolo_audit.errors import AuditError
 from yolo_audit.orchestrate import Task, ray_session, run_tasks
@@ -73,10 +73,12 @@ def analyze_weights(
         import ray
 
         ref_obj = ray.put(ref) if ref is not None else None
+        cache = ray.put(reference_cache(ref, opts, edges)) if ref is not None else None
         first = run_tasks(
             [
                 Task(Path(f).name, analyse_checkpoint, (f, str(out_dir)), {
-                    "reference": ref_obj, "edges": edges, "bins_id": summary.bins_id, "opts": opts, **common,
+                    "reference": ref_obj, "cache": cache, "edges": edges, "bins_id": summary.bins_id, "opts": opts,
+                    **common,
                 }, num_cpus=cpus_per_task)
                 for f in files
             ],

@@ -30,17 +30,22 @@ def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def divergence(
-    current: Sequence[torch.Tensor], reference: Sequence[torch.Tensor], *, compare_dtype: torch.dtype | None = None
+    current: Sequence[torch.Tensor],
+    reference: Sequence[torch.Tensor],
+    *,
+    compare_dtype: torch.dtype | None = None,
+    identical: Sequence[bool] | None = None,
 ) -> Columns:
     """Per pair (a, reference b) of equal shape: l2_diff = ||a-b||, rel_diff = ||a-b||/||b||, rms_diff, cosine(a, b),
     max_abs_diff = max |a-b|, identical (bitwise; after rounding both to `compare_dtype` when given, so an fp32
     snapshot of untouched fp16 weights counts as identical). Identical pairs report zero differences."""
     k = len(current)
     sums = torch.zeros(k, 5, dtype=torch.float64)  # ||a-b||^2, ||a||^2, ||b||^2, a.b, max|a-b|
-    identical = [
-        bitwise_equal(a, b) if compare_dtype is None else bitwise_equal(a.to(compare_dtype), b.to(compare_dtype))
-        for a, b in zip(current, reference, strict=True)
-    ]
+    if identical is None:  # callers that already compared bits pass the flags
+        identical = [
+            bitwise_equal(a, b) if compare_dtype is None else bitwise_equal(a.to(compare_dtype), b.to(compare_dtype))
+            for a, b in zip(current, reference, strict=True)
+        ]
     moved = [i for i in range(k) if not identical[i]]
     small = [i for i in moved if current[i].numel() <= SMALL]
     big = [i for i in moved if current[i].numel() > SMALL]
