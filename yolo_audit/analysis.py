@@ -187,9 +187,16 @@ def pooled_bins_id(checkpoint_ids: Sequence[str]) -> str:
     return "pooled-" + hashlib.sha256(",".join(sorted(set(checkpoint_ids))).encode()).hexdigest()[:12]
 
 
-def divergence_tables(ckpt: Checkpoint, ref: Checkpoint, *, identical: set[str] | None = None) -> Tables:
+def divergence_tables(
+    ckpt: Checkpoint,
+    ref: Checkpoint,
+    *,
+    identical: set[str] | None = None,
+    l2: tuple[dict[str, float], dict[str, float]] | None = None,
+) -> Tables:
     """`weight_divergence`, `channel_divergence` and `layer_freeze` of `ckpt` against the reference `ref`
-    (`identical`: names already known to be bit-identical, from `identical_names`)."""
+    (`identical`: names already known to be bit-identical, from `identical_names`; `l2`: the two checkpoints' known
+    tensor norms, from weight_stats)."""
     check_aligned(ref, ckpt)
     keys = ref.keys
     names = list(ref.tensors)
@@ -197,6 +204,7 @@ def divergence_tables(ckpt: Checkpoint, ref: Checkpoint, *, identical: set[str] 
     cols = divergence(
         [ckpt.tensors[n] for n in names], [ref.tensors[n] for n in names], compare_dtype=compare,
         identical=[n in identical for n in names] if identical is not None and compare is None else None,
+        norms=([l2[0][n] for n in names], [l2[1][n] for n in names]) if l2 is not None else None,
     )  # fmt: skip
     ids = {"checkpoint_id": [ckpt.checkpoint_id] * len(names), "reference_id": [ref.checkpoint_id] * len(names)}
     weight_div = {
@@ -293,10 +301,15 @@ def analyse(
     same = identical_names(ckpt, reference) if compared and reference.arch_hash == ckpt.arch_hash else set()
     reuse = cache if same and cache is not None else ReferenceCache({}, {})
     known_stats = {n: reuse.stats[n] for n in same if n in reuse.stats}
-    yield ckpt.checkpoint_id, {"checkpoints": checkpoint_table(ckpt), **weight_tables(ckpt, opts, known=known_stats)}
+    own = weight_tables(ckpt, opts, known=known_stats)
+    yield ckpt.checkpoint_id, {"checkpoints": checkpoint_table(ckpt), **own}
     if edges is not None and bins_id is not None:
         known = {n: reuse.hist[n] for n in same if n in reuse.hist}
         table = hist_table(ckpt, edges, bins_id, opts.bins, known=known)
         yield f"{ckpt.checkpoint_id}-{bins_id}", {"weight_hist": table}
     if compared:
-        yield f"{ckpt.checkpoint_id}-vs-{reference.checkpoint_id}", divergence_tables(ckpt, reference, identical=same)
+        mine = dict(zip(own["weight_stats"]["param"], own["weight_stats"]["l2"], strict=True))
+        theirs = {n: row["l2"] for n, row in (cache.stats if cache is not None else {}).items()}
+        l2 = (mine, theirs) if set(theirs) == set(mine) else None
+        tables = divergence_tables(ckpt, reference, identical=same, l2=l2)
+        yield f"{ckpt.checkpoint_id}-vs-{reference.checkpoint_id}", tables

@@ -35,10 +35,12 @@ def divergence(
     *,
     compare_dtype: torch.dtype | None = None,
     identical: Sequence[bool] | None = None,
+    norms: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> Columns:
     """Per pair (a, reference b) of equal shape: l2_diff = ||a-b||, rel_diff = ||a-b||/||b||, rms_diff, cosine(a, b),
     max_abs_diff = max |a-b|, identical (bitwise; after rounding both to `compare_dtype` when given, so an fp32
-    snapshot of untouched fp16 weights counts as identical). Identical pairs report zero differences."""
+    snapshot of untouched fp16 weights counts as identical). Identical pairs report zero differences. `norms`: the
+    L2 norms of every a and b when already known (weight_stats' `l2`), which saves two passes per tensor."""
     k = len(current)
     sums = torch.zeros(k, 5, dtype=torch.float64)  # ||a-b||^2, ||a||^2, ||b||^2, a.b, max|a-b|
     if identical is None:  # callers that already compared bits pass the flags
@@ -59,9 +61,14 @@ def divergence(
     if big:
         scratch = torch.empty(max(current[i].numel() for i in big))
         for i in big:
-            sums[i] = _big_sums(current[i], reference[i], scratch)
+            known = (norms[0][i] ** 2, norms[1][i] ** 2) if norms is not None else None
+            sums[i] = _big_sums(current[i], reference[i], scratch, known)
     for i in (i for i in range(k) if identical[i]):
-        b_sq = float(torch.dot(reference[i].reshape(-1), reference[i].reshape(-1)))
+        b_sq = (
+            norms[1][i] ** 2
+            if norms is not None
+            else float(torch.dot(reference[i].reshape(-1), reference[i].reshape(-1)))
+        )
         sums[i] = torch.tensor([0.0, b_sq, b_sq, b_sq, 0.0], dtype=torch.float64)
     cols: Columns = {name: [] for name in DIVERGENCE_STATS}
     for i, (d2, a2, b2, dot, max_abs) in enumerate(sums.tolist()):
@@ -75,13 +82,18 @@ def divergence(
     return cols
 
 
-def _big_sums(a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+def _big_sums(
+    a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor, known: tuple[float, float] | None = None
+) -> torch.Tensor:
     fa, fb = a.reshape(-1).float(), b.reshape(-1).float()
     buf = scratch[: fa.numel()]
     torch.sub(fa, fb, out=buf)
     d2 = torch.dot(buf, buf)
     lo, hi = torch.aminmax(buf)
-    a2, b2 = torch.dot(fa, fa), torch.dot(fb, fb)
+    if known is None:
+        a2, b2 = torch.dot(fa, fa), torch.dot(fb, fb)
+    else:
+        a2, b2 = (torch.tensor(v, dtype=d2.dtype) for v in known)
     ab = (a2 + b2 - d2) / 2  # polarisation: saves a pass; error ~1e-7 relative, as for a direct dot in float32
     return torch.stack([d2, a2, b2, ab, torch.maximum(-lo, hi)]).to(torch.float64)
 
