@@ -21,26 +21,15 @@ from typing import Any
 import torch
 
 from yolo_audit.errors import AuditError
+from yolo_audit.keys import TensorInfo, describe_keys, infer_module_types
 from yolo_audit.storage import fetch_file, is_uri, locate
 
 SUFFIXES = (".pt", ".safetensors")
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 DEFAULT_BN_EPS = 1e-3  # Ultralytics' initialize_weights() sets every BatchNorm2d.eps to 1e-3
 META_KEY = "yolo_audit"
-_LAYER = re.compile(r"^model\.(\d+)\.")
 _EPOCH = re.compile(r"epoch[_-]?(\d+)")
 TRUST_HINT = "if you trust its author, pass --trust-pickle (runs code from the file), or convert it to .safetensors"
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """Where a tensor sits in the network."""
-
-    name: str
-    layer: int | None  # N of `model.N.`; None outside the layer list
-    module: str  # owning module path, e.g. model.2.m.0.cv1.conv
-    module_type: str  # type of the top-level module: Conv, C2f, SPPF, Upsample, Concat, Detect, ...
-    role: str  # conv_weight, conv_bias, bn_weight, bn_bias, bn_running_mean, bn_running_var, other
 
 
 @dataclass
@@ -312,60 +301,6 @@ def _to_fp32(raw: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor
             raise AuditError(f"tensor {name} is complex; not a YOLO checkpoint", path=str(path), stage="load")
         out[name] = value.detach().to(device="cpu", dtype=torch.float32).contiguous()
     return out
-
-
-def infer_module_types(tensors: dict[str, torch.Tensor]) -> dict[int, str]:
-    """Top-level module types from tensor names alone (state dicts carry no classes): YOLOv8 naming patterns."""
-    children: dict[int, set[str]] = {}
-    for name in tensors:
-        match = _LAYER.match(name)
-        if match:
-            children.setdefault(int(match.group(1)), set()).add(name[match.end() :].split(".")[0])
-    types: dict[int, str] = {}
-    for layer, kids in children.items():
-        if "dfl" in kids or {"cv2", "cv3"} <= kids and "cv1" not in kids:
-            types[layer] = "Detect"
-        elif "m" in kids and "cv1" in kids:
-            types[layer] = "C2f"
-        elif {"cv1", "cv2"} <= kids:
-            types[layer] = "SPPF"
-        elif {"conv", "bn"} <= kids:
-            types[layer] = "Conv"
-        else:
-            types[layer] = "unknown"
-    return types
-
-
-def describe_keys(tensors: dict[str, torch.Tensor], module_types: dict[int, str]) -> dict[str, TensorInfo]:
-    """Map every tensor name to its layer, owning module, top-level module type and role."""
-    out: dict[str, TensorInfo] = {}
-    for name, value in tensors.items():
-        module, _, leaf = name.rpartition(".")
-        match = _LAYER.match(name)
-        layer = int(match.group(1)) if match else None
-        out[name] = TensorInfo(
-            name=name,
-            layer=layer,
-            module=module,
-            module_type=module_types.get(layer, "unknown") if layer is not None else "other",
-            role=_role(leaf, module, value, tensors),
-        )
-    return out
-
-
-def _role(leaf: str, module: str, value: torch.Tensor, tensors: dict[str, torch.Tensor]) -> str:
-    if leaf in ("running_mean", "running_var"):
-        return f"bn_{leaf}"
-    if leaf == "num_batches_tracked":
-        return "other"
-    if f"{module}.running_mean" in tensors and leaf in ("weight", "bias"):
-        return f"bn_{leaf}"
-    if leaf == "weight" and value.dim() >= 2:
-        return "conv_weight"
-    sibling = tensors.get(f"{module}.weight")
-    if leaf == "bias" and sibling is not None and sibling.dim() >= 2:
-        return "conv_bias"
-    return "other"
 
 
 def check_aligned(reference: Checkpoint, other: Checkpoint, *, show: int = 5) -> None:
