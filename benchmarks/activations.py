@@ -27,8 +27,8 @@ def main() -> None:
     set_torch_threads(os.cpu_count() or 1)
     import torch
 
-    from yolo_audit.demo import build_model
     from yolo_audit.hooks import Recorder
+    from yolo_audit.synthetic_models import build_model
 
     model = build_model(args.model, seed=0).eval()
     ratios = {}

@@ -26,7 +26,7 @@ def main() -> None:
     prepare()
     import ray
 
-    from yolo_audit.demo import build_model, perturb, save_ultralytics
+    from yolo_audit.synthetic_models import build_model, perturb, save_ultralytics
     from yolo_audit.weights_plan import analyze_weights
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -70,8 +70,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, nargs=2, default=[32, 96])
     parser.add_argument("--imgsz", type=int, default=160)
     args = parser.parse_args()
-    from yolo_audit.demo import build_model, perturb, save_ultralytics
     from yolo_audit.synth import make_dataset
+    from yolo_audit.synthetic_models import build_model, perturb, save_ultralytics
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

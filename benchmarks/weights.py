@@ -33,7 +33,7 @@ def main() -> None:
 
     from yolo_audit.analysis import WeightOptions, analyse, reference_cache, shared_edges, tensor_stats_ranges
     from yolo_audit.checkpoints import load_checkpoint
-    from yolo_audit.demo import build_model, perturb, save_ultralytics
+    from yolo_audit.synthetic_models import build_model, perturb, save_ultralytics
 
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(args.model, seed=0)

@@ -16,7 +16,7 @@ prepare()
 
 import torch  # noqa: E402
 
-from yolo_audit.demo import build_model, save_ultralytics  # noqa: E402
+from yolo_audit.synthetic_models import build_model, save_ultralytics  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -108,7 +108,7 @@ def test_alignment_names_missing_unexpected_and_mismatched_keys(model, tmp_path)
 
 
 def test_yolov8s_vs_yolov8n_is_refused_with_counts(model, tmp_path):
-    from yolo_audit.demo import build_model
+    from yolo_audit.synthetic_models import build_model
 
     n = load_checkpoint(save_state_dict(model, tmp_path / "n.pt"))
     s = load_checkpoint(save_state_dict(build_model("yolov8s.yaml"), tmp_path / "s.pt"))

@@ -176,7 +176,7 @@ def test_summaries(study):
 
 
 def test_bad_and_foreign_checkpoints_become_error_rows(tmp_path, base_model, ray_local):
-    from yolo_audit.demo import build_model
+    from yolo_audit.synthetic_models import build_model
 
     folder = tmp_path / "ckpts"
     ref = save(base_model, folder / "base.pt", name="base")
