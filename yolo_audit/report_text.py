@@ -57,9 +57,11 @@ def print_study_summary(summary: StudySummary, *, examples: bool = False, stream
             runs = store.scan(out, "runs").sort("run").collect()
             print(runs.select("run", "strategy", "frozen_layers", "status", "best_map50_95", "seconds"), file=stream)
     if isinstance(summary.weights, WeightsSummary):
-        print_weights_summary(summary.weights, examples=examples, stream=stream)
+        print_weights_summary(summary.weights, stream=stream)
     if isinstance(summary.activations, ActivationsSummary):
         print_activations_summary(summary.activations, stream=stream)
+    if examples:
+        print("\n" + EXAMPLES.format(out=out), file=stream)
     failed = [r.spec.run for r in summary.trained if r.status != "done"]
     if failed:
         print(f"{len(failed)} run(s) failed: {', '.join(failed)}; see the runs table's error column", file=sys.stderr)
