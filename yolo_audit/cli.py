@@ -275,6 +275,8 @@ def demo(
     address: Address = None,
 ) -> None:
     """Offline demo: workflows/demo.yaml (pretrain on synthetic A, fine-tune 4 ways on B, analyse)."""
+    if not (WORKFLOWS / "demo.yaml").exists():
+        raise AuditError("workflows/demo.yaml is not beside the package; install from a checkout (pip install -e .)")
     _run_study(WORKFLOWS / "demo.yaml", out, address, False, examples=True)
 
 
