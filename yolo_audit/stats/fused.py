@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 try:
-    from numba import njit, prange
+    from numba import get_num_threads, get_thread_id, njit, prange
 except ImportError:  # pragma: no cover - numba is a dependency; the torch path still works without it
     njit = None
 
@@ -21,7 +21,7 @@ HIST_BINS = 512
 if njit is not None:
 
     @njit(parallel=True, cache=True, nogil=True)
-    def _channel_pass(x, bits):  # noqa: ANN001, ANN202 - numba signature
+    def _channel_pass(x, bits, threads):  # noqa: ANN001, ANN202 - numba signature
         n_img, channels, size = x.shape
         shift = np.empty(channels)
         s1 = np.zeros(channels)
@@ -30,8 +30,9 @@ if njit is not None:
         pos = np.zeros(channels)
         low = np.full(channels, np.inf)
         high = np.full(channels, -np.inf)
-        hist = np.zeros((channels, HIST_BINS), dtype=np.int64)
+        hist = np.zeros((threads, HIST_BINS), dtype=np.int64)  # one per thread, not per channel
         for c in prange(channels):
+            t = get_thread_id()
             ref = np.float64(x[0, c, 0])
             a1 = 0.0
             a2 = 0.0
@@ -50,7 +51,7 @@ if njit is not None:
                         ap += 1.0
                     lo = min(lo, v)
                     hi = max(hi, v)
-                    hist[c, (bits[i, c, k] >> 23) & 0x1FF] += 1
+                    hist[t, (bits[i, c, k] >> 23) & 0x1FF] += 1
             shift[c] = ref
             s1[c] = a1
             s2[c] = a2
@@ -67,7 +68,7 @@ def available() -> bool:
 
 def channel_pass(x: np.ndarray) -> tuple[np.ndarray, ...]:
     """x: float32 (N, C, S) C-contiguous. Returns count, total, m2, abs_total, positive, low, high, hist (float64)."""
-    shift, s1, s2, s_abs, pos, low, high, hist = _channel_pass(x, x.view(np.int32))
+    shift, s1, s2, s_abs, pos, low, high, hist = _channel_pass(x, x.view(np.int32), get_num_threads())
     n = x.shape[0] * x.shape[2]
     total = shift * n + s1
     m2 = np.maximum(s2 - s1 * s1 / n, 0.0)
