@@ -60,13 +60,8 @@ class ChannelState:
         x = x.detach().float()
         n_img, channels = x.shape[0], x.shape[1]
         x3 = x.reshape(n_img, channels, -1)  # a view for the usual contiguous NCHW
-        if x3.device.type == "cpu" and fused.available() and x3.shape[2] > 0:
-            values = fused.channel_pass(np.ascontiguousarray(x3.numpy()))
-            names = ("count", "total", "m2", "abs_total", "positive", "low", "high", "hist")
-            batch = ChannelState(
-                **{k: torch.as_tensor(v, dtype=torch.float64) for k, v in zip(names, values, strict=True)}
-            )
-            self.merge_(batch)
+        if x3.device.type == "cpu" and self.total.device.type == "cpu" and fused.available() and x3.shape[2] > 0:
+            fused.fold(np.ascontiguousarray(x3.numpy()), self)  # in place, no intermediate state
             return
         n = x3.shape[0] * x3.shape[2]
         var, mean = torch.var_mean(x3, dim=(0, 2), correction=0)

@@ -21,16 +21,12 @@ HIST_BINS = 512
 if njit is not None:
 
     @njit(parallel=True, cache=True, nogil=True)
-    def _channel_pass(x, bits, threads):  # noqa: ANN001, ANN202 - numba signature
+    def _fold(x, bits, threads, count, total, m2, s_abs, pos, low, high, hist):  # noqa: ANN001, ANN202, PLR0913
         n_img, channels, size = x.shape
-        shift = np.empty(channels)
-        s1 = np.zeros(channels)
-        s2 = np.zeros(channels)
-        s_abs = np.zeros(channels)
-        pos = np.zeros(channels)
-        low = np.full(channels, np.inf)
-        high = np.full(channels, -np.inf)
-        hist = np.zeros((threads, HIST_BINS), dtype=np.int64)  # one per thread, not per channel
+        nb = n_img * size
+        na = count[0]
+        n = na + nb
+        part = np.zeros((threads, HIST_BINS), dtype=np.int64)  # one histogram per thread, not per channel
         for c in prange(channels):
             t = get_thread_id()
             ref = np.float64(x[0, c, 0])
@@ -51,28 +47,32 @@ if njit is not None:
                         ap += 1.0
                     lo = min(lo, v)
                     hi = max(hi, v)
-                    hist[t, (bits[i, c, k] >> 23) & 0x1FF] += 1
-            shift[c] = ref
-            s1[c] = a1
-            s2[c] = a2
-            s_abs[c] = aa
-            pos[c] = ap
-            low[c] = lo
-            high[c] = hi
-        return shift, s1, s2, s_abs, pos, low, high, hist.sum(axis=0)
+                    part[t, (bits[i, c, k] >> 23) & 0x1FF] += 1
+            mean_b = ref + a1 / nb
+            m2_b = max(a2 - a1 * a1 / nb, 0.0)
+            mean_a = total[c] / na if na > 0 else 0.0
+            delta = mean_b - mean_a
+            m2[c] += m2_b + delta * delta * na * nb / n  # Chan et al.
+            total[c] += ref * nb + a1
+            s_abs[c] += aa
+            pos[c] += ap
+            low[c] = min(low[c], lo)
+            high[c] = max(high[c], hi)
+        for t in range(threads):
+            for b in range(HIST_BINS):
+                hist[b] += part[t, b]
+        count[0] = n
 
 
 def available() -> bool:
     return njit is not None
 
 
-def channel_pass(x: np.ndarray) -> tuple[np.ndarray, ...]:
-    """x: float32 (N, C, S) C-contiguous. Returns count, total, m2, abs_total, positive, low, high, hist (float64)."""
-    shift, s1, s2, s_abs, pos, low, high, hist = _channel_pass(x, x.view(np.int32), get_num_threads())
-    n = x.shape[0] * x.shape[2]
-    total = shift * n + s1
-    m2 = np.maximum(s2 - s1 * s1 / n, 0.0)
-    return float(n), total, m2, s_abs, pos, low, high, hist.astype(np.float64)
+def fold(x: np.ndarray, state: object) -> None:
+    """Fold x (float32 (N, C, S), C-contiguous) into a CPU ChannelState in place: one read of every value, the
+    per-channel moments accumulated in float64 around the channel's first value, Chan-merged into the state."""
+    arrays = [getattr(state, name).numpy() for name in ("total", "m2", "abs_total", "positive", "low", "high", "hist")]
+    _fold(x, x.view(np.int32), get_num_threads(), state.count.view(1).numpy(), *arrays)
 
 
 def set_threads(n: int) -> None:
