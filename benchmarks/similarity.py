@@ -67,7 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="yolov8n.yaml")
     parser.add_argument("--models", type=int, default=4)
-    parser.add_argument("--images", type=int, nargs=2, default=[32, 96])
+    parser.add_argument("--images", type=int, nargs=2, default=[96, 768])
     parser.add_argument("--imgsz", type=int, default=160)
     args = parser.parse_args()
     from yolo_audit.synth import make_dataset
