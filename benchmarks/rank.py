@@ -19,13 +19,13 @@ import numpy as np
 
 SQL = """
 with per_layer as (
-  select checkpoint_id, layer, count(*) as channels,
+  select checkpoint_id, dataset_id, layer, count(*) as channels,
          sum((dormant or constant or never_positive)::int) as dead, sum(coalesce(newly_dead, false)::int) as newly_dead,
          sum(dormant::int) as dormant, sum(constant::int) as constant, sum(never_positive::int) as never_positive
-  from read_parquet('{glob}', hive_partitioning=true) group by checkpoint_id, layer)
+  from read_parquet('{glob}', hive_partitioning=true) group by checkpoint_id, dataset_id, layer)
 select *, dead / channels as frac_dead,
-       rank() over (partition by checkpoint_id order by dead desc) as rank_in_checkpoint
-from per_layer order by newly_dead desc, dead desc, checkpoint_id, layer limit {top}
+       rank() over (partition by checkpoint_id, dataset_id order by dead desc) as rank_in_checkpoint
+from per_layer order by newly_dead desc, dead desc, checkpoint_id, dataset_id, layer limit {top}
 """
 
 

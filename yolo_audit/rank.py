@@ -46,7 +46,7 @@ def rank_dead_units(out: str | Path, *, by: str = "layer", criterion: str = "any
         cols = ["checkpoint_id", "layer", "module", "channel", "newly_dead", "dormant", "constant", "never_positive",
                 "dormant_score", "mean_abs", "std", "max"]  # fmt: skip
         return _with_runs(ranked.head(top).select(cols), out)
-    keys = ["checkpoint_id", "layer"] if by == "layer" else ["checkpoint_id"]
+    keys = ["checkpoint_id", "dataset_id", "layer"] if by == "layer" else ["checkpoint_id", "dataset_id"]
     grouped = stats.group_by(keys).agg(  # aggregate the flags in place: no helper columns over the whole store
         pl.len().alias("channels"),
         dead_expr(criterion).sum().alias("dead"),
@@ -57,7 +57,7 @@ def rank_dead_units(out: str | Path, *, by: str = "layer", criterion: str = "any
     )
     ranked = grouped.with_columns(
         (pl.col("dead") / pl.col("channels")).alias("frac_dead"),
-        pl.col("dead").rank("min", descending=True).over("checkpoint_id").alias("rank_in_checkpoint")
+        pl.col("dead").rank("min", descending=True).over("checkpoint_id", "dataset_id").alias("rank_in_checkpoint")
         if by == "layer"
         else pl.col("dead").rank("min", descending=True).alias("rank"),
     ).sort(["newly_dead", "dead", *keys], descending=[True, True] + [False] * len(keys))
