@@ -29,6 +29,15 @@ TrustPickle = Annotated[
     ),
 ]
 
+# options shared by the commands that run images through networks (activations, similarity)
+Data = Annotated[str, typer.Option("--data", help="Dataset yaml (uses --split), image folder, or glob.")]
+OutLocation = Annotated[str, typer.Option("--out", help="Results folder or filesystem URI.")]
+MaxImages = Annotated[int | None, typer.Option("--max-images", min=1, help="Use the first N images.")]
+Imgsz = Annotated[int, typer.Option("--imgsz", min=32, help="Letterbox size.")]
+Split = Annotated[str, typer.Option("--split", help="Split of a dataset yaml.")]
+Cfg = Annotated[str | None, typer.Option("--cfg", help="Model yaml for bare state dicts that record no architecture.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda:N.")]
+
 
 def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(fn)
@@ -87,24 +96,22 @@ def weights(
 @_one_line_errors
 def activations(
     checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoint files or folders.")],
-    data: Annotated[str, typer.Option("--data", help="Dataset yaml (uses --split), image folder, or glob.")],
-    out: Annotated[str, typer.Option("--out", help="Results folder or filesystem URI.")],
+    data: Data,
+    out: OutLocation,
     reference: Annotated[
         Path | None, typer.Option("--reference", help="Also run it, and flag channels dead here but alive there.")
     ] = None,
     tau: Annotated[float, typer.Option("--tau", min=0.0, help="Dormant / constant threshold.")] = 0.025,
-    max_images: Annotated[int | None, typer.Option("--max-images", min=1, help="Use the first N images.")] = None,
-    imgsz: Annotated[int, typer.Option("--imgsz", min=32, help="Letterbox size.")] = 640,
+    max_images: MaxImages = None,
+    imgsz: Imgsz = 640,
     batch: Annotated[int, typer.Option("--batch", min=1, help="Images per forward pass.")] = 8,
     depth: Annotated[
         str, typer.Option("--depth", help="modules (23 top-level) or leaves (every Conv/BN/act).")
     ] = "modules",
     maps: Annotated[int, typer.Option("--maps", min=0, help="Save small feature maps of the first K images.")] = 4,
-    split: Annotated[str, typer.Option("--split", help="Split of a dataset yaml.")] = "val",
-    cfg: Annotated[
-        str | None, typer.Option("--cfg", help="Model yaml for bare state dicts that record no architecture.")
-    ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda:N.")] = "auto",
+    split: Split = "val",
+    cfg: Cfg = None,
+    device: Device = "auto",
     shards: Annotated[int | None, typer.Option("--shards", min=1, help="Data shards per checkpoint.")] = None,
     address: Address = None,
     num_cpus: NumCpus = None,
@@ -133,16 +140,16 @@ def activations(
 @_one_line_errors
 def similarity(
     checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoint files or folders (all compared pairwise).")],
-    data: Annotated[str, typer.Option("--data", help="Dataset yaml (uses --split), image folder, or glob.")],
-    out: Annotated[str, typer.Option("--out", help="Results folder or filesystem URI.")],
+    data: Data,
+    out: OutLocation,
     cross_layer: Annotated[bool, typer.Option("--cross-layer", help="Every layer against every layer.")] = False,
     pool: Annotated[str, typer.Option("--pool", help="avg (channel means) or none (all activations).")] = "avg",
-    max_images: Annotated[int | None, typer.Option("--max-images", min=4, help="Use the first N images.")] = None,
-    imgsz: Annotated[int, typer.Option("--imgsz", min=32, help="Letterbox size.")] = 640,
+    max_images: MaxImages = None,
+    imgsz: Imgsz = 640,
     batch: Annotated[int, typer.Option("--batch", help="Images per batch (at least 4).")] = 8,
-    split: Annotated[str, typer.Option("--split", help="Split of a dataset yaml.")] = "val",
-    cfg: Annotated[str | None, typer.Option("--cfg", help="Model yaml for bare state dicts.")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda:N.")] = "auto",
+    split: Split = "val",
+    cfg: Cfg = None,
+    device: Device = "auto",
     address: Address = None,
     num_cpus: NumCpus = None,
     trust_pickle: TrustPickle = False,

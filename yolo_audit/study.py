@@ -27,8 +27,8 @@ from yolo_audit.errors import AuditError
 from yolo_audit.orchestrate import Task, ray_session, run_tasks
 from yolo_audit.storage import exclusive, is_uri, locate, upload_dir
 from yolo_audit.store import scan, tables
-from yolo_audit.training import SNAPSHOTS, TrainResult, TrainSpec, describe, train_variant
-from yolo_audit.workflow import Resources, Study, Synthetic, TrainCfg
+from yolo_audit.training import SNAPSHOTS, TrainCfg, TrainResult, TrainSpec, describe, train_variant
+from yolo_audit.workflow import Resources, Study, Synthetic
 
 
 @dataclass

@@ -26,7 +26,21 @@ SNAPSHOTS = "snapshots"
 
 
 @dataclass(frozen=True)
-class TrainSpec:
+class TrainCfg:
+    """The training settings a study file gives (the same for every variant, so they compare)."""
+
+    epochs: int = 1
+    imgsz: int = 640
+    batch: int = 16
+    optimizer: str = "SGD"
+    lr0: float = 0.01
+    close_mosaic: int = 0
+    save_period: int = -1
+    workers: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec(TrainCfg):
     """Everything one training run needs; plain data so it travels to a Ray worker."""
 
     run: str
@@ -39,14 +53,6 @@ class TrainSpec:
     freeze: str = "0"  # the freeze spec as written in the study file
     strategy: str = "ultralytics"
     seed: int = 0
-    epochs: int = 1
-    imgsz: int = 640
-    batch: int = 16
-    optimizer: str = "SGD"
-    lr0: float = 0.01
-    close_mosaic: int = 0
-    save_period: int = -1
-    workers: int = 0
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
 

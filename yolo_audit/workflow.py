@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from yolo_audit.errors import AuditError
-from yolo_audit.training import STRATEGIES
+from yolo_audit.training import STRATEGIES, TrainCfg
 
 N_LAYERS = 23  # YOLOv8 top-level modules
 HEAD = 22  # the Detect head
@@ -27,18 +27,6 @@ class Synthetic:
     imgsz: int = 64
     classes: int = 3
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class TrainCfg:
-    epochs: int = 1
-    imgsz: int = 640
-    batch: int = 16
-    optimizer: str = "SGD"
-    lr0: float = 0.01
-    close_mosaic: int = 0
-    save_period: int = -1
-    workers: int = 0
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,22 +36,7 @@ def write_report(results: str | Path, out: str | Path) -> Path:
         raise AuditError("no results tables here; run `yolo-audit demo`, `weights` or `study` first", path=str(results))
     ctx = Context.load(results, present)
     sections = [("summary", "Findings", _list(findings(ctx)))]
-    if "layer_freeze" in present:
-        sections.append(
-            ("freeze", "Freeze verification (each run's last checkpoint vs the base)", _table(freeze_table(ctx)))
-        )
-    if "weight_divergence" in present:
-        sections.append(("divergence", "Weight divergence per layer", _divergence(ctx)))
-    if "weight_hist" in present:
-        sections.append(("distributions", "Weight distributions per layer", _distributions(ctx)))
-    if "channel_stats" in present:
-        sections.append(("dead-units", "Dead units", _dead(ctx)))
-    if "feature_maps" in present:
-        sections.append(("feature-maps", "Feature maps", _maps(ctx)))
-    if "similarity" in present:
-        sections.append(("similarity", "Representation similarity (CKA)", _similarity(ctx)))
-    if "train_metrics" in present:
-        sections.append(("training", "Training curves and final mAP", _training(ctx)))
+    sections += [(sid, title, draw(ctx)) for table, sid, title, draw in SECTIONS if table in present]
     body = "\n".join(
         f'<section id="{sid}"><h2>{html.escape(title)}</h2>\n{content}</section>' for sid, title, content in sections
     )
@@ -183,3 +169,16 @@ def _training(ctx: Context) -> str:
         if points.height:
             out += _img(figures.map_vs_divergence(points, ctx.colors), "mAP against divergence")
     return out
+
+
+# (table that must exist, section id, title, how to draw it), in page order
+SECTIONS: list[tuple[str, str, str, Callable[[Context], str]]] = [
+    ("layer_freeze", "freeze", "Freeze verification (each run's last checkpoint vs the base)",
+     lambda ctx: _table(freeze_table(ctx))),
+    ("weight_divergence", "divergence", "Weight divergence per layer", _divergence),
+    ("weight_hist", "distributions", "Weight distributions per layer", _distributions),
+    ("channel_stats", "dead-units", "Dead units", _dead),
+    ("feature_maps", "feature-maps", "Feature maps", _maps),
+    ("similarity", "similarity", "Representation similarity (CKA)", _similarity),
+    ("train_metrics", "training", "Training curves and final mAP", _training),
+]  # fmt: skip
