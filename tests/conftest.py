@@ -49,3 +49,53 @@ def save_state_dict(model: torch.nn.Module, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return path
+
+
+# The smallest real study: a base pretrained 1 epoch on 8 synthetic A images at 32 px, variants trained 2 epochs on B.
+TINY_STUDY = {
+    "name": "tiny",
+    "model": "yolov8n.yaml",
+    "pretrain": {
+        "data": {"synthetic": {"domain": "A", "images": 8, "imgsz": 32}},
+        "epochs": 1,
+        "imgsz": 32,
+        "batch": 4,
+    },
+    "data": {"synthetic": {"domain": "B", "images": 8, "imgsz": 32, "seed": 1}},
+    "train": {"epochs": 2, "imgsz": 32, "batch": 4},
+    "variants": [{"name": "none", "freeze": 0}],
+    "analyses": ["weights"],
+}
+
+
+def write_study(folder: Path, name: str = "study", **changes) -> Path:
+    """TINY_STUDY with top-level keys replaced, as a study file."""
+    import yaml
+
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**TINY_STUDY, **changes}))
+    return path
+
+
+def run_tiny_study(folder: Path, out: Path | str, **changes):
+    """Write the study file beside `folder` and run it into `out` (a path or URI), quietly."""
+    import io
+
+    from yolo_audit.study import run_study
+    from yolo_audit.workflow import load_study
+
+    study = write_study(folder, f"study-{Path(str(out)).name}", **changes)
+    return run_study(load_study(study, out=str(out)), stream=io.StringIO())
+
+
+def result_tables(out: Path | str) -> dict:
+    from yolo_audit.store import open_results
+
+    return {k: v.collect() for k, v in open_results(out).items()}
+
+
+def weight_values(tables: dict):
+    """weight_stats keyed by what they describe (checkpoint ids embed paths, so they differ between folders)."""
+    ck = tables["checkpoints"].select("checkpoint_id", "run", "epoch")
+    stats = tables["weight_stats"].join(ck, on="checkpoint_id").drop("checkpoint_id")
+    return stats.sort("run", "epoch", "param").select(sorted(stats.columns))

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-import yaml
-from conftest import save
+from conftest import result_tables, save, weight_values, write_study
 
 from yolo_audit import schema, storage
 from yolo_audit.errors import AuditError
@@ -27,20 +26,7 @@ from yolo_audit.weights_plan import analyze_weights
 from yolo_audit.workflow import load_study
 
 ROOT = Path(__file__).resolve().parent
-STUDY = {
-    "name": "crash",
-    "model": "yolov8n.yaml",
-    "pretrain": {
-        "data": {"synthetic": {"domain": "A", "images": 8, "imgsz": 32}},
-        "epochs": 1,
-        "imgsz": 32,
-        "batch": 4,
-    },
-    "data": {"synthetic": {"domain": "B", "images": 8, "imgsz": 32, "seed": 1}},
-    "train": {"epochs": 2, "imgsz": 32, "batch": 4},
-    "variants": [{"name": "none", "freeze": 0}, {"name": "cb", "freeze": "backbone", "strategy": "callback"}],
-    "analyses": ["weights"],
-}
+CRASH_VARIANTS = [{"name": "none", "freeze": 0}, {"name": "cb", "freeze": "backbone", "strategy": "callback"}]
 DRIVER = """
 import sys
 from yolo_audit.study import run_study
@@ -73,21 +59,8 @@ def _kill_driver_after(study_file: Path, out: Path, seconds: float) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def _tables(out: Path) -> dict[str, pl.DataFrame]:
-    from yolo_audit.store import open_results
-
-    return {k: v.collect() for k, v in open_results(out).items()}
-
-
-def _values(t: dict[str, pl.DataFrame]) -> pl.DataFrame:
-    ck = t["checkpoints"].select("checkpoint_id", "run", "epoch")
-    stats = t["weight_stats"].join(ck, on="checkpoint_id").drop("checkpoint_id")
-    return stats.sort("run", "epoch", "param").select(sorted(stats.columns))
-
-
 def test_driver_killed_at_random_points_then_rerun_equals_an_uninterrupted_run(tmp_path, ray_local):
-    study_file = tmp_path / "s.yaml"
-    study_file.write_text(yaml.safe_dump(STUDY))
+    study_file = write_study(tmp_path, name="crash", variants=CRASH_VARIANTS)
     clean = tmp_path / "clean"
     assert run_study(load_study(study_file, out=str(clean)), stream=io.StringIO()).ok
     crashed = tmp_path / "crashed"
@@ -97,9 +70,9 @@ def test_driver_killed_at_random_points_then_rerun_equals_an_uninterrupted_run(t
         for f in crashed.rglob("*.parquet"):  # whatever a killed run left must be whole files
             pl.read_parquet(f)
     assert run_study(load_study(study_file, out=str(crashed)), stream=io.StringIO()).ok
-    a, b = _tables(clean), _tables(crashed)
+    a, b = result_tables(clean), result_tables(crashed)
     assert {k: v.height for k, v in a.items()} == {k: v.height for k, v in b.items()}
-    assert _values(a).equals(_values(b))
+    assert weight_values(a).equals(weight_values(b))
     assert b["checkpoints"]["checkpoint_id"].is_unique().all() and "errors" not in b
     verdicts = [t["layer_freeze"].group_by("verdict").len().sort("verdict") for t in (a, b)]
     assert verdicts[0].equals(verdicts[1])

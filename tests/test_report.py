@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import io
 import re
 import shutil
 import subprocess
@@ -12,15 +11,13 @@ from functools import partial
 
 import polars as pl
 import pytest
-import yaml
+from conftest import run_tiny_study
 from typer.testing import CliRunner
 
 from yolo_audit import rank
 from yolo_audit.cli import app
 from yolo_audit.errors import AuditError
 from yolo_audit.report import write_report
-from yolo_audit.study import run_study
-from yolo_audit.workflow import load_study
 
 runner = CliRunner()
 SECTIONS = ("summary", "freeze", "divergence", "distributions", "dead-units", "feature-maps", "similarity", "training")
@@ -30,25 +27,8 @@ SECTIONS = ("summary", "freeze", "divergence", "distributions", "dead-units", "f
 def results(tmp_path_factory, ray_local):
     """A two-variant study with every analysis: every table the report can show."""
     tmp = tmp_path_factory.mktemp("report")
-    study = {
-        "name": "r",
-        "model": "yolov8n.yaml",
-        "pretrain": {
-            "data": {"synthetic": {"domain": "A", "images": 8, "imgsz": 32}},
-            "epochs": 1,
-            "imgsz": 32,
-            "batch": 4,
-        },
-        "data": {"synthetic": {"domain": "B", "images": 8, "imgsz": 32, "seed": 1}},
-        "train": {"epochs": 2, "imgsz": 32, "batch": 4},
-        "variants": [
-            {"name": "ultra", "freeze": "backbone"},
-            {"name": "cb", "freeze": "backbone", "strategy": "callback"},
-        ],
-        "analyses": ["weights", "activations", "similarity"],
-    }
-    (tmp / "s.yaml").write_text(yaml.safe_dump(study))
-    summary = run_study(load_study(tmp / "s.yaml", out=str(tmp / "out")), stream=io.StringIO())
+    variants = [{"name": "ultra", "freeze": "backbone"}, {"name": "cb", "freeze": "backbone", "strategy": "callback"}]
+    summary = run_tiny_study(tmp, tmp / "out", variants=variants, analyses=["weights", "activations", "similarity"])
     assert summary.ok
     return tmp / "out"
 

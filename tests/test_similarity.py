@@ -8,14 +8,12 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-import yaml
+from conftest import run_tiny_study
 
 from yolo_audit.errors import AuditError
 from yolo_audit.similarity import SimilarityOptions, analyze_similarity
 from yolo_audit.stats.cka import CKAState, hsic_matrix
-from yolo_audit.study import run_study
 from yolo_audit.synth import make_dataset
-from yolo_audit.workflow import load_study
 
 
 def _np_hsic1(x: np.ndarray, y: np.ndarray) -> float:
@@ -97,16 +95,12 @@ def test_merge_of_shards_equals_one_pass():
 def trained(tmp_path_factory, ray_local):
     """A tiny pretrained base and two fine-tunes of it: real trained checkpoints."""
     tmp = tmp_path_factory.mktemp("sim")
-    study = {
-        "name": "sim", "model": "yolov8n.yaml",
-        "pretrain": {"data": {"synthetic": {"domain": "A", "images": 8, "imgsz": 64}}, "epochs": 2, "imgsz": 64,
-                     "batch": 4},
-        "data": {"synthetic": {"domain": "B", "images": 8, "imgsz": 64, "seed": 1}},
-        "train": {"epochs": 2, "imgsz": 64, "batch": 4},
-        "variants": [{"name": "none", "freeze": 0}, {"name": "head", "freeze": "all"}], "analyses": [],
-    }  # fmt: skip
-    (tmp / "s.yaml").write_text(yaml.safe_dump(study))
-    assert run_study(load_study(tmp / "s.yaml", out=str(tmp / "out")), stream=io.StringIO()).ok
+    at64 = {"data": {"synthetic": {"domain": "A", "images": 8, "imgsz": 64}}, "epochs": 2, "imgsz": 64, "batch": 4}
+    assert run_tiny_study(
+        tmp, tmp / "out", pretrain=at64, data={"synthetic": {"domain": "B", "images": 8, "imgsz": 64, "seed": 1}},
+        train={"epochs": 2, "imgsz": 64, "batch": 4}, analyses=[],
+        variants=[{"name": "none", "freeze": 0}, {"name": "head", "freeze": "all"}],
+    ).ok  # fmt: skip
     ckpts = [tmp / "out" / "train" / r / "weights" / "last.pt" for r in ("base", "none-s0", "head-s0")]
     images = make_dataset(tmp / "imgs", images=16, imgsz=64, domain="B", seed=5).parent / "images"
     return tmp, ckpts, images

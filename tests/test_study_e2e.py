@@ -2,46 +2,21 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import polars as pl
 import pytest
-import yaml
+from conftest import result_tables, run_tiny_study, weight_values
 
-from yolo_audit.study import run_study
-from yolo_audit.workflow import load_study
-
-STUDY = {
-    "name": "tiny",
-    "model": "yolov8n.yaml",
-    "pretrain": {
-        "data": {"synthetic": {"domain": "A", "images": 8, "imgsz": 32, "seed": 0}},
-        "epochs": 1,
-        "imgsz": 32,
-        "batch": 4,
-    },
-    "data": {"synthetic": {"domain": "B", "images": 8, "imgsz": 32, "seed": 1}},
-    "train": {"epochs": 2, "imgsz": 32, "batch": 4, "optimizer": "SGD", "lr0": 0.01, "close_mosaic": 0},
-    "variants": [
-        {"name": "none", "freeze": 0},
-        {"name": "backbone", "freeze": "backbone"},
-        {"name": "callback", "freeze": "backbone", "strategy": "callback"},
-    ],
-    "analyses": ["weights", "activations"],
-}
+VARIANTS = [
+    {"name": "none", "freeze": 0},
+    {"name": "backbone", "freeze": "backbone"},
+    {"name": "callback", "freeze": "backbone", "strategy": "callback"},
+]
 
 
 def _run(tmp: Path, out: Path | str, **changes) -> object:
-    file = tmp / f"study-{Path(str(out)).name}.yaml"
-    file.write_text(yaml.safe_dump({**STUDY, **changes}))
-    return run_study(load_study(file, out=str(out)), stream=io.StringIO())
-
-
-def _tables(out: Path) -> dict[str, pl.DataFrame]:
-    from yolo_audit.store import open_results
-
-    return {k: v.collect() for k, v in open_results(out).items()}
+    return run_tiny_study(tmp, out, **{"variants": VARIANTS, "analyses": ["weights", "activations"], **changes})
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +24,6 @@ def full(tmp_path_factory, ray_local):
     tmp = tmp_path_factory.mktemp("study")
     summary = _run(tmp, tmp / "full")
     return tmp, summary
-
-
-def _values(t: dict[str, pl.DataFrame]) -> pl.DataFrame:
-    """weight_stats keyed by what they describe (checkpoint ids embed paths, so they differ between folders)."""
-    ck = t["checkpoints"].select("checkpoint_id", "run", "epoch")
-    stats = t["weight_stats"].join(ck, on="checkpoint_id").drop("checkpoint_id")
-    return stats.sort("run", "epoch", "param").select(sorted(stats.columns))
 
 
 def _final_verdicts(t: dict[str, pl.DataFrame], run: str) -> dict[str, list[int]]:  # vs the pretrained base
@@ -70,7 +38,7 @@ def _final_verdicts(t: dict[str, pl.DataFrame], run: str) -> dict[str, list[int]
 def test_study_trains_every_variant_and_writes_runs(full):
     tmp, summary = full
     assert summary.ok
-    t = _tables(tmp / "full")
+    t = result_tables(tmp / "full")
     runs = t["runs"].sort("run")
     assert runs["run"].to_list() == ["backbone-s0", "base", "callback-s0", "none-s0"]
     assert set(runs["status"]) == {"done"}
@@ -89,7 +57,7 @@ def test_study_trains_every_variant_and_writes_runs(full):
 
 def test_freeze_strategies_give_the_expected_verdicts(full):
     tmp, _ = full
-    t = _tables(tmp / "full")
+    t = result_tables(tmp / "full")
     backbone = _final_verdicts(t, "backbone-s0")
     callback = _final_verdicts(t, "callback-s0")
     none = _final_verdicts(t, "none-s0")
@@ -105,30 +73,34 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(full, tmp_path):
     tmp, _ = full
     out = tmp_path / "resumed"
     # the driver died after the first variant: its row exists, nothing was analysed, and a second run was half done
-    first = _run(tmp_path, out, variants=STUDY["variants"][:1], analyses=[])
+    first = _run(tmp_path, out, variants=VARIANTS[:1], analyses=[])
     assert first.ok
     partial = out / "train" / "backbone-s0" / "snapshots"
     partial.mkdir(parents=True)
     (partial / "epoch0001.safetensors").write_bytes(b"half written")
     resumed = _run(tmp_path, out)
     assert resumed.ok and sorted(resumed.skipped) == ["base", "none-s0"]
-    a, b = _tables(tmp / "full"), _tables(out)
+    a, b = result_tables(tmp / "full"), result_tables(out)
     assert {k: v.height for k, v in a.items()} == {k: v.height for k, v in b.items()}
     for run in ("backbone-s0", "callback-s0", "none-s0"):
         assert _final_verdicts(a, run) == _final_verdicts(b, run)
     assert "errors" not in b
-    assert _values(a).equals(_values(b))  # training is deterministic on CPU: the same numbers, not just counts
+    assert weight_values(a).equals(
+        weight_values(b)
+    )  # training is deterministic on CPU: the same numbers, not just counts
     # rerunning a finished study trains nothing and changes nothing
     again = _run(tmp_path, out)
-    assert again.trained == [] and {k: v.height for k, v in _tables(out).items()} == {k: v.height for k, v in b.items()}
+    assert again.trained == [] and {k: v.height for k, v in result_tables(out).items()} == {
+        k: v.height for k, v in b.items()
+    }
 
 
 def test_study_with_a_filesystem_uri_out_stages_and_uploads(tmp_path, ray_local):
     out = f"file://{tmp_path}/remote"
-    variants = STUDY["variants"][1:]
+    variants = VARIANTS[1:]
     summary = _run(tmp_path, out, variants=variants)
     assert summary.ok and summary.out == out
-    t = _tables(out)
+    t = result_tables(out)
     snaps = t["checkpoints"].filter(pl.col("source_format") == "safetensors")
     assert snaps.height == 4 and all(p.startswith(f"{out}/train/") for p in snaps["path"])
     assert (tmp_path / "remote" / "train" / "callback-s0" / "snapshots" / "epoch0002.safetensors").exists()
