@@ -58,10 +58,8 @@ def analyze_activations(
     opts = opts or ActivationOptions()
     stream = stream or sys.stderr
     out_uri = schema.check_writable(out)
-    files = find_checkpoints(list(paths))
+    files = find_checkpoints(list(paths), reference=reference)
     ref_path = locate(reference).uri if reference is not None else None
-    if ref_path is not None and ref_path not in files:
-        files.insert(0, ref_path)
     images = list_images(local_dataset(str(data)), split=split, max_images=max_images)
     summary = ActivationsSummary(out=out_uri, dataset_id=dataset_id(images, opts.imgsz), images=len(images))
     with exclusive(out_uri):

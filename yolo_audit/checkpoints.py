@@ -101,8 +101,9 @@ def frozen_layers(freeze: Any) -> list[int]:
     return []
 
 
-def find_checkpoints(paths: list[str | Path]) -> list[str]:
-    """Expand files and folders (searched recursively; local paths or filesystem URIs) into checkpoint locations."""
+def find_checkpoints(paths: list[str | Path], *, reference: str | Path | None = None) -> list[str]:
+    """Expand files and folders (searched recursively; local paths or filesystem URIs) into checkpoint locations;
+    a `reference` not among them is put first (it is always analysed too)."""
     found: list[str] = []
     for raw in paths:
         loc = locate(raw)
@@ -117,7 +118,10 @@ def find_checkpoints(paths: list[str | Path]) -> list[str]:
             found.extend(inside)
         else:
             found.append(loc.uri)
-    return list(dict.fromkeys(found))
+    ordered = list(dict.fromkeys(found))
+    if reference is not None and locate(reference).uri not in ordered:
+        ordered.insert(0, locate(reference).uri)
+    return ordered
 
 
 def file_sha256(path: Path) -> str:

@@ -17,7 +17,7 @@ from yolo_audit.analysis import WeightOptions, pooled_bins_id, reference_cache, 
 from yolo_audit.checkpoints import find_checkpoints, load_checkpoint
 from yolo_audit.errors import AuditError
 from yolo_audit.orchestrate import Task, ray_session, run_tasks
-from yolo_audit.storage import exclusive, locate
+from yolo_audit.storage import exclusive
 from yolo_audit.weights_job import (
     ErrorRecord,
     TaskResult,
@@ -58,11 +58,8 @@ def analyze_weights(
     """Analyse every checkpoint under `paths` into Parquet tables under `out` (see the README's schema)."""
     opts = opts or WeightOptions()
     out_dir = schema.check_writable(out)
-    files = [str(p) for p in find_checkpoints(list(paths))]
+    files = find_checkpoints(list(paths), reference=reference)
     ref = load_checkpoint(reference, trust_pickle=trust_pickle) if reference is not None else None
-    ref_path = locate(reference).uri if reference is not None else None
-    if ref_path is not None and ref_path not in files:
-        files.insert(0, ref_path)
     if len(files) < 2 and (pairwise or trajectory):
         raise AuditError("pairwise and trajectory comparisons need at least two checkpoints", path=str(paths[0]))
     summary = WeightsSummary(out=out_dir, reference_id=ref.checkpoint_id if ref else None)
