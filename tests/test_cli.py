@@ -82,6 +82,20 @@ def test_write_validates_columns_and_is_atomic(tmp_path):
         schema.write(tmp_path, "errors", "../escape", {"path": [], "stage": [], "error_type": [], "message": []})
 
 
+def test_measured_floats_are_written_without_dictionary_pages(tmp_path):
+    import pyarrow.parquet as pq
+
+    names = schema.columns("channel_stats")
+    rows = {n: [0.5, 0.25] if t == schema.F64 else [False, True] if t == schema.B else [1, 2] if t != schema.S else
+            ["a", "a"] for n, t, _ in schema.TABLES["channel_stats"]}  # fmt: skip
+    path = schema.write(tmp_path, "channel_stats", "k", rows)
+    chunks = pq.ParquetFile(path.removeprefix("file://")).metadata.row_group(0)
+    encodings = {chunks.column(i).path_in_schema: chunks.column(i).encodings for i in range(len(names))}
+    assert "RLE_DICTIONARY" in encodings["checkpoint_id"] and "RLE_DICTIONARY" in encodings["layer"]
+    assert "RLE_DICTIONARY" not in encodings["mean"] and "PLAIN" in encodings["mean"]
+    assert pl.read_parquet(path.removeprefix("file://"))["mean"].to_list() == [0.5, 0.25]
+
+
 def test_notebook_api_is_exported():
     import yolo_audit
 
