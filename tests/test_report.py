@@ -114,3 +114,26 @@ def test_report_without_results_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     out = runner.invoke(app, ["report", "--results", str(tmp_path / "empty"), "--out", str(tmp_path / "r.html")])
     assert out.exit_code == 1 and "no results tables here" in out.stderr
+
+
+def test_dead_units_are_never_added_across_datasets(results, tmp_path):
+    """A checkpoint measured on a second image set: the report shows each dataset apart, the findings name it."""
+    from yolo_audit import schema
+
+    out = tmp_path / "out"
+    shutil.copytree(results, out)
+    stats = pl.read_parquet(out / "channel_stats" / "*.parquet")
+    other = stats.with_columns(dataset_id=pl.lit("e" * 16), newly_dead=pl.lit(True), dormant=pl.lit(True))
+    for (ckpt,), part in other.group_by("checkpoint_id"):
+        schema.write(out, "channel_stats", f"{ckpt}-{'e' * 16}", part.to_dict(as_series=False))
+    text = write_report(out, tmp_path / "report.html").read_text()
+    dead = text.split('<section id="dead-units">', 1)[1].split("</section>", 1)[0]
+    first = stats["dataset_id"][0]
+    assert f"Dataset {first} (" in dead and f"Dataset {'e' * 16}." in dead  # images known only for the real one
+    assert dead.count("data:image/png;base64,") == 2
+    assert text.count(f"newly dead vs the base on dataset {'e' * 16}") == 2  # both runs of the fixture, not the base
+    assert text.count(f"newly dead vs the base on dataset {first}") <= 2
+    per_dataset = rank.rank_dead_units(out, by="checkpoint", top=100).collect()
+    assert per_dataset.filter(pl.col("dataset_id") == "e" * 16)["dead"].to_list() == (
+        per_dataset.filter(pl.col("dataset_id") == "e" * 16)["channels"].to_list()
+    )

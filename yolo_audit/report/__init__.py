@@ -64,7 +64,8 @@ def _list(items: list[str]) -> str:
 def _table(frame: pl.DataFrame) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
     rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>" for row in frame.iter_rows()
+        "<tr>" + "".join(f"<td>{'—' if v is None else html.escape(str(v))}</td>" for v in row) + "</tr>"
+        for row in frame.iter_rows()
     )
     return f"<table><tr>{head}</tr>{rows}</table>"
 
@@ -102,7 +103,29 @@ def _distributions(ctx: Context) -> str:
 
 
 def _dead(ctx: Context) -> str:
+    """One figure and table per dataset: dead counts from different images are never added up."""
     stats = ctx.latest(scan(ctx.results, "channel_stats").collect(), keep_reference=True)
+    datasets = stats.group_by("dataset_id").len().sort("len", "dataset_id", descending=[True, False])["dataset_id"]
+    described = _datasets(ctx)
+    parts = []
+    for dataset_id in datasets:
+        note = f"Dataset {dataset_id}{described.get(dataset_id, '')}."
+        parts.append(
+            f"<p class=note>{html.escape(note)}</p>" + _dead_on(stats.filter(pl.col("dataset_id") == dataset_id), ctx)
+        )
+    return "\n".join(parts)
+
+
+def _datasets(ctx: Context) -> dict[str, str]:
+    if "activation_passes" not in ctx.present:
+        return {}
+    passes = (
+        scan(ctx.results, "activation_passes").group_by("dataset_id").agg(pl.col("images", "imgsz").max()).collect()
+    )
+    return {d: f" ({n} images at imgsz {s})" for d, n, s in passes.select("dataset_id", "images", "imgsz").iter_rows()}
+
+
+def _dead_on(stats: pl.DataFrame, ctx: Context) -> str:
     per_layer = stats.group_by("label", "layer").agg(
         (pl.col("dormant") | pl.col("constant") | pl.col("never_positive")).sum().alias("dead"),
         pl.col("newly_dead").sum().alias("newly_dead"),
@@ -112,7 +135,11 @@ def _dead(ctx: Context) -> str:
         per_layer.group_by("label")
         .agg(
             pl.col("channels", "dead", "newly_dead").sum(),
-            pl.col("layer").sort_by("newly_dead", descending=True).first().alias("layer_with_most_newly_dead"),
+            pl.col("layer")
+            .filter(pl.col("newly_dead") > 0)
+            .sort_by(pl.col("newly_dead").filter(pl.col("newly_dead") > 0), descending=True)
+            .first()
+            .alias("layer_with_most_newly_dead"),
         )
         .sort("label")
     )

@@ -70,21 +70,27 @@ def heatmap(matrix: pl.DataFrame, row: str, col: str, value: str, title: str, cb
 
 
 def dead_units(per_layer: pl.DataFrame, colors: Palette) -> bytes:
-    """Dead channels per layer, one bar per checkpoint."""
+    """Dead channels per layer, one bar per checkpoint; below, on its own scale, the newly dead (vs the base)."""
     labels = per_layer["label"].unique(maintain_order=True).to_list()
     layers = sorted(per_layer["layer"].unique().to_list())
     width = 0.8 / max(len(labels), 1)
-    fig, ax = plt.subplots(figsize=(11, 3.2))
-    for i, label in enumerate(labels):
-        part = per_layer.filter(pl.col("label") == label)
-        lookup = dict(zip(part["layer"].to_list(), part["dead"].to_list(), strict=True))
-        ax.bar([x + i * width for x in range(len(layers))], [lookup.get(layer, 0) for layer in layers], width,
-               color=colors.get(label), label=label)  # fmt: skip
+    panels = [("dead", "dead channels", "Dead channels per layer (dormant, constant or never positive)")]
+    if per_layer["newly_dead"].fill_null(0).sum() > 0:
+        panels.append(("newly_dead", "newly dead", "Newly dead: dead here, alive in the base on the same images"))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 0.4 + 2.8 * len(panels)), sharex=True, squeeze=False)
+    for ax, (column, ylabel, title) in zip(axes[:, 0], panels, strict=True):
+        for i, label in enumerate(labels):
+            part = per_layer.filter(pl.col("label") == label)
+            lookup = dict(zip(part["layer"].to_list(), part[column].fill_null(0).to_list(), strict=True))
+            ax.bar([x + i * width for x in range(len(layers))], [lookup.get(layer, 0) for layer in layers], width,
+                   color=colors.get(label), label=label)  # fmt: skip
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+    axes[0, 0].legend(fontsize=7, ncol=3, frameon=False)
+    ax = axes[-1, 0]
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(layers))], [str(layer) for layer in layers], fontsize=7)
     ax.set_xlabel("layer")
-    ax.set_ylabel("dead channels")
-    ax.set_title("Dead channels per layer (dormant, constant or never positive)", fontsize=10)
-    ax.legend(fontsize=7, ncol=3, frameon=False)
+    fig.tight_layout()
     return _png(fig)
 
 

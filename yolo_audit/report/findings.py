@@ -72,6 +72,11 @@ def freeze_table(ctx: Context) -> pl.DataFrame:
     ).sort("label")
 
 
+def _layers(ranges: str) -> str:
+    """'layer 22' or 'layers 0-9,12' for compact ranges."""
+    return f"layers {ranges}" if "," in ranges or "-" in ranges else f"layer {ranges}"
+
+
 def findings(ctx: Context) -> list[str]:
     """Plain-language sentences, one per fact worth reading first."""
     out: list[str] = []
@@ -79,13 +84,13 @@ def findings(ctx: Context) -> list[str]:
         for row in freeze_table(ctx).iter_rows(named=True):
             parts = []
             if row["frozen_exact"]:
-                parts.append(f"layers {row['frozen_exact']} bit-identical to the base")
+                parts.append(f"{_layers(row['frozen_exact'])} bit-identical to the base")
             if row["frozen_bn_drift"]:
                 parts.append(
-                    f"layers {row['frozen_bn_drift']} weights identical to the base but BatchNorm statistics drifted"
+                    f"{_layers(row['frozen_bn_drift'])} weights identical to the base but BatchNorm statistics drifted"
                 )
             if row["trained"]:
-                parts.append(f"layers {row['trained']} trained")
+                parts.append(f"{_layers(row['trained'])} trained")
             note = (
                 f"; the training arguments disagree with this for {row['declared_vs_seen_mismatch']} layers"
                 if row["declared_vs_seen_mismatch"]
@@ -103,9 +108,13 @@ def findings(ctx: Context) -> list[str]:
     if "channel_stats" in ctx.present:
         stats = ctx.latest(scan(ctx.results, "channel_stats").collect())
         newly = stats.filter(pl.col("newly_dead").fill_null(False))
-        for (label,), part in newly.group_by("label", maintain_order=True):
-            layer, count = part.group_by("layer").len().sort("len", descending=True).row(0)
-            out.append(f"{label}: {part.height} channels newly dead vs the base, most in layer {layer} ({count}).")
+        several = stats["dataset_id"].n_unique() > 1
+        for (label, dataset_id), part in newly.sort("label", "dataset_id").group_by(
+            "label", "dataset_id", maintain_order=True
+        ):
+            layer, count = part.group_by("layer").len().sort("len", "layer", descending=[True, False]).row(0)
+            on = f" on dataset {dataset_id}" if several else ""
+            out.append(f"{label}: {part.height} channels newly dead vs the base{on}, most in layer {layer} ({count}).")
     if "runs" in ctx.present:
         runs = (
             scan(ctx.results, "runs").filter(pl.col("run") != "base").sort("best_map50_95", descending=True).collect()
