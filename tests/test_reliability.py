@@ -108,15 +108,21 @@ with exclusive({str(out)!r}):
     print("locked", flush=True)
     time.sleep(60)
 """], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT.parent)})  # fmt: skip
+    stale = out / "errors" / f".k.parquet.{'0' * 32}.tmp"  # as if the holder were killed in the middle of a write
+    kept = out / "errors" / "k.parquet"
     try:
         assert holder.stdout.readline().strip() == "locked"
+        stale.parent.mkdir()
+        stale.write_bytes(b"half")
+        kept.write_bytes(b"whole")
         with pytest.raises(AuditError, match=rf"another yolo-audit command \(pid {holder.pid}\) is writing here"):
             analyze_weights([ckpt], out)
+        assert stale.exists()  # not the refused command's to clean
     finally:
         holder.kill()
         holder.wait()
-    with storage.exclusive(str(out)):  # released when its holder died
-        pass
+    with storage.exclusive(str(out)):  # released when its holder died; the next holder sweeps its leftovers
+        assert not stale.exists() and kept.read_bytes() == b"whole"
 
 
 def test_concurrent_writes_of_one_file_never_tear(tmp_path):

@@ -177,8 +177,9 @@ LOCK_NAME = ".yolo-audit.lock"
 def exclusive(out: str) -> Iterator[None]:
     """One writing command per local results folder at a time; a second fails at once with a clear message.
 
-    An flock, so a killed command releases it by dying. Object-store URIs need none: every file is written whole by
-    one PUT under a key no other task uses.
+    An flock, so a killed command releases it by dying; whoever takes it next removes the temp files such a command
+    left half-written (hidden `.<file>.<uuid>.tmp`, never read by anyone). Object-store URIs need none: every file is
+    written whole by one PUT under a key no other task uses.
     """
     if is_uri(out) or out in _HELD:
         yield
@@ -198,6 +199,8 @@ def exclusive(out: str) -> Iterator[None]:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
     _HELD[out] = fd
+    for stale in Path(out).glob("*/.*.tmp"):  # left by writes killed mid-way; no other writer can be here now
+        stale.unlink(missing_ok=True)
     try:
         yield
     finally:
