@@ -96,6 +96,19 @@ def test_measured_floats_are_written_without_dictionary_pages(tmp_path):
     assert pl.read_parquet(path.removeprefix("file://"))["mean"].to_list() == [0.5, 0.25]
 
 
+def test_purge_finds_checkpoints_by_key_and_inside_similarity_files(tmp_path):
+    def rows(table: str, **fixed: str) -> dict[str, list]:
+        return {n: [fixed.get(n, {schema.S: "x", schema.B: False}.get(t, 1))] for n, t, _ in schema.TABLES[table]}
+
+    for key, a, b in (("d-h1-avg", "aaaa", "bbbb"), ("d-h2-avg", "cccc", "dddd")):
+        schema.write(tmp_path, "similarity", key, rows("similarity", checkpoint_a=a, checkpoint_b=b))
+    schema.write(tmp_path, "errors", "aaaa", rows("errors"))
+    schema.write(tmp_path, "errors", "cccc-vs-aaaa", rows("errors"))
+    schema.write(tmp_path, "errors", "cccc", rows("errors"))
+    assert schema.purge(tmp_path, {"bbbb", "aaaa"}) == 3
+    assert sorted(p.name for p in tmp_path.glob("*/*.parquet")) == ["cccc.parquet", "d-h2-avg.parquet"]
+
+
 def test_notebook_api_is_exported():
     import yolo_audit
 

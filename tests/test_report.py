@@ -89,6 +89,7 @@ def test_report_renders_in_headless_chromium_without_network(results, tmp_path):
         assert f'<section id="{section}">' in text, section
     assert not re.search(r"(src|href)=.(https?:|//)", text) and text.count("data:image/png;base64,") >= 7
     assert "BatchNorm statistics drifted" in text  # the callback variant's finding, in words
+    assert 'alt="CKA module x module"' in text  # studies measure CKA across layers; one panel per run vs the base
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Debian's chromium package is needed for this test (.ci/run installs it)"
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_Log, directory=str(page.parent)))

@@ -299,8 +299,9 @@ def remove(out: str | Path, table: str, key: str) -> None:
 
 
 def purge(out: str | Path, checkpoint_ids: set[str]) -> int:
-    """Remove every file whose key names one of these checkpoints (as itself, or either side of a comparison):
-    used when a run is retrained, so rows of its earlier snapshots cannot linger beside the new ones."""
+    """Remove every file whose key names one of these checkpoints (as itself, or either side of a comparison; for
+    `similarity`, whose key hashes its checkpoints, every file with a row of one): used when a run is retrained, so
+    rows of its earlier snapshots cannot linger beside the new ones."""
     if not checkpoint_ids:
         return 0
     removed = 0
@@ -308,6 +309,9 @@ def purge(out: str | Path, checkpoint_ids: set[str]) -> int:
     for table in TABLES:
         for item in root.child(table).files(".parquet"):
             parts = re.split(r"-vs-|-(?=ref-|pooled-)", item.name.removesuffix(".parquet"))
+            if table == "similarity":  # keyed by a hash of its checkpoints: look inside
+                pairs = pq.read_table(pa.BufferReader(item.read_bytes()), columns=["checkpoint_a", "checkpoint_b"])
+                parts = {*pairs["checkpoint_a"].to_pylist(), *pairs["checkpoint_b"].to_pylist()}
             if any(part.removeprefix("ref-") in checkpoint_ids for part in parts):
                 item.delete()
                 removed += 1

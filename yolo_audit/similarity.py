@@ -164,9 +164,9 @@ def analyze_similarity(
     table = similarity_table(merged, opts, summary.dataset_id)
     summary.pairs = len(table["cka"])
     key = hashlib.sha256(",".join(sorted(merged.ids)).encode()).hexdigest()[:12]
-    schema.write(
-        out_uri, "similarity", f"{summary.dataset_id}-{key}-{opts.pool}{'-x' if opts.cross_layer else ''}", table
-    )
+    name = f"{summary.dataset_id}-{key}-{opts.pool}"  # with or without --cross-layer: one file, the latest run's
+    schema.remove(out_uri, "similarity", f"{name}-x")  # where versions before 2026-11-28 put the cross-layer rows
+    schema.write(out_uri, "similarity", name, table)
     write_errors(out_uri, summary.errors)
     return summary
 

@@ -251,12 +251,13 @@ def _last_snapshots(layout: Layout, specs: list[TrainSpec]) -> list[str]:
 def _analyse_similarity(
     study: Study, layout: Layout, specs: list[TrainSpec], base_spec: TrainSpec | None, data: str, stream: TextIO
 ) -> object:
-    """CKA between the base and every run's last snapshot, layer by layer, over the study's validation images."""
+    """CKA between the base and every run's last snapshot, every module pair, over the study's validation images."""
     from yolo_audit.similarity import SimilarityOptions, analyze_similarity
 
     reference = _reference(study, layout, base_spec)
     paths = ([reference] if reference else []) + _last_snapshots(layout, specs)
-    opts = SimilarityOptions(imgsz=study.train.imgsz, batch=max(4, min(study.train.batch, 16)))
+    # cross-layer: every module pair comes out of the same matrix product anyway, and the report draws it
+    opts = SimilarityOptions(imgsz=study.train.imgsz, batch=max(4, min(study.train.batch, 16)), cross_layer=True)
     print(f"[similarity] CKA between {len(paths)} checkpoints over {data}", file=stream)
     return analyze_similarity(paths, data, layout.out, opts=opts, stream=stream)
 

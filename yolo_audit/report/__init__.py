@@ -161,26 +161,39 @@ def _maps(ctx: Context) -> str:
 
 
 def _similarity(ctx: Context) -> str:
-    sim = scan(ctx.results, "similarity").filter(
-        (pl.col("module_a") == pl.col("module_b")) & (pl.col("checkpoint_a") != pl.col("checkpoint_b"))
-    )
     names = ctx.labels.select("checkpoint_id", "label").lazy()
     sim = (
-        sim.join(names.rename({"checkpoint_id": "checkpoint_a", "label": "a"}), on="checkpoint_a", how="left")
+        scan(ctx.results, "similarity")
+        .filter(pl.col("checkpoint_a") != pl.col("checkpoint_b"))
+        .join(names.rename({"checkpoint_id": "checkpoint_a", "label": "a"}), on="checkpoint_a", how="left")
         .join(names.rename({"checkpoint_id": "checkpoint_b", "label": "b"}), on="checkpoint_b", how="left")
+        .with_columns(  # the base first in a pair's name, so each run reads "base vs run"
+            first=pl.when(pl.col("b") == "base").then("b").otherwise("a"),
+            second=pl.when(pl.col("b") == "base").then("a").otherwise("b"),
+        )
         .with_columns(
-            pair=pl.coalesce("a", pl.col("checkpoint_a").str.slice(0, 8))
+            pair=pl.coalesce("first", pl.col("checkpoint_a").str.slice(0, 8))
             + " vs "
-            + pl.coalesce("b", pl.col("checkpoint_b").str.slice(0, 8)),
+            + pl.coalesce("second", pl.col("checkpoint_b").str.slice(0, 8)),
             module=pl.format("{} {}", pl.col("layer_a").cast(pl.String).str.zfill(2), pl.col("module_a")),
         )
         .collect()
     )
-    if sim.is_empty():
+    same = sim.filter(pl.col("module_a") == pl.col("module_b"))
+    if same.is_empty():
         return "<p class=note>Only one checkpoint in the similarity table.</p>"
-    nulls = sim.filter(pl.col("cka").is_null()).height
+    nulls = same.filter(pl.col("cka").is_null()).height
     note = f"<p class=note>Corresponding modules; {nulls} undefined (layers that do not vary across images).</p>"
-    return note + _img(figures.heatmap(sim, "module", "pair", "cka", "Linear CKA per module", "CKA"), "CKA heatmap")
+    out = note + _img(figures.heatmap(same, "module", "pair", "cka", "Linear CKA per module", "CKA"), "CKA heatmap")
+    base_second = pl.col("b") == "base"  # put the base's module on the rows
+    cross = sim.filter(pl.col("first") == "base").with_columns(
+        *[pl.when(base_second).then(f"{c}_b").otherwise(f"{c}_a").alias(f"{c}_a") for c in ("module", "layer")],
+        *[pl.when(base_second).then(f"{c}_a").otherwise(f"{c}_b").alias(f"{c}_b") for c in ("module", "layer")],
+    )
+    if cross.filter(pl.col("module_a") != pl.col("module_b")).height:
+        pairs = sorted(cross["pair"].unique().to_list())
+        out += _img(figures.cka_cross(cross, pairs), "CKA module x module")
+    return out
 
 
 def _training(ctx: Context) -> str:

@@ -134,3 +134,36 @@ def map_vs_divergence(points: pl.DataFrame, colors: Palette) -> bytes:
     ax.set_ylabel("best mAP50-95")
     ax.set_title("Final mAP against how far the weights moved", fontsize=10)
     return _png(fig)
+
+
+def cka_cross(sim: pl.DataFrame, pairs: list[str]) -> bytes:
+    """Small multiples, one per checkpoint pair: linear CKA of every module of the first (rows) against every module
+    of the second (columns). A bright diagonal means the layers still compute what they did; an off-diagonal ridge,
+    that a representation moved to another depth."""
+    order = sim.select("layer_a", "module_a").unique().with_columns(n=pl.col("module_a").str.len_chars())
+    modules = order.sort("layer_a", "n", "module_a")["module_a"].to_list()  # depth order: model.2 before model.10
+    index = {m: i for i, m in enumerate(modules)}
+    cols = min(len(pairs), 3)
+    rows = math.ceil(len(pairs) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.4 * cols, 5.0 * rows), squeeze=False)
+    fig.subplots_adjust(wspace=0.55, hspace=0.45)
+    image = None
+    for ax, pair in zip(axes.flat, pairs, strict=False):
+        grid = np.full((len(modules), len(modules)), np.nan)
+        part = sim.filter(pl.col("pair") == pair)
+        for a, b, value in part.select("module_a", "module_b", "cka").iter_rows():
+            grid[index[a], index[b]] = np.nan if value is None else value
+        image = ax.imshow(np.ma.masked_invalid(grid), vmin=0, vmax=1, cmap="viridis")
+        ticks = range(0, len(modules), max(1, len(modules) // 12))
+        ax.set_yticks(list(ticks), [modules[t] for t in ticks], fontsize=6)
+        ax.set_xticks(list(ticks), [modules[t] for t in ticks], fontsize=6, rotation=90)
+        first, second = pair.split(" vs ", 1)
+        ax.set_ylabel(first, fontsize=8)
+        ax.set_xlabel(second, fontsize=8)
+        ax.set_title(pair, fontsize=9)
+    for ax in list(axes.flat)[len(pairs) :]:
+        ax.axis("off")
+    if image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), label="CKA", shrink=0.8)
+    fig.suptitle("Linear CKA, module x module, for each checkpoint against the base", fontsize=10)
+    return _png(fig)
