@@ -57,7 +57,7 @@ def weight_distributions(hist: pl.DataFrame, colors: Palette) -> bytes:
 def heatmap(matrix: pl.DataFrame, row: str, col: str, value: str, title: str, cbar: str) -> bytes:
     """A labelled heatmap of `value` with rows `row` (e.g. layer) and columns `col` (e.g. checkpoint label)."""
     wide = matrix.pivot(on=col, index=row, values=value, aggregate_function="mean").sort(row)
-    labels = [c for c in wide.columns if c != row]
+    labels = sorted(c for c in wide.columns if c != row)  # pivot columns come in row order, which varies
     data = wide.select(labels).to_numpy().astype(float)
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(labels), 0.9 + 0.28 * wide.height))
     image = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap="viridis")
