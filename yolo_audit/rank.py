@@ -10,20 +10,10 @@ from pathlib import Path
 import polars as pl
 
 from yolo_audit.errors import AuditError
-from yolo_audit.store import layer_divergence, scan, tables
+from yolo_audit.store import dead_expr, layer_divergence, scan, tables
 
-CRITERIA = ("any", "dormant", "constant", "never_positive", "newly_dead")
 DEAD_BY = ("channel", "layer", "checkpoint")
 DIVERGENCE_BY = ("param", "layer", "checkpoint")
-
-
-def dead_expr(criterion: str = "any") -> pl.Expr:
-    """A channel counts as dead by this criterion (`any`: dormant, constant or never positive)."""
-    if criterion not in CRITERIA:
-        raise AuditError(f"unknown criterion {criterion!r}; use one of {', '.join(CRITERIA)}")
-    if criterion == "any":
-        return pl.col("dormant") | pl.col("constant") | pl.col("never_positive")
-    return pl.col(criterion).fill_null(False)
 
 
 def _with_runs(frame: pl.LazyFrame, out: str | Path) -> pl.LazyFrame:

@@ -308,10 +308,11 @@ def purge(out: str | Path, checkpoint_ids: set[str]) -> int:
     root = locate(out)
     for table in TABLES:
         for item in root.child(table).files(".parquet"):
-            parts = re.split(r"-vs-|-(?=ref-|pooled-)", item.name.removesuffix(".parquet"))
             if table == "similarity":  # keyed by a hash of its checkpoints: look inside
                 pairs = pq.read_table(pa.BufferReader(item.read_bytes()), columns=["checkpoint_a", "checkpoint_b"])
-                parts = {*pairs["checkpoint_a"].to_pylist(), *pairs["checkpoint_b"].to_pylist()}
+                parts = [*pairs["checkpoint_a"].to_pylist(), *pairs["checkpoint_b"].to_pylist()]
+            else:
+                parts = re.split(r"-vs-|-(?=ref-|pooled-)", item.name.removesuffix(".parquet"))
             if any(part.removeprefix("ref-") in checkpoint_ids for part in parts):
                 item.delete()
                 removed += 1

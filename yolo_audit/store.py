@@ -11,6 +11,16 @@ from yolo_audit.errors import AuditError
 from yolo_audit.storage import locate
 
 PARAM_ROLES = ("conv_weight", "conv_bias", "bn_weight", "bn_bias")
+CRITERIA = ("any", "dormant", "constant", "never_positive", "newly_dead")
+
+
+def dead_expr(criterion: str = "any") -> pl.Expr:
+    """A channel counts as dead by this criterion (`any`: dormant, constant or never positive)."""
+    if criterion not in CRITERIA:
+        raise AuditError(f"unknown criterion {criterion!r}; use one of {', '.join(CRITERIA)}")
+    if criterion == "any":
+        return pl.col("dormant") | pl.col("constant") | pl.col("never_positive")
+    return pl.col(criterion).fill_null(False)
 
 
 def tables(out: str | Path) -> list[str]:
@@ -124,10 +134,9 @@ def dead_unit_summary(out: str | Path, dataset_id: str | None = None) -> pl.Data
     stats = scan(out, "channel_stats")
     if dataset_id is not None:
         stats = stats.filter(pl.col("dataset_id") == dataset_id)
-    dead = pl.col("dormant") | pl.col("constant") | pl.col("never_positive")
     per_layer = stats.group_by("checkpoint_id", "layer").agg(
         pl.len().alias("channels"),
-        dead.sum().alias("dead"),
+        dead_expr().sum().alias("dead"),
         pl.col("dormant").sum(),
         pl.col("constant").sum(),
         pl.col("never_positive").sum(),

@@ -16,7 +16,7 @@ import polars as pl
 from yolo_audit.errors import AuditError
 from yolo_audit.report import figures
 from yolo_audit.report.findings import Context, findings, freeze_table
-from yolo_audit.store import layer_divergence, scan, tables
+from yolo_audit.store import dead_expr, layer_divergence, scan, tables
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -127,7 +127,7 @@ def _datasets(ctx: Context) -> dict[str, str]:
 
 def _dead_on(stats: pl.DataFrame, ctx: Context) -> str:
     per_layer = stats.group_by("label", "layer").agg(
-        (pl.col("dormant") | pl.col("constant") | pl.col("never_positive")).sum().alias("dead"),
+        dead_expr().sum().alias("dead"),
         pl.col("newly_dead").sum().alias("newly_dead"),
         pl.len().alias("channels"),
     )
@@ -135,10 +135,8 @@ def _dead_on(stats: pl.DataFrame, ctx: Context) -> str:
         per_layer.group_by("label")
         .agg(
             pl.col("channels", "dead", "newly_dead").sum(),
-            pl.col("layer")
-            .filter(pl.col("newly_dead") > 0)
-            .sort_by(pl.col("newly_dead").filter(pl.col("newly_dead") > 0), descending=True)
-            .first()
+            pl.when(pl.col("newly_dead").max() > 0)  # no layer named when none newly died
+            .then(pl.col("layer").sort_by("newly_dead", descending=True).first())
             .alias("layer_with_most_newly_dead"),
         )
         .sort("label")
@@ -167,14 +165,15 @@ def _similarity(ctx: Context) -> str:
         .filter(pl.col("checkpoint_a") != pl.col("checkpoint_b"))
         .join(names.rename({"checkpoint_id": "checkpoint_a", "label": "a"}), on="checkpoint_a", how="left")
         .join(names.rename({"checkpoint_id": "checkpoint_b", "label": "b"}), on="checkpoint_b", how="left")
-        .with_columns(  # the base first in a pair's name, so each run reads "base vs run"
-            first=pl.when(pl.col("b") == "base").then("b").otherwise("a"),
-            second=pl.when(pl.col("b") == "base").then("a").otherwise("b"),
+        .with_columns(  # the base on side a, so each run reads "base vs run" with the base's modules on the rows
+            pl.when(pl.col("b") == "base").then(f"{c}{y}").otherwise(f"{c}{x}").alias(f"{c}{x}")
+            for c in ("checkpoint_", "module_", "layer_", "")
+            for x, y in (("a", "b"), ("b", "a"))
         )
         .with_columns(
-            pair=pl.coalesce("first", pl.col("checkpoint_a").str.slice(0, 8))
+            pair=pl.coalesce("a", pl.col("checkpoint_a").str.slice(0, 8))
             + " vs "
-            + pl.coalesce("second", pl.col("checkpoint_b").str.slice(0, 8)),
+            + pl.coalesce("b", pl.col("checkpoint_b").str.slice(0, 8)),
             module=pl.format("{} {}", pl.col("layer_a").cast(pl.String).str.zfill(2), pl.col("module_a")),
         )
         .collect()
@@ -185,11 +184,7 @@ def _similarity(ctx: Context) -> str:
     nulls = same.filter(pl.col("cka").is_null()).height
     note = f"<p class=note>Corresponding modules; {nulls} undefined (layers that do not vary across images).</p>"
     out = note + _img(figures.heatmap(same, "module", "pair", "cka", "Linear CKA per module", "CKA"), "CKA heatmap")
-    base_second = pl.col("b") == "base"  # put the base's module on the rows
-    cross = sim.filter(pl.col("first") == "base").with_columns(
-        *[pl.when(base_second).then(f"{c}_b").otherwise(f"{c}_a").alias(f"{c}_a") for c in ("module", "layer")],
-        *[pl.when(base_second).then(f"{c}_a").otherwise(f"{c}_b").alias(f"{c}_b") for c in ("module", "layer")],
-    )
+    cross = sim.filter(pl.col("a") == "base")
     if cross.filter(pl.col("module_a") != pl.col("module_b")).height:
         pairs = sorted(cross["pair"].unique().to_list())
         out += _img(figures.cka_cross(cross, pairs), "CKA module x module")
