@@ -13,7 +13,8 @@ import os
 import statistics
 import time
 
-from yolo_audit.env import prepare, set_torch_threads
+from yolo_audit.env import prepare
+from yolo_audit.runtime.devices import set_threads as set_torch_threads
 
 
 def main() -> None:
@@ -27,8 +28,8 @@ def main() -> None:
     set_torch_threads(os.cpu_count() or 1)
     import torch
 
-    from yolo_audit.hooks import Recorder
-    from yolo_audit.synthetic_models import build_model
+    from yolo_audit.model.hooks import Recorder
+    from yolo_audit.model.synthetic import build_model
 
     model = build_model(args.model, seed=0).eval()
     ratios = {}

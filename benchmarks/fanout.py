@@ -26,8 +26,8 @@ def main() -> None:
     prepare()
     import ray
 
-    from yolo_audit.synthetic_models import build_model, perturb, save_ultralytics
-    from yolo_audit.weights_plan import analyze_weights
+    from yolo_audit.analyses.weights.plan import analyze_weights
+    from yolo_audit.model.synthetic import build_model, perturb, save_ultralytics
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

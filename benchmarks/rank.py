@@ -60,7 +60,7 @@ def main() -> None:
     import duckdb
     import polars as pl
 
-    from yolo_audit.rank import rank_dead_units
+    from yolo_audit.results.rank import rank_dead_units
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -20,13 +20,14 @@ WORKER = r"""
 import json, sys, time
 from pathlib import Path
 import torch
-from yolo_audit.env import prepare, set_torch_threads
+from yolo_audit.env import prepare
+from yolo_audit.runtime.devices import set_threads as set_torch_threads
 prepare(); set_torch_threads(2)
-from yolo_audit.data import list_images, load_batch
-from yolo_audit.similarity import SimilarityOptions, similarity_shard, _run
-from yolo_audit.checkpoints import load_checkpoint
-from yolo_audit.models import build_module
-from yolo_audit.hooks import select_modules
+from yolo_audit.analyses.images import list_images, load_batch
+from yolo_audit.analyses.similarity.job import SimilarityOptions, similarity_shard, _run
+from yolo_audit.model.checkpoint import load_checkpoint
+from yolo_audit.model.build import build_module
+from yolo_audit.model.hooks import select_modules
 from yolo_audit.stats.cka import centred_gram, hsic_matrix
 method, folder, n, imgsz = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 paths = sorted(str(p) for p in folder.glob("*.pt"))
@@ -43,7 +44,7 @@ else:
         for s in range(0, len(images), 8):
             batch = load_batch(images[s:s + 8], imgsz)[0]
             for m, keep in zip(models, store):
-                for name, f in zip(names, _run(m, batch, names, "none")):
+                for name, f in _run(m, batch, names, "none").items():
                     keep[name].append(f)
     for a in range(len(models)):
         for b in range(a + 1, len(models)):
@@ -70,8 +71,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, nargs=2, default=[96, 768])
     parser.add_argument("--imgsz", type=int, default=160)
     args = parser.parse_args()
-    from yolo_audit.synth import make_dataset
-    from yolo_audit.synthetic_models import build_model, perturb, save_ultralytics
+    from yolo_audit.model.synthetic import build_model, perturb, save_ultralytics
+    from yolo_audit.study.synth import make_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

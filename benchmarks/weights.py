@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from yolo_audit.env import prepare, set_torch_threads
+from yolo_audit.env import prepare
+from yolo_audit.runtime.devices import set_threads as set_torch_threads
 
 
 def main() -> None:
@@ -31,9 +32,15 @@ def main() -> None:
     set_torch_threads(args.threads)
     import torch
 
-    from yolo_audit.analysis import WeightOptions, analyse, reference_cache, shared_edges, tensor_stats_ranges
-    from yolo_audit.checkpoints import load_checkpoint
-    from yolo_audit.synthetic_models import build_model, perturb, save_ultralytics
+    from yolo_audit.analyses.weights.columns import (
+        WeightOptions,
+        analyse,
+        reference_cache,
+        shared_edges,
+        tensor_stats_ranges,
+    )
+    from yolo_audit.model.checkpoint import load_checkpoint
+    from yolo_audit.model.synthetic import build_model, perturb, save_ultralytics
 
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(args.model, seed=0)

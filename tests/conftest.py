@@ -16,7 +16,7 @@ prepare()
 
 import torch  # noqa: E402
 
-from yolo_audit.synthetic_models import build_model, save_ultralytics  # noqa: E402
+from yolo_audit.model.synthetic import build_model, save_ultralytics  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -81,15 +81,15 @@ def run_tiny_study(folder: Path, out: Path | str, **changes):
     """Write the study file beside `folder` and run it into `out` (a path or URI), quietly."""
     import io
 
-    from yolo_audit.study import run_study
-    from yolo_audit.workflow import load_study
+    from yolo_audit.study.driver import run_study
+    from yolo_audit.study.spec import load_study
 
     study = write_study(folder, f"study-{Path(str(out)).name}", **changes)
     return run_study(load_study(study, out=str(out)), stream=io.StringIO())
 
 
 def result_tables(out: Path | str) -> dict:
-    from yolo_audit.store import open_results
+    from yolo_audit.results.store import open_results
 
     return {k: v.collect() for k, v in open_results(out).items()}
 

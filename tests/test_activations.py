@@ -13,12 +13,12 @@ import pytest
 import torch
 from conftest import save
 
-from yolo_audit.activations_job import ActivationOptions
-from yolo_audit.activations_plan import analyze_activations
-from yolo_audit.data import list_images, load_batch
+from yolo_audit.analyses.activations.job import ActivationOptions
+from yolo_audit.analyses.activations.plan import analyze_activations
+from yolo_audit.analyses.images import list_images, load_batch
 from yolo_audit.errors import AuditError
-from yolo_audit.hooks import Recorder, select_modules
-from yolo_audit.synth import make_dataset
+from yolo_audit.model.hooks import Recorder, select_modules
+from yolo_audit.study.synth import make_dataset
 
 IMGSZ = 64
 KILLED = {3: (0.0, -10.0), 5: (0.0, 2.0)}  # channel of layer 1: (BN gamma, BN beta)
@@ -71,7 +71,10 @@ def test_hooks_do_not_change_outputs(base_model, data):
                 hooked = model(batch)
             assert torch.equal(plain[0], hooked[0]) and rec.states
     names = select_modules(model, "modules")
-    assert len(names) == 22 + 6 and "model.22.cv2.0" in names and "model.22.cv3.2" in names and "model.22" not in names
+    copies = {f"model.{i}" for i in (10, 11, 13, 14, 17, 20)}  # YOLOv8's Upsample and Concat: copies of channels
+    assert len(names) == 22 - len(copies) + 6 and not copies & set(names)
+    assert "model.22.cv2.0" in names and "model.22.cv3.2" in names and "model.22" not in names
+    assert {names[n].kind for n in names if n.startswith("model.22.")} == {"head_output"}
     leaves = select_modules(model, "leaves")
     assert {"model.1.conv", "model.1.bn", "model.1.act", "model.22.cv3.0.2"} <= set(leaves)
 

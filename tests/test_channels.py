@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from yolo_audit.stats.channels import ChannelState, dead_units, merge, octave_bin_edges, octave_histogram
+from yolo_audit.stats.channels import ChannelState, dead_units, octave_bin_edges, octave_histogram
 
 
 def _numpy(x: np.ndarray) -> dict[str, np.ndarray]:
@@ -79,11 +79,11 @@ def test_random_shard_splits_merge_to_one_pass(seed, path):
         left.update(batches[i])
     for i in order[cut:]:
         right.update(batches[i])
-    merged = merge(left, right)
+    merged = left.merge(right)
     assert torch.equal(merged.count, one.count) and torch.equal(merged.hist, one.hist)
     for key, value in one.compute().items():
         np.testing.assert_allclose(merged.compute()[key].numpy(), value.numpy(), rtol=1e-9, atol=1e-12, err_msg=key)
-    empty = merge(ChannelState.empty(6), one)  # merging with an empty state changes nothing
+    empty = ChannelState.empty(6).merge(one)  # merging with an empty state changes nothing
     np.testing.assert_allclose(empty.compute()["std"].numpy(), one.compute()["std"].numpy(), rtol=1e-12)
 
 

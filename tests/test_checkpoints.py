@@ -11,16 +11,15 @@ import pytest
 import torch
 from conftest import save, save_state_dict
 
-from yolo_audit.checkpoints import (
+from yolo_audit.errors import AuditError
+from yolo_audit.model.checkpoint import (
     check_aligned,
-    describe_keys,
     find_checkpoints,
-    frozen_layers,
-    infer_module_types,
     load_checkpoint,
     save_safetensors,
 )
-from yolo_audit.errors import AuditError
+from yolo_audit.model.freeze import declared_layers as frozen_layers
+from yolo_audit.model.keys import describe_keys, infer_module_types
 
 
 def test_ultralytics_final_and_epoch_layouts(model, tmp_path):
@@ -108,7 +107,7 @@ def test_alignment_names_missing_unexpected_and_mismatched_keys(model, tmp_path)
 
 
 def test_yolov8s_vs_yolov8n_is_refused_with_counts(model, tmp_path):
-    from yolo_audit.synthetic_models import build_model
+    from yolo_audit.model.synthetic import build_model
 
     n = load_checkpoint(save_state_dict(model, tmp_path / "n.pt"))
     s = load_checkpoint(save_state_dict(build_model("yolov8s.yaml"), tmp_path / "s.pt"))

@@ -9,8 +9,10 @@ import polars as pl
 from conftest import save, save_state_dict
 from typer.testing import CliRunner
 
-from yolo_audit import schema
 from yolo_audit.cli import app
+from yolo_audit.results import files, schema
+from yolo_audit.results.columns import F64, B, S
+from yolo_audit.results.location import locate
 
 ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
@@ -72,23 +74,24 @@ def test_schema_command_and_readme_document_every_column():
 def test_write_validates_columns_and_is_atomic(tmp_path):
     import pytest
 
+    out = locate(tmp_path)
     with pytest.raises(KeyError, match="missing"):
-        schema.write(tmp_path, "errors", "k", {"path": ["x"]})
-    schema.write(tmp_path, "errors", "k", {"path": ["x"], "stage": ["s"], "error_type": ["E"], "message": ["m"]})
-    schema.write(tmp_path, "errors", "k", {"path": ["y"], "stage": ["s"], "error_type": ["E"], "message": ["m"]})
+        files.write(out, "errors", "k", {"path": ["x"]})
+    files.write(out, "errors", "k", {"path": ["x"], "stage": ["s"], "error_type": ["E"], "message": ["m"]})
+    files.write(out, "errors", "k", {"path": ["y"], "stage": ["s"], "error_type": ["E"], "message": ["m"]})
     assert pl.read_parquet(tmp_path / "errors" / "*.parquet")["path"].to_list() == ["y"]
     assert [p.name for p in (tmp_path / "errors").iterdir()] == ["k.parquet"]
     with pytest.raises(ValueError):
-        schema.write(tmp_path, "errors", "../escape", {"path": [], "stage": [], "error_type": [], "message": []})
+        files.write(out, "errors", "../escape", {"path": [], "stage": [], "error_type": [], "message": []})
 
 
 def test_measured_floats_are_written_without_dictionary_pages(tmp_path):
     import pyarrow.parquet as pq
 
     names = schema.columns("channel_stats")
-    rows = {n: [0.5, 0.25] if t == schema.F64 else [False, True] if t == schema.B else [1, 2] if t != schema.S else
+    rows = {n: [0.5, 0.25] if t == F64 else [False, True] if t == B else [1, 2] if t != S else
             ["a", "a"] for n, t, _ in schema.TABLES["channel_stats"]}  # fmt: skip
-    path = schema.write(tmp_path, "channel_stats", "k", rows)
+    path = files.write(locate(tmp_path), "channel_stats", "k", rows)
     chunks = pq.ParquetFile(path.removeprefix("file://")).metadata.row_group(0)
     encodings = {chunks.column(i).path_in_schema: chunks.column(i).encodings for i in range(len(names))}
     assert "RLE_DICTIONARY" in encodings["checkpoint_id"] and "RLE_DICTIONARY" in encodings["layer"]
@@ -96,17 +99,43 @@ def test_measured_floats_are_written_without_dictionary_pages(tmp_path):
     assert pl.read_parquet(path.removeprefix("file://"))["mean"].to_list() == [0.5, 0.25]
 
 
-def test_purge_finds_checkpoints_by_key_and_inside_similarity_files(tmp_path):
-    def rows(table: str, **fixed: str) -> dict[str, list]:
-        return {n: [fixed.get(n, {schema.S: "x", schema.B: False}.get(t, 1))] for n, t, _ in schema.TABLES[table]}
+def test_purge_removes_every_tables_rows_of_a_retrained_checkpoint(tmp_path):
+    """Every table with checkpoint ids: files keyed by the checkpoint (alone, compared, binned on its bins, measured on
+    a dataset) and similarity files that hold a row of it go; everything about other checkpoints stays."""
+    gone, kept, data = "a" * 16, "b" * 16, "d" * 16
 
-    for key, a, b in (("d-h1-avg", "aaaa", "bbbb"), ("d-h2-avg", "cccc", "dddd")):
-        schema.write(tmp_path, "similarity", key, rows("similarity", checkpoint_a=a, checkpoint_b=b))
-    schema.write(tmp_path, "errors", "aaaa", rows("errors"))
-    schema.write(tmp_path, "errors", "cccc-vs-aaaa", rows("errors"))
-    schema.write(tmp_path, "errors", "cccc", rows("errors"))
-    assert schema.purge(tmp_path, {"bbbb", "aaaa"}) == 3
-    assert sorted(p.name for p in tmp_path.glob("*/*.parquet")) == ["cccc.parquet", "d-h2-avg.parquet"]
+    def rows(table: str, **fixed: str) -> dict[str, list]:
+        plain = {S: kept, B: False}
+        return {n: [fixed.get(n, None if t not in plain and str(t).startswith("list") else plain.get(t, 1))]
+                for n, t, _ in schema.TABLES[table]}  # fmt: skip
+
+    out = locate(tmp_path)
+    expected_gone = 0
+    for table, fields in schema.TABLES.items():
+        names = [n for n, _, _ in fields]
+        if "checkpoint_id" in names:
+            if "reference_id" in names:
+                pattern = "{}-vs-" + kept
+            elif table == "weight_hist":
+                pattern = "{}-ref-" + kept
+            else:
+                pattern = "{}-" + data if "dataset_id" in names else "{}"
+            for cid in (gone, kept):
+                files.write(out, table, pattern.format(cid), rows(table, checkpoint_id=cid))
+            expected_gone += 1
+    files.write(out, "weight_divergence", f"{kept}-vs-{gone}", rows("weight_divergence"))  # gone as the reference
+    files.write(out, "weight_hist", f"{kept}-ref-{gone}", rows("weight_hist"))  # bins from gone
+    for key, a, b in ((f"{data}-h1-avg", gone, kept), (f"{data}-h2-avg", kept, kept)):
+        files.write(out, "similarity", key, rows("similarity", checkpoint_a=a, checkpoint_b=b))
+    files.write(out, "errors", f"load-{gone}", rows("errors"))  # keyed by a path hash: names no checkpoint
+    files.write(out, "runs", "none-s0", rows("runs"))
+    assert expected_gone == 11  # checkpoints, the weights (6) and the activations (4) tables
+    assert files.purge(out, {gone}) == expected_gone + 3
+    left = [p for p in tmp_path.glob("*/*.parquet")]
+    assert all(gone not in p.name for p in left if p.parent.name != "errors")
+    assert sorted(p.name for p in (tmp_path / "similarity").iterdir()) == [f"{data}-h2-avg.parquet"]
+    assert (tmp_path / "channel_stats" / f"{kept}-{data}.parquet").exists()
+    assert (tmp_path / "runs" / "none-s0.parquet").exists() and (tmp_path / "errors").is_dir()
 
 
 def test_notebook_api_is_exported():

@@ -17,20 +17,21 @@ import polars as pl
 import pytest
 from conftest import result_tables, save, weight_values, write_study
 
-from yolo_audit import schema, storage
+from yolo_audit.analyses.weights.job import analyse_checkpoint
+from yolo_audit.analyses.weights.plan import analyze_weights
 from yolo_audit.errors import AuditError
-from yolo_audit.orchestrate import Task, run_tasks
-from yolo_audit.study import run_study
-from yolo_audit.weights_job import analyse_checkpoint
-from yolo_audit.weights_plan import analyze_weights
-from yolo_audit.workflow import load_study
+from yolo_audit.results import files, location
+from yolo_audit.results.location import locate
+from yolo_audit.runtime.tasks import Task, run_tasks
+from yolo_audit.study.driver import run_study
+from yolo_audit.study.spec import load_study
 
 ROOT = Path(__file__).resolve().parent
 CRASH_VARIANTS = [{"name": "none", "freeze": 0}, {"name": "cb", "freeze": "backbone", "strategy": "callback"}]
 DRIVER = """
 import sys
-from yolo_audit.study import run_study
-from yolo_audit.workflow import load_study
+from yolo_audit.study.driver import run_study
+from yolo_audit.study.spec import load_study
 run_study(load_study(sys.argv[1], out=sys.argv[2]))
 """
 
@@ -86,7 +87,7 @@ def test_killed_worker_is_retried_and_rows_are_written_once(tmp_path, base_model
         if not Path(marker).exists():
             Path(marker).touch()
             os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies mid-task
-        return analyse_checkpoint(path, out)
+        return analyse_checkpoint(path, locate(out))
 
     [result] = run_tasks(
         [Task("a", dies_first_time, (str(ckpt), str(out), str(marker)))], stage="t", stream=io.StringIO()
@@ -102,9 +103,9 @@ def test_a_second_command_on_the_same_out_is_refused_clearly(tmp_path, base_mode
     out = tmp_path / "out"
     out.mkdir()
     holder = subprocess.Popen([sys.executable, "-c", f"""
-from yolo_audit.storage import exclusive
+from yolo_audit.results.location import exclusive, locate
 import time
-with exclusive({str(out)!r}):
+with exclusive(locate({str(out)!r})):
     print("locked", flush=True)
     time.sleep(60)
 """], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT.parent)})  # fmt: skip
@@ -121,13 +122,13 @@ with exclusive({str(out)!r}):
     finally:
         holder.kill()
         holder.wait()
-    with storage.exclusive(str(out)):  # released when its holder died; the next holder sweeps its leftovers
+    with location.exclusive(locate(out)):  # released when its holder died; the next holder sweeps its leftovers
         assert not stale.exists() and kept.read_bytes() == b"whole"
 
 
 def test_concurrent_writes_of_one_file_never_tear(tmp_path):
     def write(i: int) -> None:
-        schema.write(tmp_path, "errors", "same", {"path": [f"p{i}"] * 500, "stage": ["s"] * 500,
+        files.write(locate(tmp_path), "errors", "same", {"path": [f"p{i}"] * 500, "stage": ["s"] * 500,
                                                    "error_type": ["E"] * 500, "message": [str(i)] * 500})  # fmt: skip
 
     threads = [threading.Thread(target=write, args=(i,)) for i in range(16)]
@@ -143,17 +144,17 @@ def test_concurrent_writes_of_one_file_never_tear(tmp_path):
 def test_full_disk_is_one_clear_error_and_earlier_results_stay(tmp_path, base_model, monkeypatch):
     ckpt = save(base_model, tmp_path / "a.pt")
     out = tmp_path / "out"
-    first = analyse_checkpoint(str(ckpt), str(out))
+    first = analyse_checkpoint(str(ckpt), locate(out))
     assert not first.errors
     before = {p: p.read_bytes() for p in out.rglob("*.parquet")}
 
     def full(self, data):  # noqa: ANN001
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(storage.Location, "write_bytes", full)
-    again = analyse_checkpoint(str(ckpt), str(out))
+    monkeypatch.setattr(location.Location, "write_bytes", full)
+    again = analyse_checkpoint(str(ckpt), locate(out))
     assert again.errors[0].stage == "weights" and "No space left on device" in again.errors[0].message
     assert "choose a writable --out with free space" in again.errors[0].message
     assert {p: p.read_bytes() for p in out.rglob("*.parquet")} == before
     with pytest.raises(AuditError, match="not writable"):
-        schema.check_writable(out)
+        files.check_writable(locate(out))

@@ -14,10 +14,10 @@ import pytest
 from conftest import run_tiny_study
 from typer.testing import CliRunner
 
-from yolo_audit import rank
 from yolo_audit.cli import app
 from yolo_audit.errors import AuditError
 from yolo_audit.report import write_report
+from yolo_audit.results import rank
 
 runner = CliRunner()
 SECTIONS = ("summary", "freeze", "divergence", "distributions", "dead-units", "feature-maps", "similarity", "training")
@@ -119,14 +119,15 @@ def test_report_without_results_is_a_clear_error(tmp_path):
 
 def test_dead_units_are_never_added_across_datasets(results, tmp_path):
     """A checkpoint measured on a second image set: the report shows each dataset apart, the findings name it."""
-    from yolo_audit import schema
+    from yolo_audit.results import files
+    from yolo_audit.results.location import locate
 
     out = tmp_path / "out"
     shutil.copytree(results, out)
     stats = pl.read_parquet(out / "channel_stats" / "*.parquet")
     other = stats.with_columns(dataset_id=pl.lit("e" * 16), newly_dead=pl.lit(True), dormant=pl.lit(True))
     for (ckpt,), part in other.group_by("checkpoint_id"):
-        schema.write(out, "channel_stats", f"{ckpt}-{'e' * 16}", part.to_dict(as_series=False))
+        files.write(locate(out), "channel_stats", f"{ckpt}-{'e' * 16}", part.to_dict(as_series=False))
     text = write_report(out, tmp_path / "report.html").read_text()
     dead = text.split('<section id="dead-units">', 1)[1].split("</section>", 1)[0]
     first = stats["dataset_id"][0]

@@ -14,10 +14,10 @@ SCRIPT = r"""
 import json, time
 import ray
 from ray.cluster_utils import Cluster
-from yolo_audit.orchestrate import Task, run_tasks
-from yolo_audit.study import train_tasks
-from yolo_audit.training import TrainSpec
-from yolo_audit.workflow import Resources
+from yolo_audit.runtime.tasks import Task, run_tasks
+from yolo_audit.study.driver import train_tasks
+from yolo_audit.study.training import TrainSpec
+from yolo_audit.study.spec import Resources
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
 gpu_node = cluster.add_node(num_cpus=2, num_gpus=1)

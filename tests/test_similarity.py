@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import run_tiny_study
 
+from yolo_audit.analyses.similarity.plan import SimilarityOptions, analyze_similarity
 from yolo_audit.errors import AuditError
-from yolo_audit.similarity import SimilarityOptions, analyze_similarity
 from yolo_audit.stats.cka import CKAState, hsic_matrix
-from yolo_audit.synth import make_dataset
+from yolo_audit.study.synth import make_dataset
 
 
 def _np_hsic1(x: np.ndarray, y: np.ndarray) -> float:

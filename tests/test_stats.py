@@ -8,15 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from yolo_audit.stats.divergence import (
-    FROZEN_BN_DRIFT,
-    FROZEN_EXACT,
-    TRAINED,
-    bitwise_equal,
-    channel_divergence,
-    divergence,
-    layer_verdict,
-)
+from yolo_audit.model.freeze import FROZEN_BN_DRIFT, FROZEN_EXACT, TRAINED, layer_verdict
+from yolo_audit.stats.divergence import bitwise_equal, channel_divergence, divergence
 from yolo_audit.stats.spectral import spectral_norms
 from yolo_audit.stats.weights import SMALL, bin_range, channel_weights, histograms, tensor_stats
 

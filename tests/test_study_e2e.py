@@ -99,7 +99,7 @@ def test_study_with_a_filesystem_uri_out_stages_and_uploads(tmp_path, ray_local)
     out = f"file://{tmp_path}/remote"
     variants = VARIANTS[1:]
     summary = _run(tmp_path, out, variants=variants)
-    assert summary.ok and summary.out == out
+    assert summary.ok and summary.out.uri == out
     t = result_tables(out)
     snaps = t["checkpoints"].filter(pl.col("source_format") == "safetensors")
     assert snaps.height == 4 and all(p.startswith(f"{out}/train/") for p in snaps["path"])

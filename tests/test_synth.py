@@ -6,7 +6,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from yolo_audit.synth import make_dataset
+from yolo_audit.study.synth import make_dataset
 
 
 def test_same_seed_same_bytes_and_valid_labels(tmp_path):

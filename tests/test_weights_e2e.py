@@ -13,10 +13,10 @@ import pytest
 import torch
 from conftest import save, save_state_dict
 
-from yolo_audit import schema
+from yolo_audit.analyses.weights.plan import analyze_weights
 from yolo_audit.errors import AuditError
-from yolo_audit.store import freeze_summary, open_results, top_divergent_layers
-from yolo_audit.weights_plan import analyze_weights
+from yolo_audit.results import schema
+from yolo_audit.results.store import freeze_summary, open_results, top_divergent_layers
 
 DEAD = (1, 5)
 
@@ -176,7 +176,7 @@ def test_summaries(study):
 
 
 def test_bad_and_foreign_checkpoints_become_error_rows(tmp_path, base_model, ray_local):
-    from yolo_audit.synthetic_models import build_model
+    from yolo_audit.model.synthetic import build_model
 
     folder = tmp_path / "ckpts"
     ref = save(base_model, folder / "base.pt", name="base")

@@ -9,8 +9,11 @@ import pytest
 import yaml
 
 from yolo_audit.errors import AuditError
-from yolo_audit.study import Layout, print_plan
-from yolo_audit.workflow import load_study, parse_study, resolve_freeze
+from yolo_audit.study.driver import Layout, print_plan
+from yolo_audit.model.freeze import resolve_freeze
+from yolo_audit.model.profile import profile_for_model
+from yolo_audit.results.location import locate
+from yolo_audit.study.spec import load_study, parse_study
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = {
@@ -26,10 +29,20 @@ def _parse(**changes):
 
 
 def test_freeze_specs():
-    assert resolve_freeze(0, "k") == () and resolve_freeze(10, "k") == tuple(range(10))
-    assert resolve_freeze("backbone", "k") == tuple(range(10))
-    assert resolve_freeze("all", "k") == tuple(range(22))  # every module but the Detect head
-    assert resolve_freeze([3, 1, 3], "k") == (1, 3)
+    v8 = profile_for_model("yolov8n.yaml")
+    assert resolve_freeze(0, "k", v8) == () and resolve_freeze(10, "k", v8) == tuple(range(10))
+    assert resolve_freeze("backbone", "k", v8) == tuple(range(10))
+    assert resolve_freeze("all", "k", v8) == tuple(range(22))  # every module but the Detect head
+    assert resolve_freeze([3, 1, 3], "k", v8) == (1, 3)
+
+
+def test_freeze_specs_follow_the_model_family():
+    v11 = profile_for_model("yolo11n.yaml")  # backbone ends with C2PSA at 10; Detect is 23
+    assert resolve_freeze("backbone", "k", v11) == tuple(range(11))
+    assert resolve_freeze("all", "k", v11) == tuple(range(23)) and resolve_freeze(23, "k", v11) == tuple(range(23))
+    with pytest.raises(AuditError, match="freeze=24 is impossible"):
+        resolve_freeze(24, "k", v11)
+    assert profile_for_model("yolov8s.pt").backbone == tuple(range(10))  # an official name: its packaged yaml
 
 
 @pytest.mark.parametrize(
@@ -88,7 +101,7 @@ def test_shipped_workflows_validate_and_plan():
     assert coco.model == "yolov8s.pt" and coco.data == "coco128.yaml" and coco.train.epochs == 300
     assert coco.out == "/tmp/x" and coco.seeds == (0, 1, 2)
     stream = io.StringIO()
-    print_plan(coco, Layout.for_out(coco.out), stream)
+    print_plan(coco, Layout.for_out(locate(coco.out)), stream)
     text = stream.getvalue()
     assert text.count("  train ") == 12 and "freeze-backbone-callback-s2" in text and "1 GPU" in text
     assert "layers=0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21 " in text

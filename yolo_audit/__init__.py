@@ -1,7 +1,8 @@
 """yolo-audit: what transfer learning changed inside YOLO networks.
 
-Notebook API (imported lazily, so `import yolo_audit` stays light):
+Notebook API (`yolo_audit.api`, imported lazily, so `import yolo_audit` stays light):
     analyze_weights(paths, out, reference=..., pairwise=..., trajectory=...) -> WeightsSummary
+    analyze_activations(paths, data, out, ...), analyze_similarity(paths, data, out, ...)
     open_results(out) -> {table: polars.LazyFrame}
 """
 
@@ -10,14 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["AuditError", "analyze_weights", "load_checkpoint", "open_results"]
+__all__ = ["AuditError", "analyze_activations", "analyze_similarity", "analyze_weights", "load_checkpoint",
+           "open_results"]  # fmt: skip
 
-_LAZY = {
-    "analyze_weights": "yolo_audit.weights_plan",
-    "open_results": "yolo_audit.store",
-    "load_checkpoint": "yolo_audit.checkpoints",
-    "AuditError": "yolo_audit.errors",
-}
+_LAZY = {name: "yolo_audit.api" for name in __all__ if name != "AuditError"} | {"AuditError": "yolo_audit.errors"}
 
 
 def __getattr__(name: str) -> Any:

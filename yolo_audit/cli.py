@@ -11,7 +11,6 @@ from typing import Annotated, Any
 import typer
 
 from yolo_audit.errors import AuditError
-from yolo_audit.storage import is_uri
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Audit what transfer learning changed inside YOLO.")
 
@@ -39,6 +38,13 @@ Cfg = Annotated[str | None, typer.Option("--cfg", help="Model yaml for bare stat
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda:N.")]
 
 
+def _at(where: str) -> Any:
+    """A location given on the command line (a path or a URI), resolved once, here."""
+    from yolo_audit.results.location import locate
+
+    return locate(where)
+
+
 def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -55,11 +61,11 @@ def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_one_line_errors
 def weights(
     checkpoints: Annotated[
-        list[Path], typer.Argument(help="Checkpoint files or folders (searched for *.pt, *.safetensors).")
+        list[str], typer.Argument(help="Checkpoint files or folders (searched for *.pt, *.safetensors), or URIs.")
     ],
-    out: Annotated[Path, typer.Option("--out", help="Results folder (Parquet tables, one folder per table).")],
+    out: Annotated[str, typer.Option("--out", help="Results folder or URI (Parquet tables, one folder per table).")],
     reference: Annotated[
-        Path | None,
+        str | None,
         typer.Option("--reference", help="Compare every checkpoint against this one (e.g. the base model)."),
     ] = None,
     pairwise: Annotated[bool, typer.Option("--pairwise", help="Also compare every pair of checkpoints.")] = False,
@@ -78,13 +84,13 @@ def weights(
     ] = 1e-3,
 ) -> None:
     """Weight & bias statistics, divergence and freeze verification of checkpoints, written as Parquet."""
-    from yolo_audit.analysis import WeightOptions
-    from yolo_audit.report_text import print_weights_summary
-    from yolo_audit.weights_plan import analyze_weights
+    from yolo_audit.analyses.weights.columns import WeightOptions
+    from yolo_audit.analyses.weights.plan import analyze_weights
+    from yolo_audit.report.text import print_weights_summary
 
     opts = WeightOptions(near_zero=near_zero, gamma_eps=gamma_eps, bins=bins)
     summary = analyze_weights(
-        list(checkpoints), out, reference=reference, pairwise=pairwise, trajectory=trajectory, address=address,
+        list(checkpoints), _at(out), reference=reference, pairwise=pairwise, trajectory=trajectory, address=address,
         num_cpus=num_cpus, opts=opts, trust_pickle=trust_pickle,
     )  # fmt: skip
     print_weights_summary(summary)
@@ -95,11 +101,11 @@ def weights(
 @app.command()
 @_one_line_errors
 def activations(
-    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoint files or folders.")],
+    checkpoints: Annotated[list[str], typer.Argument(help="Checkpoint files or folders, or URIs.")],
     data: Data,
     out: OutLocation,
     reference: Annotated[
-        Path | None, typer.Option("--reference", help="Also run it, and flag channels dead here but alive there.")
+        str | None, typer.Option("--reference", help="Also run it, and flag channels dead here but alive there.")
     ] = None,
     tau: Annotated[float, typer.Option("--tau", min=0.0, help="Dormant / constant threshold.")] = 0.025,
     max_images: MaxImages = None,
@@ -118,9 +124,9 @@ def activations(
     trust_pickle: TrustPickle = False,
 ) -> None:
     """Per-channel activation statistics and dead units over a dataset, written as Parquet."""
-    from yolo_audit.activations_job import ActivationOptions
-    from yolo_audit.activations_plan import analyze_activations
-    from yolo_audit.report_text import print_activations_summary
+    from yolo_audit.analyses.activations.job import ActivationOptions
+    from yolo_audit.analyses.activations.plan import analyze_activations
+    from yolo_audit.report.text import print_activations_summary
 
     if depth not in ("modules", "leaves"):
         raise AuditError(f"--depth must be modules or leaves, not {depth!r}")
@@ -128,7 +134,7 @@ def activations(
         imgsz=imgsz, batch=batch, depth=depth, maps=maps, tau=tau, device=device, cfg=cfg, trust_pickle=trust_pickle
     )
     summary = analyze_activations(
-        list(checkpoints), data, out, reference=reference, opts=opts, max_images=max_images, split=split,
+        list(checkpoints), data, _at(out), reference=reference, opts=opts, max_images=max_images, split=split,
         shards_per_checkpoint=shards, address=address, num_cpus=num_cpus,
     )  # fmt: skip
     print_activations_summary(summary)
@@ -139,7 +145,10 @@ def activations(
 @app.command()
 @_one_line_errors
 def similarity(
-    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoint files or folders (all compared pairwise).")],
+    checkpoints: Annotated[
+        list[str],
+        typer.Argument(help="Checkpoint files or folders (all compared pairwise; the first is the reference)."),
+    ],
     data: Data,
     out: OutLocation,
     cross_layer: Annotated[bool, typer.Option("--cross-layer", help="Every layer against every layer.")] = False,
@@ -155,15 +164,14 @@ def similarity(
     trust_pickle: TrustPickle = False,
 ) -> None:
     """Representation similarity (linear CKA) between checkpoints, layer by layer."""
-    from yolo_audit.similarity import SimilarityOptions, analyze_similarity
+    from yolo_audit.analyses.similarity.plan import SimilarityOptions, analyze_similarity
+    from yolo_audit.report.text import print_similarity_summary
 
     opts = SimilarityOptions(imgsz=imgsz, batch=batch, pool=pool, cross_layer=cross_layer, device=device, cfg=cfg,
                              trust_pickle=trust_pickle)  # fmt: skip
-    summary = analyze_similarity(list(checkpoints), data, out, opts=opts, max_images=max_images, split=split,
+    summary = analyze_similarity(list(checkpoints), data, _at(out), opts=opts, max_images=max_images, split=split,
                                  address=address, num_cpus=num_cpus)  # fmt: skip
-    typer.echo(f"{summary.pairs} CKA rows over {summary.images} images in {summary.out}/similarity")
-    for err in summary.errors:
-        typer.echo(f"error [{err.stage}] {err.message}", err=True)
+    print_similarity_summary(summary)
     if not summary.ok:
         raise typer.Exit(1)
 
@@ -185,9 +193,9 @@ def rank_dead_units(
     ] = "any",
 ) -> None:
     """Dead units across every checkpoint (newly dead vs the reference first)."""
-    from yolo_audit import rank
+    from yolo_audit.results import rank
 
-    _show(rank.rank_dead_units(results, by=by, criterion=criterion, top=top).collect())
+    _show(rank.rank_dead_units(_at(results), by=by, criterion=criterion, top=top).collect())
 
 
 @rank_app.command("divergence")
@@ -198,18 +206,18 @@ def rank_divergence(
     by: Annotated[str, typer.Option("--by", help="param, layer or checkpoint.")] = "layer",
 ) -> None:
     """Weight divergence across checkpoints and runs, largest first."""
-    from yolo_audit import rank
+    from yolo_audit.results import rank
 
-    _show(rank.rank_divergence(results, by=by, top=top).collect())
+    _show(rank.rank_divergence(_at(results), by=by, top=top).collect())
 
 
 @rank_app.command("drift")
 @_one_line_errors
 def rank_drift(results: Results, top: Top = 20) -> None:
     """Layers whose BatchNorm statistics moved while their weights did not."""
-    from yolo_audit import rank
+    from yolo_audit.results import rank
 
-    _show(rank.rank_drift(results, top=top).collect())
+    _show(rank.rank_drift(_at(results), top=top).collect())
 
 
 @app.command()
@@ -220,11 +228,11 @@ def query(
     fmt: Annotated[str, typer.Option("--format", help="table, csv, json or parquet (binary, to stdout).")] = "table",
 ) -> None:
     """Run SQL (Polars SQL) over every results table."""
-    from yolo_audit import rank
+    from yolo_audit.results import rank
 
     if fmt not in ("table", "csv", "json", "parquet"):
         raise AuditError(f"--format must be table, csv, json or parquet, not {fmt!r}")
-    frame = rank.query(results, sql)
+    frame = rank.query(_at(results), sql)
     if fmt == "table":
         _show(frame)
     elif fmt == "csv":
@@ -255,7 +263,7 @@ def report(
     """A self-contained HTML report (plots embedded, no network) of whatever tables exist."""
     from yolo_audit.report import write_report
 
-    typer.echo(str(write_report(results, out)))
+    typer.echo(str(write_report(_at(results), out)))
 
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
@@ -265,7 +273,7 @@ WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 @_one_line_errors
 def study(
     file: Annotated[Path, typer.Argument(help="Study file (see workflows/).")],
-    out: Annotated[Path | None, typer.Option("--out", help="Results folder (default: the file's `out`).")] = None,
+    out: Annotated[str | None, typer.Option("--out", help="Results folder or URI (default: the file's `out`).")] = None,
     address: Address = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, print the task plan and resources.")] = False,
 ) -> None:
@@ -276,9 +284,7 @@ def study(
 @app.command()
 @_one_line_errors
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Where the demo writes data, runs and results.")] = Path(
-        "demo-results"
-    ),
+    out: Annotated[str, typer.Option("--out", help="Where the demo writes data, runs and results.")] = "demo-results",
     address: Address = None,
 ) -> None:
     """Offline demo: workflows/demo.yaml (pretrain on synthetic A, fine-tune 4 ways on B, analyse)."""
@@ -287,18 +293,18 @@ def demo(
     _run_study(WORKFLOWS / "demo.yaml", out, address, False, examples=True)
 
 
-def _run_study(file: Path, out: Path | None, address: str | None, dry_run: bool, *, examples: bool = False) -> None:
-    from yolo_audit.report_text import print_study_summary
-    from yolo_audit.study import run_study
-    from yolo_audit.workflow import load_study
+def _run_study(file: Path, out: str | None, address: str | None, dry_run: bool, *, examples: bool = False) -> None:
+    from yolo_audit.report.text import print_study_summary
+    from yolo_audit.study.driver import run_study
+    from yolo_audit.study.spec import load_study
 
-    summary = run_study(load_study(file, out=str(out) if out else None), address=address, dry_run=dry_run)
+    summary = run_study(load_study(file, out=out), address=address, dry_run=dry_run)
     if not dry_run:
         print_study_summary(summary, examples=examples)
-    if examples and not is_uri(summary.out):
+    if examples and not summary.out.is_remote:
         from yolo_audit.report import write_report
 
-        typer.echo(f"\nReport: {write_report(summary.out, Path(summary.out) / 'report.html')}")
+        typer.echo(f"\nReport: {write_report(summary.out, Path(summary.out.path) / 'report.html')}")
     if not summary.ok:
         raise typer.Exit(1)
 
@@ -316,7 +322,7 @@ def make_data(
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same bytes).")] = 0,
 ) -> None:
     """Write a deterministic synthetic YOLO-format detection dataset."""
-    from yolo_audit.synth import make_dataset
+    from yolo_audit.study.synth import make_dataset
 
     typer.echo(str(make_dataset(out, images=images, imgsz=imgsz, classes=classes, domain=domain, seed=seed)))
 
@@ -329,7 +335,7 @@ def convert(
     trust_pickle: TrustPickle = False,
 ) -> None:
     """Convert a checkpoint to .safetensors (no code runs when loading it later)."""
-    from yolo_audit.checkpoints import load_checkpoint, save_safetensors
+    from yolo_audit.model.checkpoint import load_checkpoint, save_safetensors
 
     if target.suffix != ".safetensors":
         raise AuditError("the target must end in .safetensors", path=str(target))
@@ -340,7 +346,7 @@ def convert(
 @app.command("schema")
 def schema_cmd() -> None:
     """Print every results table and column (Markdown), as documented in the README."""
-    from yolo_audit.schema import markdown
+    from yolo_audit.results.schema import markdown
 
     typer.echo(markdown())
 

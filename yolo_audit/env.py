@@ -57,16 +57,3 @@ def _install_fonts(folder: Path) -> None:
     for target in targets:
         if not target.exists():
             shutil.copyfile(source, target)
-
-
-def set_torch_threads(n: int) -> None:
-    """Ultralytics sets OMP_NUM_THREADS=1 on import and Ray tasks get one thread: use the CPUs we were given."""
-    import torch
-
-    from yolo_audit.stats.fused import set_threads
-
-    n = max(1, int(n))
-    os.environ["OMP_NUM_THREADS"] = str(n)
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
-    set_threads(n)

@@ -16,7 +16,7 @@ import polars as pl
 from yolo_audit.errors import AuditError
 from yolo_audit.report import figures
 from yolo_audit.report.findings import Context, findings, freeze_table
-from yolo_audit.store import dead_expr, layer_divergence, scan, tables
+from yolo_audit.results.store import dead_expr, layer_divergence, scan, tables
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}

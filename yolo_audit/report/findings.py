@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from yolo_audit.report.figures import Palette, palette
-from yolo_audit.store import compact_ranges, layer_divergence, scan
+from yolo_audit.results.store import compact_ranges, layer_divergence, scan
 
 
 @dataclass

@@ -90,6 +90,10 @@ class ChannelState:
         self.hist = self.hist + other.hist
         return self
 
+    def merge(self, other: ChannelState) -> ChannelState:
+        """A new state equal to one pass over both states' data (inputs untouched)."""
+        return ChannelState(**{f.name: getattr(self, f.name).clone() for f in fields(self)}).merge_(other)
+
     def to(self, device: torch.device | str) -> ChannelState:
         return ChannelState(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
@@ -108,11 +112,6 @@ class ChannelState:
         }
 
 
-def merge(a: ChannelState, b: ChannelState) -> ChannelState:
-    """A new state equal to one pass over a's and b's data (inputs untouched)."""
-    return ChannelState(**{f.name: getattr(a, f.name).clone() for f in fields(a)}).merge_(b)
-
-
 def octave_histogram(x: torch.Tensor) -> torch.Tensor:
     """Counts per (sign, exponent) of float32 values: the top 9 bits of each value, one shift and one bincount."""
     bits = x.contiguous().view(torch.int32).reshape(-1)
@@ -120,17 +119,21 @@ def octave_histogram(x: torch.Tensor) -> torch.Tensor:
 
 
 def dead_units(stats: dict[str, torch.Tensor], *, tau: float = 0.025) -> dict[str, torch.Tensor]:
-    """Dead-unit criteria for one layer's channels (SiLU networks):
+    """Dead-unit criteria for one layer's channels, the one definition every table, ranking and report uses.
 
     dormant: s_c = mean|a_c| / mean_k mean|a_k| <= tau (Sokar et al. 2023); constant: std_c / mean_k std_k <= tau (a
-    channel whose BN gamma ~ 0 outputs the constant SiLU(beta)); never_positive: max_c <= 0.
+    channel whose BN gamma ~ 0 outputs the constant SiLU(beta)); dead = dormant or constant. never_positive (max_c <=
+    0) is descriptive only: a SiLU unit whose pre-activation stays in [-3, 0] outputs values in about [-0.28, 0] that
+    vary with the input and passes gradients of 0.1-0.5, so it is alive (unlike a ReLU unit).
     """
     mean_abs, std = stats["mean_abs"], stats["std"]
     score = mean_abs / mean_abs.mean() if float(mean_abs.mean()) > 0 else torch.zeros_like(mean_abs)
     spread = std / std.mean() if float(std.mean()) > 0 else torch.zeros_like(std)
+    dormant, constant = score <= tau, spread <= tau
     return {
         "dormant_score": score,
-        "dormant": score <= tau,
-        "constant": spread <= tau,
+        "dormant": dormant,
+        "constant": constant,
         "never_positive": stats["max"] <= 0,
+        "dead": dormant | constant,
     }

@@ -6,7 +6,7 @@ Pure torch. Relative measures are None (never NaN or inf) where the reference is
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -14,10 +14,6 @@ from yolo_audit.stats.packed import pack
 from yolo_audit.stats.weights import SMALL, Columns
 
 DIVERGENCE_STATS = ("l2_diff", "rel_diff", "rms_diff", "cosine", "max_abs_diff", "identical")
-
-FROZEN_EXACT = "frozen_exact"
-FROZEN_BN_DRIFT = "frozen_bn_drift"
-TRAINED = "trained"
 
 
 def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -104,11 +100,3 @@ def channel_divergence(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, 
     ref = torch.linalg.vector_norm(b.reshape(b.shape[0], -1).float(), dim=1)
     rel = torch.where(ref > 0, diff / ref.clamp_min(torch.finfo(ref.dtype).tiny), torch.full_like(ref, math.nan))
     return diff, rel
-
-
-def layer_verdict(params_identical: Iterable[bool], buffers_identical: Iterable[bool]) -> str:
-    """frozen_exact: every parameter and BN buffer bit-identical; frozen_bn_drift: parameters identical but running
-    statistics moved (freezing by requires_grad leaves BN in train mode); trained: any parameter moved."""
-    if not all(params_identical):
-        return TRAINED
-    return FROZEN_EXACT if all(buffers_identical) else FROZEN_BN_DRIFT

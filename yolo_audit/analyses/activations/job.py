@@ -1,4 +1,4 @@
-"""One task of `yolo-audit activations`: one checkpoint over one shard of images -> partial per-channel states.
+"""One task of `yolo-audit activations`: one checkpoint over one shard of whole batches -> partial per-channel states.
 
 Partial states are small (a few vectors per hooked module) and merge exactly, so shards of the data reduce in a tree.
 `tables_for` turns a fully merged result into the rows of `channel_stats`, `activation_hist`, `feature_maps` and
@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from yolo_audit.analysis import checkpoint_table
-from yolo_audit.checkpoints import load_checkpoint
-from yolo_audit.data import load_batch
-from yolo_audit.hooks import Recorder, layer_of
-from yolo_audit.models import build_module
-from yolo_audit.stats.channels import ChannelState, dead_units, merge, octave_bin_edges
+from yolo_audit.analyses.images import batches, load_batch
+from yolo_audit.model.build import build_module
+from yolo_audit.model.checkpoint import checkpoint_table, load_checkpoint
+from yolo_audit.model.hooks import Recorder
+from yolo_audit.model.keys import layer_of
+from yolo_audit.results.errors import ErrorRecord, record
+from yolo_audit.runtime.devices import resolve_device
+from yolo_audit.stats.channels import ChannelState, dead_units, octave_bin_edges
 from yolo_audit.stats.weights import Columns
-from yolo_audit.weights_job import ErrorRecord, record
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,9 @@ class ActivationOptions:
 class ShardResult:
     path: str
     checkpoint_id: str | None = None
+    arch_hash: str | None = None
     states: dict[str, ChannelState] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)  # module -> unit_kind
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
     images: int = 0
     failed_images: int = 0
@@ -47,35 +50,45 @@ class ShardResult:
     errors: list[ErrorRecord] = field(default_factory=list)
     checkpoint_row: Columns | None = None  # the `checkpoints` row, from the first shard
 
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    def merge(self, other: ShardResult) -> ShardResult:
+        """Exact merge of two shards of the same checkpoint (maps: the first shard's; errors: both)."""
+        a, b = self, other
+        names = list(dict.fromkeys([*a.states, *b.states]))
+        states = {
+            n: a.states[n].merge(b.states[n]) if n in a.states and n in b.states else (a.states.get(n) or b.states[n])
+            for n in names
+        }
+        return ShardResult(
+            path=a.path, checkpoint_id=a.checkpoint_id or b.checkpoint_id, arch_hash=a.arch_hash or b.arch_hash,
+            states=states, kinds={**b.kinds, **a.kinds}, maps=a.maps or b.maps, images=a.images + b.images,
+            failed_images=a.failed_images + b.failed_images, seconds=a.seconds + b.seconds, device=a.device,
+            errors=a.errors + b.errors, checkpoint_row=a.checkpoint_row or b.checkpoint_row,
+        )  # fmt: skip
 
 
 def activations_shard(
     path: str, images: list[str], opts: ActivationOptions, *, first: bool = False, maps: int = 0
 ) -> ShardResult:
-    """Forward every image of the shard through the checkpoint with hooks; states come back on the CPU. The first
+    """Forward every batch of the shard through the checkpoint with hooks; states come back on the CPU. The first
     shard also returns the checkpoint's `checkpoints` row and the feature maps of its first `maps` images."""
     result = ShardResult(path=path)
     started = time.monotonic()
     try:
         ckpt = load_checkpoint(path, trust_pickle=opts.trust_pickle)
-        result.checkpoint_id = ckpt.checkpoint_id
+        result.checkpoint_id, result.arch_hash = ckpt.checkpoint_id, ckpt.arch_hash
         result.checkpoint_row = checkpoint_table(ckpt) if first else None
         device = resolve_device(opts.device)
         model = build_module(ckpt, cfg=opts.cfg).to(device)
         with torch.inference_mode(), Recorder(model, depth=opts.depth, maps=maps) as recorder:
-            for start in range(0, len(images), opts.batch):
-                batch, failed = load_batch(images[start : start + opts.batch], opts.imgsz)
+            for group in batches(images, opts.batch):
+                batch, failed = load_batch(group, opts.imgsz)
                 result.failed_images += failed
                 if len(batch):
                     recorder.begin_batch(len(batch))
                     model(batch.to(device, non_blocking=True))
                     result.images += len(batch)
         result.states = {k: v.to("cpu") for k, v in recorder.states.items()}
+        result.kinds = {k: v for k, v in recorder.kinds.items() if k in result.states}
         result.maps = recorder.feature_maps
         result.device = str(device)
     except Exception as exc:  # noqa: BLE001 - an errors row; other checkpoints and shards go on
@@ -84,28 +97,12 @@ def activations_shard(
     return result
 
 
-def merge_results(a: ShardResult, b: ShardResult) -> ShardResult:
-    """Exact merge of two shards of the same checkpoint (maps: the first shard's; errors: both)."""
-    out = ShardResult(path=a.path, checkpoint_id=a.checkpoint_id or b.checkpoint_id, device=a.device)
-    names = list(dict.fromkeys([*a.states, *b.states]))
-    out.states = {
-        n: merge(a.states[n], b.states[n]) if n in a.states and n in b.states else (a.states.get(n) or b.states[n])
-        for n in names
-    }
-    out.maps = a.maps or b.maps
-    out.checkpoint_row = a.checkpoint_row or b.checkpoint_row
-    out.images, out.failed_images = a.images + b.images, a.failed_images + b.failed_images
-    out.seconds, out.errors = a.seconds + b.seconds, a.errors + b.errors
-    return out
-
-
 def dead_flags(result: ShardResult, tau: float) -> dict[tuple[str, int], bool]:
-    """(module, channel) -> dead by any criterion: what newly_dead compares against in the reference."""
+    """(module, channel) -> dead: what newly_dead and revived compare against in the reference."""
     flags: dict[tuple[str, int], bool] = {}
     for name, state in result.states.items():
-        dead = dead_units(state.compute(), tau=tau)
-        anyd = dead["dormant"] | dead["constant"] | dead["never_positive"]
-        flags.update({(name, c): bool(v) for c, v in enumerate(anyd.tolist())})
+        dead = dead_units(state.compute(), tau=tau)["dead"]
+        flags.update({(name, c): bool(v) for c, v in enumerate(dead.tolist())})
     return flags
 
 
@@ -119,15 +116,15 @@ def tables_for(
         values = state.compute()
         dead = dead_units(values, tau=opts.tau)
         n = int(values["mean"].numel())
-        anyd = (dead["dormant"] | dead["constant"] | dead["never_positive"]).tolist()
-        newly = [None] * n if reference is None else [
-            bool(d and not reference.get((name, c), True)) for c, d in enumerate(anyd)
-        ]  # fmt: skip
-        _extend(stats, {**ids, "layer": layer_of(name), "module": name}, n, {
+        flags = dead["dead"].tolist()
+        before = [None] * n if reference is None else [reference.get((name, c)) for c in range(n)]
+        _extend(stats, {**ids, "layer": layer_of(name), "module": name, "unit_kind": result.kinds[name]}, n, {
             "channel": list(range(n)), "count": [int(v) for v in values["count"].tolist()],
             **{k: values[k].tolist() for k in ("mean", "std", "min", "max", "mean_abs", "frac_positive")},
-            **{k: dead[k].tolist() for k in ("dormant_score", "dormant", "constant", "never_positive")},
-            "newly_dead": newly, "tau": [opts.tau] * n,
+            **{k: dead[k].tolist() for k in ("dormant_score", "dormant", "constant", "never_positive", "dead")},
+            "newly_dead": [None if was is None else bool(d and not was) for d, was in zip(flags, before, strict=True)],
+            "revived": [None if was is None else bool(was and not d) for d, was in zip(flags, before, strict=True)],
+            "tau": [opts.tau] * n,
         })  # fmt: skip
         nonzero = [(b, int(c)) for b, c in enumerate(state.hist.tolist()) if c]
         edges = [octave_bin_edges(b) for b, _ in nonzero]

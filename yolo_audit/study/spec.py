@@ -5,19 +5,17 @@ Every problem names its key (`variants[2].freeze`) and what to do, in one line.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from yolo_audit.analyses import ANALYSES
 from yolo_audit.errors import AuditError
-from yolo_audit.training import STRATEGIES, TrainCfg
-
-N_LAYERS = 23  # YOLOv8 top-level modules
-HEAD = 22  # the Detect head
-BACKBONE = tuple(range(10))
-ANALYSES = ("weights", "activations", "similarity")
+from yolo_audit.model.freeze import STRATEGIES, resolve_freeze
+from yolo_audit.model.profile import Profile, profile_for_model
+from yolo_audit.study.training import TrainCfg
 
 
 @dataclass(frozen=True)
@@ -34,10 +32,7 @@ class Variant:
     name: str
     freeze: Any = 0  # int N, "backbone", "all", or a list of layer indices
     strategy: str = "ultralytics"
-
-    @property
-    def frozen_layers(self) -> tuple[int, ...]:
-        return resolve_freeze(self.freeze, f"variant {self.name}")
+    frozen_layers: tuple[int, ...] = ()  # the spec resolved against the model family's profile
 
 
 @dataclass(frozen=True)
@@ -62,29 +57,6 @@ class Study:
     source: str = ""
 
 
-def resolve_freeze(freeze: Any, key: str) -> tuple[int, ...]:
-    """int N: layers 0..N-1 (Ultralytics' meaning); `backbone`: 0-9; `all`: every module but the Detect head (22);
-    a list: those layers. Ultralytics refuses to freeze all 23 modules, so `all` leaves the head trainable."""
-    if isinstance(freeze, bool):
-        raise AuditError(f"{key}: freeze must be an int, 'backbone', 'all' or a list of layers, not {freeze!r}")
-    if freeze == "backbone":
-        return BACKBONE
-    if freeze == "all":
-        return tuple(range(HEAD))
-    if isinstance(freeze, int):
-        if not 0 <= freeze <= HEAD:
-            raise AuditError(
-                f"{key}: freeze={freeze} is impossible; use 0..{HEAD} (23 would freeze the Detect head too)"
-            )
-        return tuple(range(freeze))
-    if isinstance(freeze, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in freeze):
-        bad = [x for x in freeze if not 0 <= x < N_LAYERS]
-        if bad or len(set(freeze)) == N_LAYERS:
-            raise AuditError(f"{key}: freeze lists layers {bad or 'all 23'}; use indices 0..22, not every one")
-        return tuple(sorted(set(freeze)))
-    raise AuditError(f"{key}: freeze must be an int, 'backbone', 'all' or a list of layer indices, not {freeze!r}")
-
-
 def load_study(path: str | Path, *, out: str | None = None) -> Study:
     path = Path(path)
     if not path.is_file():
@@ -101,8 +73,6 @@ def load_study(path: str | Path, *, out: str | None = None) -> Study:
 
 
 def _replace(study: Study, **changes: Any) -> Study:
-    from dataclasses import replace
-
     return replace(study, **changes)
 
 
@@ -115,7 +85,9 @@ def parse_study(raw: Any, *, base: Path, source: str = "") -> Study:
         if key not in top:
             raise AuditError(f"missing key `{key}`")
     pretrain = _mapping(top.get("pretrain"), "pretrain", {"data", *_names(TrainCfg)}) if "pretrain" in top else None
-    variants = tuple(_variant(v, i) for i, v in enumerate(_list(top["variants"], "variants")))
+    model = _model(top["model"], base)
+    profile = _profile(model)
+    variants = tuple(_variant(v, i, profile) for i, v in enumerate(_list(top["variants"], "variants")))
     if not variants:
         raise AuditError("`variants` is empty; list at least one variant")
     names = [v.name for v in variants]
@@ -128,7 +100,7 @@ def parse_study(raw: Any, *, base: Path, source: str = "") -> Study:
         raise AuditError(f"`analyses`: unknown {unknown}; available: {list(ANALYSES)}")
     return Study(
         name=_typed(top["name"], str, "name"),
-        model=_model(top["model"], base),
+        model=model,
         data=_data(top["data"], base, "data"),
         variants=variants,
         train=_dataclass(TrainCfg, top.get("train", {}), "train"),
@@ -144,7 +116,14 @@ def parse_study(raw: Any, *, base: Path, source: str = "") -> Study:
     )
 
 
-def _variant(raw: Any, i: int) -> Variant:
+def _profile(model: str) -> Profile:
+    try:
+        return profile_for_model(model)
+    except AuditError as exc:
+        raise AuditError(f"model: {exc}") from exc
+
+
+def _variant(raw: Any, i: int, profile: Profile) -> Variant:
     key = f"variants[{i}]"
     item = _mapping(raw, key, {"name", "freeze", "strategy"})
     if "name" not in item:
@@ -158,8 +137,7 @@ def _variant(raw: Any, i: int) -> Variant:
         raise AuditError(f"{key}.strategy: {variant.strategy!r} is unknown; use one of {list(STRATEGIES)}")
     if not variant.name.replace("-", "").replace("_", "").isalnum():
         raise AuditError(f"{key}.name: {variant.name!r} must be letters, digits, - and _ only")
-    resolve_freeze(variant.freeze, f"{key}.freeze")
-    return variant
+    return replace(variant, frozen_layers=resolve_freeze(variant.freeze, f"{key}.freeze", profile))
 
 
 def _model(raw: Any, base: Path) -> str:

@@ -21,50 +21,51 @@ from typing import TextIO
 
 import polars as pl
 
-from yolo_audit import schema
+from yolo_audit.analyses import ANALYSES, StudyInputs, Summary
 from yolo_audit.env import cache_dir
 from yolo_audit.errors import AuditError
-from yolo_audit.orchestrate import Task, ray_session, run_tasks
-from yolo_audit.storage import exclusive, is_uri, locate, upload_dir
-from yolo_audit.store import scan, tables
-from yolo_audit.training import SNAPSHOTS, TrainCfg, TrainResult, TrainSpec, describe, train_variant
-from yolo_audit.workflow import Resources, Study, Synthetic
+from yolo_audit.results import files
+from yolo_audit.results.keys import run_key
+from yolo_audit.results.location import Location, exclusive, locate, upload_dir
+from yolo_audit.results.schema import columns
+from yolo_audit.results.store import scan, tables
+from yolo_audit.runtime.tasks import Task, cluster_gpus, ray_session, run_tasks
+from yolo_audit.study.spec import Resources, Study, Synthetic
+from yolo_audit.study.training import SNAPSHOTS, TrainCfg, TrainResult, TrainSpec, describe, train_variant
 
 
 @dataclass
 class StudySummary:
-    out: str
+    out: Location
     trained: list[TrainResult] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    weights: object | None = None  # WeightsSummary when the weights analysis ran
-    activations: object | None = None  # ActivationsSummary when the activations analysis ran
-    similarity: object | None = None  # SimilaritySummary when the similarity analysis ran
+    analyses: dict[str, Summary] = field(default_factory=dict)  # analysis name -> its driver's summary
 
     @property
     def ok(self) -> bool:
         runs_ok = all(r.status == "done" for r in self.trained)
-        return runs_ok and all(getattr(a, "ok", True) for a in (self.weights, self.activations, self.similarity))
+        return runs_ok and all(a.ok for a in self.analyses.values())
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Where a study's files go: `out` (path or URI) and, for URIs, the local staging folder training writes to."""
+    """Where a study's files go: `out` (a location) and, for URIs, the local staging folder training writes to."""
 
-    out: str
+    out: Location
     stage: Path
 
     @classmethod
-    def for_out(cls, out: str) -> Layout:
-        if not is_uri(out):
-            return cls(out, Path(out))
-        return cls(out, cache_dir() / "stage" / hashlib.sha256(out.encode()).hexdigest()[:12])
+    def for_out(cls, out: Location) -> Layout:
+        if not out.is_remote:
+            return cls(out, Path(out.path))
+        return cls(out, cache_dir() / "stage" / hashlib.sha256(out.uri.encode()).hexdigest()[:12])
 
     @property
     def remote(self) -> bool:
-        return is_uri(self.out)
+        return self.out.is_remote
 
     def run(self, run: str, *parts: str) -> str:
-        return "/".join([self.out, "train", run, *parts])
+        return "/".join([self.out.uri, "train", run, *parts])
 
 
 def dataset_path(data: str | Synthetic, layout: Layout) -> str:
@@ -76,7 +77,7 @@ def dataset_path(data: str | Synthetic, layout: Layout) -> str:
     name = f"synthetic-{data.domain}-{key}"
     folder = layout.stage / "data" / name
     if not (folder / "data.yaml").exists():
-        from yolo_audit.synth import make_dataset
+        from yolo_audit.study.synth import make_dataset
 
         tmp = folder.with_name(folder.name + ".partial")
         make_dataset(
@@ -88,8 +89,8 @@ def dataset_path(data: str | Synthetic, layout: Layout) -> str:
         tmp.rename(folder)
     if not layout.remote:
         return str(folder / "data.yaml")
-    upload_dir(folder, f"{layout.out}/data/{name}")
-    return f"{layout.out}/data/{name}/data.yaml"
+    upload_dir(folder, f"{layout.out.uri}/data/{name}")
+    return f"{layout.out.uri}/data/{name}/data.yaml"
 
 
 def _spec(run: str, variant: str, model: str, data: str, layout: Layout, cfg: TrainCfg, **kw: object) -> TrainSpec:
@@ -132,30 +133,41 @@ def run_study(
 ) -> StudySummary:
     stream = stream or sys.stderr
     if dry_run:
-        out = study.out if is_uri(study.out) else str(Path(study.out).resolve())
-        print_plan(study, Layout.for_out(out), stream)
-        return StudySummary(out=out)
-    layout = Layout.for_out(schema.check_writable(study.out))
+        print_plan(study, Layout.for_out(locate(study.out)), stream)
+        return StudySummary(out=locate(study.out))
+    layout = Layout.for_out(files.check_writable(locate(study.out)))
     data = dataset_path(study.data, layout)
     pre_data = dataset_path(study.pretrain_data, layout) if study.pretrain_data is not None else data
     base_spec, specs = plan(study, layout, data=data, pretrain_data=pre_data)
     summary = StudySummary(out=layout.out)
     with exclusive(layout.out), ray_session(address):
-        import ray
-
-        gpus = ray.cluster_resources().get("GPU", 0) > 0
+        gpus = cluster_gpus() > 0
         if base_spec is not None:
             _train_all([base_spec], study, layout, gpus, summary, stream)
             if not all(r.status == "done" for r in summary.trained) and base_spec.run not in summary.skipped:
-                raise AuditError("pretraining the base failed; see the runs table", path=layout.out)
+                raise AuditError("pretraining the base failed; see the runs table", path=layout.out.uri)
         _train_all(specs, study, layout, gpus, summary, stream)
-        if "weights" in study.analyses:
-            summary.weights = _analyse_weights(study, layout, specs, base_spec, stream)
-        if "activations" in study.analyses:
-            summary.activations = _analyse_activations(study, layout, specs, base_spec, data, stream)
-        if "similarity" in study.analyses:
-            summary.similarity = _analyse_similarity(study, layout, specs, base_spec, data, stream)
+        if study.analyses:
+            inputs = _inputs(study, layout, specs, base_spec, data, stream)
+            for name in study.analyses:
+                summary.analyses[name] = ANALYSES[name].run_in_study(inputs)
     return summary
+
+
+def _inputs(
+    study: Study, layout: Layout, specs: list[TrainSpec], base_spec: TrainSpec | None, data: str, stream: TextIO
+) -> StudyInputs:
+    """What every analysis of the study gets: each finished run's snapshots, the base, the validation data."""
+    done = finished_runs(layout)
+    snapshots = {
+        s.run: [f.uri for f in locate(layout.run(s.run, SNAPSHOTS)).files(".safetensors")]
+        for s in specs
+        if s.run in done
+    }
+    if not snapshots:
+        raise AuditError("no run finished, nothing to analyse; see the runs table", path=layout.out.uri)
+    return StudyInputs(out=layout.out, snapshots=snapshots, reference=_reference(study, layout, base_spec), data=data,
+                       imgsz=study.train.imgsz, batch=study.train.batch, stream=stream)  # fmt: skip
 
 
 def _train_all(
@@ -191,7 +203,7 @@ def _forget(layout: Layout, runs: list[str]) -> None:
         return
     folders = tuple(layout.run(r) + "/" for r in runs)
     paths = scan(layout.out, "checkpoints").select("checkpoint_id", "path").collect()
-    schema.purge(layout.out, {cid for cid, path in paths.iter_rows() if path.startswith(folders)})
+    files.purge(layout.out, {cid for cid, path in paths.iter_rows() if path.startswith(folders)})
 
 
 def finished_runs(layout: Layout) -> set[str]:
@@ -202,7 +214,7 @@ def finished_runs(layout: Layout) -> set[str]:
     return {r for r in runs["run"] if locate(layout.run(r, SNAPSHOTS)).files(".safetensors")}
 
 
-def write_run(out: str, result: TrainResult, study_name: str) -> None:
+def write_run(out: Location, result: TrainResult, study_name: str) -> None:
     spec = result.spec
     row = {
         "run": spec.run, "study": study_name, "variant": spec.variant, "freeze": spec.freeze,
@@ -210,70 +222,18 @@ def write_run(out: str, result: TrainResult, study_name: str) -> None:
         "epochs": spec.epochs, "status": result.status, "best_map50_95": result.best_map50_95,
         "seconds": result.seconds, "device": spec.device, "error": result.error,
     }  # fmt: skip
-    schema.write(out, "runs", spec.run, {k: [v] for k, v in row.items()})
-    names = [c for c in schema.columns("train_metrics") if c not in ("run", "epoch")]
+    files.write(out, "runs", run_key(spec.run), {k: [v] for k, v in row.items()})
+    names = [c for c in columns("train_metrics") if c not in ("run", "epoch")]
     metrics = {
         "run": [spec.run] * len(result.metrics),
         "epoch": [int(m.get("epoch", i + 1)) for i, m in enumerate(result.metrics)],
         **{n: [_clean(m.get(n)) for m in result.metrics] for n in names},
     }
-    schema.write(out, "train_metrics", spec.run, metrics)
+    files.write(out, "train_metrics", run_key(spec.run), metrics)
 
 
 def _clean(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value
-
-
-def _analyse_weights(
-    study: Study, layout: Layout, specs: list[TrainSpec], base_spec: TrainSpec | None, stream: TextIO
-) -> object:
-    from yolo_audit.weights_plan import analyze_weights
-
-    done = finished_runs(layout)
-    folders = [layout.run(s.run, SNAPSHOTS) for s in specs if s.run in done]
-    if not folders:
-        raise AuditError("no run finished, nothing to analyse; see the runs table", path=layout.out)
-    reference = _reference(study, layout, base_spec)
-    print(f"[weights] analysing {len(folders)} runs' snapshots against {reference or 'each other'}", file=stream)
-    return analyze_weights(
-        folders, layout.out, reference=reference, trajectory=True, pairwise=reference is None, stream=stream
-    )
-
-
-def _last_snapshots(layout: Layout, specs: list[TrainSpec]) -> list[str]:
-    done = finished_runs(layout)
-    last = [locate(layout.run(s.run, SNAPSHOTS)).files(".safetensors")[-1].uri for s in specs if s.run in done]
-    if not last:
-        raise AuditError("no run finished, nothing to analyse; see the runs table", path=layout.out)
-    return last
-
-
-def _analyse_similarity(
-    study: Study, layout: Layout, specs: list[TrainSpec], base_spec: TrainSpec | None, data: str, stream: TextIO
-) -> object:
-    """CKA between the base and every run's last snapshot, every module pair, over the study's validation images."""
-    from yolo_audit.similarity import SimilarityOptions, analyze_similarity
-
-    reference = _reference(study, layout, base_spec)
-    paths = ([reference] if reference else []) + _last_snapshots(layout, specs)
-    # cross-layer: every module pair comes out of the same matrix product anyway, and the report draws it
-    opts = SimilarityOptions(imgsz=study.train.imgsz, batch=max(4, min(study.train.batch, 16)), cross_layer=True)
-    print(f"[similarity] CKA between {len(paths)} checkpoints over {data}", file=stream)
-    return analyze_similarity(paths, data, layout.out, opts=opts, stream=stream)
-
-
-def _analyse_activations(
-    study: Study, layout: Layout, specs: list[TrainSpec], base_spec: TrainSpec | None, data: str, stream: TextIO
-) -> object:
-    """Each finished run's last snapshot (and the base) over the study's validation images, at the training size."""
-    from yolo_audit.activations_job import ActivationOptions
-    from yolo_audit.activations_plan import analyze_activations
-
-    last = _last_snapshots(layout, specs)
-    opts = ActivationOptions(imgsz=study.train.imgsz, batch=study.train.batch, maps=4)
-    print(f"[activations] {len(last)} runs' last snapshots over {data}", file=stream)
-    reference = _reference(study, layout, base_spec)
-    return analyze_activations(last, data, layout.out, reference=reference, opts=opts, stream=stream)
 
 
 def _reference(study: Study, layout: Layout, base_spec: TrainSpec | None) -> str | None:
@@ -281,7 +241,7 @@ def _reference(study: Study, layout: Layout, base_spec: TrainSpec | None) -> str
     if base_spec is not None:
         return layout.run("base", "weights", "last.pt")
     model = Path(study.model)
-    if model.suffix in (".pt", ".safetensors") and (is_uri(study.model) or model.exists()):
+    if model.suffix in (".pt", ".safetensors") and ("://" in study.model or model.exists()):
         return study.model
     if model.suffix == ".pt":  # an official name Ultralytics fetched for training: use its local copy
         from ultralytics.utils.downloads import attempt_download_asset
@@ -294,7 +254,7 @@ def _reference(study: Study, layout: Layout, base_spec: TrainSpec | None) -> str
 def print_plan(study: Study, layout: Layout, stream: TextIO) -> None:
     base_spec, specs = plan(study, layout, data=str(study.data), pretrain_data=str(study.pretrain_data))
     res = study.resources
-    print(f"study {study.name!r} from {study.source or '-'}; results in {layout.out}", file=stream)
+    print(f"study {study.name!r} from {study.source or '-'}; results in {layout.out.uri}", file=stream)
     for spec in ([base_spec] if base_spec else []) + specs:
         layers = ",".join(map(str, spec.frozen_layers)) or "-"
         print(

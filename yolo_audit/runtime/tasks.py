@@ -1,7 +1,8 @@
-"""Ray at the edge: plain job functions become remote tasks here, and nowhere else.
+"""Plain job functions become remote Ray tasks here, and nowhere else: bounded in-flight tasks (`ray.wait`), retries,
+a progress line per finished task, and exact tree merges of partial results.
 
 An embedded local Ray starts when no address is given (and is shut down afterwards); an already initialised Ray
-(a notebook, a test) is reused as is. In-flight tasks are bounded with `ray.wait`; each finished task prints a line.
+(a notebook, a test) is reused as is.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO, TypeVar
 
-from yolo_audit.env import prepare, set_torch_threads
+from yolo_audit.env import prepare
+from yolo_audit.runtime.devices import set_threads
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class Task:
 def _run_in_worker(fn: Callable[..., Any], threads: int, *args: Any, **kwargs: Any) -> Any:
     """What a Ray worker executes: the offline environment, torch threads = the task's CPUs, then the plain function."""
     prepare()
-    set_torch_threads(threads)
+    set_threads(threads)
     return fn(*args, **kwargs)
 
 
@@ -73,6 +75,13 @@ def cluster_cpus() -> int:
     import ray
 
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
+def cluster_gpus() -> float:
+    """GPUs the cluster has right now (0 on a CPU-only machine)."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))
 
 
 def run_tasks(
@@ -124,3 +133,27 @@ def run_tasks(
 def _bar(done: int, total: int, width: int = 20) -> str:
     filled = int(width * done / max(total, 1))
     return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+T = TypeVar("T", bound="Mergeable")
+
+
+class Mergeable(Protocol):
+    def merge(self: T, other: T) -> T: ...
+
+
+def _merge(a: T, b: T) -> T:
+    return a.merge(b)
+
+
+def tree_merge(groups: list[list[T]]) -> list[T]:
+    """Merge each group's partial results pairwise in Ray tasks (log2 rounds, all groups at once); one per group."""
+    if all(len(g) == 1 for g in groups):
+        return [g[0] for g in groups]
+    import ray
+
+    remote = ray.remote(_merge)
+    refs = [[ray.put(r) for r in g] for g in groups]
+    while any(len(g) > 1 for g in refs):
+        refs = [[remote.remote(*g[i : i + 2]) if i + 1 < len(g) else g[i] for i in range(0, len(g), 2)] for g in refs]
+    return ray.get([g[0] for g in refs])

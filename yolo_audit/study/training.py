@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from yolo_audit.checkpoints import Checkpoint, save_safetensors
 from yolo_audit.env import prepare
-from yolo_audit.storage import fetch_file, is_uri, local_dataset, locate, upload_dir
+from yolo_audit.model.checkpoint import Checkpoint, save_safetensors
+from yolo_audit.model.freeze import freeze_argument, freeze_by_callback
+from yolo_audit.results.location import fetch_file, is_uri, local_dataset, locate, upload_dir
 
-STRATEGIES = ("ultralytics", "callback")
 SNAPSHOTS = "snapshots"
 
 
@@ -86,14 +86,14 @@ def train_variant(spec: TrainSpec) -> TrainResult:
     started = time.monotonic()
     model = YOLO(str(fetch_file(spec.model)) if is_uri(spec.model) else spec.model)
     if spec.strategy == "callback":
-        model.add_callback("on_train_start", _freeze_by_callback(spec.frozen_layers))
+        model.add_callback("on_train_start", freeze_by_callback(spec.frozen_layers))
     model.add_callback("on_fit_epoch_end", _snapshot(spec))
     args = dict(
         data=local_dataset(spec.data), epochs=spec.epochs, imgsz=spec.imgsz, batch=spec.batch, optimizer=spec.optimizer,
         lr0=spec.lr0, close_mosaic=spec.close_mosaic, save_period=spec.save_period, workers=spec.workers,
         seed=spec.seed, deterministic=True, amp=spec.device != "cpu", device=spec.device, project=spec.project,
         name=spec.run, exist_ok=True, plots=False, verbose=False,
-        freeze=list(spec.frozen_layers) if spec.strategy == "ultralytics" and spec.frozen_layers else None,
+        freeze=freeze_argument(spec.strategy, spec.frozen_layers),
         **spec.extra,
     )  # fmt: skip
     try:
@@ -107,19 +107,6 @@ def train_variant(spec: TrainSpec) -> TrainResult:
     if spec.upload_to:
         upload_dir(spec.folder, spec.upload_to)
     return TrainResult(spec, "done", time.monotonic() - started, max(maps) if maps else None, metrics, None, snaps)
-
-
-def _freeze_by_callback(layers: tuple[int, ...]) -> Any:
-    """The original question's callback: parameters of `layers` stop requiring gradients; BatchNorm stays in train
-    mode. (Unlike the question's code it leaves every other flag alone, so Ultralytics' always-frozen DFL stays so.)"""
-    prefixes = tuple(f"model.{i}." for i in layers)
-
-    def freeze_layer(trainer: Any) -> None:
-        for name, param in trainer.model.named_parameters():
-            if name.startswith(prefixes):
-                param.requires_grad = False
-
-    return freeze_layer
 
 
 def _snapshot(spec: TrainSpec) -> Any:
@@ -150,11 +137,11 @@ def _jsonable_yaml(model: Any) -> dict[str, Any] | None:
 
 def _train_args(spec: TrainSpec) -> dict[str, Any]:
     """What the snapshot records as train_args: Ultralytics' `freeze` as it was passed, plus the study's own keys."""
-    passed = list(spec.frozen_layers) if spec.strategy == "ultralytics" and spec.frozen_layers else None
     info = asdict(spec)
     info.pop("extra")
     info["frozen_layers"] = list(spec.frozen_layers)
-    return {**info, "name": spec.run, "freeze": passed, "freeze_spec": spec.freeze}
+    return {**info, "name": spec.run, "freeze": freeze_argument(spec.strategy, spec.frozen_layers),
+            "freeze_spec": spec.freeze}  # fmt: skip
 
 
 def read_results(path: Path) -> list[dict[str, float]]:

@@ -1,7 +1,10 @@
-"""Images for activation passes: a dataset yaml (a split), a folder or a glob; Ultralytics' letterbox; shards.
+"""Images for passes through networks (activations, similarity): a dataset yaml (a split), a folder or a glob;
+Ultralytics' letterbox; batches and shards.
 
 Preprocessing is Ultralytics' predict path with a square canvas (LetterBox(auto=False), grey 114 padding, BGR -> RGB,
-0..1), so every batch has one shape. Unreadable images are skipped and counted, never fatal.
+0..1), so every batch has one shape. Unreadable images are skipped and counted, never fatal. Batches are fixed by the
+image order and the batch size alone; shards are cut only at batch boundaries, so how the work is spread over tasks,
+CPUs and nodes never changes a batch (and so never changes a statistic).
 """
 
 from __future__ import annotations
@@ -76,14 +79,21 @@ def load_batch(paths: list[str], imgsz: int) -> tuple[torch.Tensor, int]:
     return batch, failed
 
 
-def shards(paths: list[str], n: int) -> list[list[str]]:
-    """Split into at most n contiguous, nearly equal shards (order kept, so shard 0 starts with the first images)."""
-    n = max(1, min(n, len(paths)))
-    size, extra = divmod(len(paths), n)
+def batches(paths: list[str], batch: int) -> list[list[str]]:
+    """Consecutive batches of `batch` images in list order (the last one may be shorter)."""
+    return [paths[i : i + batch] for i in range(0, len(paths), max(1, batch))]
+
+
+def shards(paths: list[str], n: int, *, batch: int = 1) -> list[list[str]]:
+    """At most n contiguous shards of whole batches, nearly equal in batches (order kept: shard 0 starts with the
+    first images). Every shard's batches are exactly the batches of one pass over `paths`."""
+    groups = batches(paths, batch)
+    n = max(1, min(n, len(groups)))
+    size, extra = divmod(len(groups), n)
     out, start = [], 0
     for i in range(n):
         end = start + size + (1 if i < extra else 0)
-        out.append(paths[start:end])
+        out.append([p for group in groups[start:end] for p in group])
         start = end
     return out
 

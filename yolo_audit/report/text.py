@@ -7,10 +7,13 @@ from typing import TextIO
 
 import polars as pl
 
-from yolo_audit import store
-from yolo_audit.activations_plan import ActivationsSummary
-from yolo_audit.study import StudySummary
-from yolo_audit.weights_plan import WeightsSummary
+from yolo_audit.analyses import ANALYSES
+from yolo_audit.analyses.activations.plan import ActivationsSummary
+from yolo_audit.analyses.similarity.plan import SimilaritySummary
+from yolo_audit.analyses.weights.plan import WeightsSummary
+from yolo_audit.results import store
+from yolo_audit.results.errors import ErrorRecord
+from yolo_audit.study.driver import StudySummary
 
 EXAMPLES = """\
 Example queries (Python, Polars):
@@ -40,10 +43,14 @@ def print_weights_summary(summary: WeightsSummary, *, examples: bool = False, st
     print(f"\nResults in {out}: " + ", ".join(f"{t} ({n} rows)" for t, n in counts.items()), file=stream)
     if examples:
         print(EXAMPLES.format(out=out), file=stream)
-    for err in summary.errors:
-        print(f"error [{err.stage}] {err.message}", file=sys.stderr)
+    _print_errors(summary.errors)
     if summary.errors:
         print(f"{len(summary.errors)} problem(s); see the errors table. Other checkpoints completed.", file=sys.stderr)
+
+
+def _print_errors(errors: list[ErrorRecord]) -> None:
+    for err in errors:
+        print(f"error [{err.stage}] {err.message}", file=sys.stderr)
 
 
 def print_study_summary(summary: StudySummary, *, examples: bool = False, stream: TextIO | None = None) -> None:
@@ -56,10 +63,8 @@ def print_study_summary(summary: StudySummary, *, examples: bool = False, stream
             print("\nRuns:", file=stream)
             runs = store.scan(out, "runs").sort("run").collect()
             print(runs.select("run", "strategy", "frozen_layers", "status", "best_map50_95", "seconds"), file=stream)
-    if isinstance(summary.weights, WeightsSummary):
-        print_weights_summary(summary.weights, stream=stream)
-    if isinstance(summary.activations, ActivationsSummary):
-        print_activations_summary(summary.activations, stream=stream)
+    for name, result in summary.analyses.items():
+        ANALYSES[name].print_summary(result, stream=stream)
     if examples:
         print("\n" + EXAMPLES.format(out=out), file=stream)
     failed = [r.spec.run for r in summary.trained if r.status != "done"]
@@ -80,6 +85,14 @@ def print_activations_summary(summary: ActivationsSummary, *, stream: TextIO | N
                 "\nDead units per checkpoint and layer (dormant / constant / never positive / newly dead):", file=stream
             )
             print(store.dead_unit_summary(out, summary.dataset_id), file=stream)
+    if summary.architectures > 1:
+        print(f"\n{summary.architectures} different architectures among these checkpoints: compare rows within one "
+              "arch_hash (checkpoints table) only", file=stream)  # fmt: skip
     print(f"\nResults in {out}: channel_stats, activation_hist, feature_maps, activation_passes", file=stream)
-    for err in summary.errors:
-        print(f"error [{err.stage}] {err.message}", file=sys.stderr)
+    _print_errors(summary.errors)
+
+
+def print_similarity_summary(summary: SimilaritySummary, *, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
+    print(f"{summary.pairs} CKA rows over {summary.images} images in {summary.out}/similarity", file=stream)
+    _print_errors(summary.errors)

@@ -5,25 +5,24 @@ No Python loops over rows: every ranking is a `scan_parquet` chain, so it scales
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import polars as pl
 
 from yolo_audit.errors import AuditError
-from yolo_audit.store import dead_expr, layer_divergence, scan, tables
+from yolo_audit.results.location import Where
+from yolo_audit.results.store import dead_expr, layer_divergence, open_results, scan, tables
 
 DEAD_BY = ("channel", "layer", "checkpoint")
 DIVERGENCE_BY = ("param", "layer", "checkpoint")
 
 
-def _with_runs(frame: pl.LazyFrame, out: str | Path) -> pl.LazyFrame:
+def _with_runs(frame: pl.LazyFrame, out: Where) -> pl.LazyFrame:
     if "checkpoints" not in tables(out):
         return frame.with_columns(run=pl.lit(None, pl.String), epoch=pl.lit(None, pl.Int32))
     runs = scan(out, "checkpoints").select("checkpoint_id", "run", "epoch")
     return frame.join(runs, on="checkpoint_id", how="left", maintain_order="left")
 
 
-def rank_dead_units(out: str | Path, *, by: str = "layer", criterion: str = "any", top: int = 20) -> pl.LazyFrame:
+def rank_dead_units(out: Where, *, by: str = "layer", criterion: str = "any", top: int = 20) -> pl.LazyFrame:
     """Dead units across every checkpoint, newly dead (vs the reference) first where known."""
     if by not in DEAD_BY:
         raise AuditError(f"--by must be one of {', '.join(DEAD_BY)}")
@@ -54,7 +53,7 @@ def rank_dead_units(out: str | Path, *, by: str = "layer", criterion: str = "any
     return _with_runs(ranked.head(top), out)
 
 
-def rank_divergence(out: str | Path, *, by: str = "layer", top: int = 20) -> pl.LazyFrame:
+def rank_divergence(out: Where, *, by: str = "layer", top: int = 20) -> pl.LazyFrame:
     """Weight divergence across checkpoints and runs: per tensor (rel_diff), per layer (relative L2 of the layer's
     parameters) or per checkpoint (mean over its layers), largest first."""
     if by not in DIVERGENCE_BY:
@@ -77,7 +76,7 @@ def rank_divergence(out: str | Path, *, by: str = "layer", top: int = 20) -> pl.
     )
 
 
-def rank_drift(out: str | Path, *, top: int = 20) -> pl.LazyFrame:
+def rank_drift(out: Where, *, top: int = 20) -> pl.LazyFrame:
     """Layers whose BatchNorm running statistics moved while every parameter stayed bit-identical (the callback
     freeze trap), by how far the statistics moved."""
     bn = (
@@ -97,10 +96,8 @@ def rank_drift(out: str | Path, *, top: int = 20) -> pl.LazyFrame:
     return _with_runs(ranked.select(cols).head(top), out)
 
 
-def query(out: str | Path, sql: str) -> pl.DataFrame:
+def query(out: Where, sql: str) -> pl.DataFrame:
     """Polars SQL over every table present (table names as in the README)."""
-    from yolo_audit.store import open_results
-
     context = pl.SQLContext(frames=open_results(out))
     try:
         return context.execute(sql).collect()

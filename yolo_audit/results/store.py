@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import polars as pl
 
-from yolo_audit import schema
 from yolo_audit.errors import AuditError
-from yolo_audit.storage import locate
+from yolo_audit.model.freeze import declared_mismatch
+from yolo_audit.results import schema
+from yolo_audit.results.location import Where, locate
 
 PARAM_ROLES = ("conv_weight", "conv_bias", "bn_weight", "bn_bias")
 CRITERIA = ("any", "dormant", "constant", "never_positive", "newly_dead")
@@ -23,13 +22,13 @@ def dead_expr(criterion: str = "any") -> pl.Expr:
     return pl.col(criterion).fill_null(False)
 
 
-def tables(out: str | Path) -> list[str]:
+def tables(out: Where) -> list[str]:
     """Tables that have at least one file under `out` (a folder or a filesystem URI)."""
     root = locate(out)
     return [t for t in schema.TABLES if root.child(t).files(".parquet")]
 
 
-def scan(out: str | Path, table: str) -> pl.LazyFrame:
+def scan(out: Where, table: str) -> pl.LazyFrame:
     """One table as a lazy frame (the same glob a user would pass to pl.scan_parquet)."""
     if table not in schema.TABLES:
         raise AuditError(f"unknown table {table!r}; tables are {', '.join(schema.TABLES)}")
@@ -39,14 +38,14 @@ def scan(out: str | Path, table: str) -> pl.LazyFrame:
     return pl.scan_parquet(f"{root.uri}/{table}/*.parquet")
 
 
-def open_results(out: str | Path) -> dict[str, pl.LazyFrame]:
+def open_results(out: Where) -> dict[str, pl.LazyFrame]:
     """Every table present under `out`, as lazy frames keyed by table name."""
     if not locate(out).is_dir():
         raise AuditError("no results folder here; pass the --out of an earlier run", path=str(out))
     return {t: scan(out, t) for t in tables(out)}
 
 
-def layer_divergence(out: str | Path) -> pl.LazyFrame:
+def layer_divergence(out: Where) -> pl.LazyFrame:
     """Relative L2 change of each layer's parameters (BN statistics excluded) vs the reference:
     sqrt(sum ||a-b||^2) / sqrt(sum ||b||^2) over the layer's parameter tensors."""
     ref_norms = scan(out, "weight_stats").select(
@@ -71,7 +70,7 @@ def _against(frame: pl.LazyFrame, reference_id: str | None) -> pl.LazyFrame:
     return frame if reference_id is None else frame.filter(pl.col("reference_id") == reference_id)
 
 
-def top_divergent_layers(out: str | Path, n: int = 10, *, reference_id: str | None = None) -> pl.DataFrame:
+def top_divergent_layers(out: Where, n: int = 10, *, reference_id: str | None = None) -> pl.DataFrame:
     return (
         _against(layer_divergence(out), reference_id)
         .sort("rel_l2", descending=True, nulls_last=True)
@@ -81,7 +80,7 @@ def top_divergent_layers(out: str | Path, n: int = 10, *, reference_id: str | No
     )
 
 
-def freeze_summary(out: str | Path, *, reference_id: str | None = None, latest: bool = False) -> pl.DataFrame:
+def freeze_summary(out: Where, *, reference_id: str | None = None, latest: bool = False) -> pl.DataFrame:
     """Per checkpoint and verdict, the layers it covers as compact ranges (e.g. 0-9), and how many layers the
     declared freeze (train_args) contradicts."""
     runs = scan(out, "checkpoints").select("checkpoint_id", "run", "epoch", "freeze")
@@ -90,13 +89,8 @@ def freeze_summary(out: str | Path, *, reference_id: str | None = None, latest: 
     return (
         _against(scan(out, "layer_freeze"), reference_id)
         .join(runs, on="checkpoint_id", how="inner")
-        .with_columns(
-            mismatch=pl.when(pl.col("declared_frozen").is_null())
-            .then(None)
-            .otherwise(pl.col("declared_frozen") != (pl.col("verdict") != "trained"))
-        )
         .group_by("run", "epoch", "checkpoint_id", "reference_id", "freeze", "verdict")
-        .agg(pl.col("layer").sort().alias("layers"), pl.col("mismatch").sum().alias("declared_mismatch"))
+        .agg(pl.col("layer").sort().alias("layers"), declared_mismatch().sum().alias("declared_mismatch"))
         .sort("run", "epoch", "checkpoint_id", "verdict", nulls_last=True)
         .collect()
         .with_columns(
@@ -129,7 +123,7 @@ def _compact_freeze(freeze: str) -> str:
     return compact_ranges(value) if isinstance(value, list) and value else freeze
 
 
-def dead_unit_summary(out: str | Path, dataset_id: str | None = None) -> pl.DataFrame:
+def dead_unit_summary(out: Where, dataset_id: str | None = None) -> pl.DataFrame:
     """Per checkpoint: channels dead by each criterion, newly dead vs the reference, and the layer with most dead."""
     stats = scan(out, "channel_stats")
     if dataset_id is not None:

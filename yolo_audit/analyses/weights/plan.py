@@ -12,25 +12,26 @@ from itertools import combinations
 from pathlib import Path
 from typing import TextIO
 
-from yolo_audit import schema
-from yolo_audit.analysis import WeightOptions, pooled_bins_id, reference_cache, shared_edges, tensor_stats_ranges
-from yolo_audit.checkpoints import find_checkpoints, load_checkpoint
-from yolo_audit.errors import AuditError
-from yolo_audit.orchestrate import Task, ray_session, run_tasks
-from yolo_audit.storage import exclusive
-from yolo_audit.weights_job import (
-    ErrorRecord,
-    TaskResult,
-    analyse_checkpoint,
-    compare_pair,
-    histogram_checkpoint,
-    write_errors,
+from yolo_audit.analyses import StudyInputs
+from yolo_audit.analyses.weights.columns import (
+    WeightOptions,
+    pooled_bins_id,
+    reference_cache,
+    shared_edges,
+    tensor_stats_ranges,
 )
+from yolo_audit.analyses.weights.job import TaskResult, analyse_checkpoint, compare_pair, histogram_checkpoint
+from yolo_audit.errors import AuditError
+from yolo_audit.model.checkpoint import find_checkpoints, load_checkpoint
+from yolo_audit.results.errors import ErrorRecord, write_errors
+from yolo_audit.results.files import check_writable
+from yolo_audit.results.location import Location, Where, exclusive, locate
+from yolo_audit.runtime.tasks import Task, ray_session, run_tasks
 
 
 @dataclass
 class WeightsSummary:
-    out: Path
+    out: Location
     analysed: list[TaskResult] = field(default_factory=list)
     errors: list[ErrorRecord] = field(default_factory=list)
     reference_id: str | None = None
@@ -40,12 +41,18 @@ class WeightsSummary:
     def ok(self) -> bool:
         return not self.errors
 
+    def __repr__(self) -> str:
+        return (
+            f"WeightsSummary(out={self.out.uri!r}, analysed={len(self.analysed)}, errors={len(self.errors)}, "
+            f"reference_id={self.reference_id!r}, bins_id={self.bins_id!r})"
+        )
+
 
 def analyze_weights(
-    paths: list[str | Path],
-    out: str | Path,
+    paths: list[Where],
+    out: Where,
     *,
-    reference: str | Path | None = None,
+    reference: Where | None = None,
     pairwise: bool = False,
     trajectory: bool = False,
     address: str | None = None,
@@ -57,7 +64,7 @@ def analyze_weights(
 ) -> WeightsSummary:
     """Analyse every checkpoint under `paths` into Parquet tables under `out` (see the README's schema)."""
     opts = opts or WeightOptions()
-    out_dir = schema.check_writable(out)
+    out_dir = check_writable(locate(out))
     files = find_checkpoints(list(paths), reference=reference)
     ref = load_checkpoint(reference, trust_pickle=trust_pickle) if reference is not None else None
     if len(files) < 2 and (pairwise or trajectory):
@@ -73,7 +80,7 @@ def analyze_weights(
         cache = ray.put(reference_cache(ref, opts, edges)) if ref is not None else None
         first = run_tasks(
             [
-                Task(Path(f).name, analyse_checkpoint, (f, str(out_dir)), {
+                Task(Path(f).name, analyse_checkpoint, (f, out_dir), {
                     "reference": ref_obj, "cache": cache, "edges": edges, "bins_id": summary.bins_id, "opts": opts,
                     **common,
                 }, num_cpus=cpus_per_task)
@@ -90,7 +97,7 @@ def analyze_weights(
             summary.bins_id = pooled_bins_id([r.checkpoint_id for r in loaded if r.checkpoint_id])
             second = run_tasks(
                 [
-                    Task(Path(r.path).name, histogram_checkpoint, (r.path, str(out_dir)), {
+                    Task(Path(r.path).name, histogram_checkpoint, (r.path, out_dir), {
                         "edges": edges, "bins_id": summary.bins_id, "bins": opts.bins, **common,
                     }, num_cpus=cpus_per_task)
                     for r in loaded
@@ -102,7 +109,7 @@ def analyze_weights(
         pairs = _pairs(loaded, pairwise=pairwise, trajectory=trajectory)
         if pairs:
             third = run_tasks(
-                [Task(f"{Path(a).name} vs {Path(b).name}", compare_pair, (a, b, str(out_dir)), common, cpus_per_task)
+                [Task(f"{Path(a).name} vs {Path(b).name}", compare_pair, (a, b, out_dir), common, cpus_per_task)
                  for a, b in pairs],
                 stage="compare",
                 stream=stream,
@@ -126,3 +133,15 @@ def _pairs(results: list[TaskResult], *, pairwise: bool, trajectory: bool) -> li
             ordered = sorted(members, key=lambda r: r.epoch or 0)
             pairs += [(b.path, a.path) for a, b in zip(ordered, ordered[1:], strict=False)]
     return list(dict.fromkeys(pairs))
+
+
+def in_study(inputs: StudyInputs) -> WeightsSummary:
+    """Every snapshot of every finished run against the base, and each run's epoch-to-epoch trajectory (all pairs
+    when there is no base)."""
+    snapshots = [f for files in inputs.snapshots.values() for f in files]
+    if not snapshots:
+        raise AuditError("no run finished, nothing to analyse; see the runs table", path=inputs.out.uri)
+    print(f"[weights] analysing {len(inputs.snapshots)} runs' snapshots against {inputs.reference or 'each other'}",
+          file=inputs.stream)  # fmt: skip
+    return analyze_weights(snapshots, inputs.out, reference=inputs.reference, trajectory=True,
+                           pairwise=inputs.reference is None, stream=inputs.stream)  # fmt: skip

@@ -10,7 +10,13 @@ from dataclasses import dataclass
 
 import torch
 
-_LAYER = re.compile(r"^model\.(\d+)\.")
+_LAYER = re.compile(r"^model\.(\d+)(?=\.|$)")
+
+
+def layer_of(name: str) -> int | None:
+    """N of `model.N` or `model.N.<anything>` (a tensor or module name); None outside the layer list."""
+    match = _LAYER.match(name)
+    return int(match.group(1)) if match else None
 
 
 @dataclass(frozen=True)
@@ -28,9 +34,9 @@ def infer_module_types(tensors: dict[str, torch.Tensor]) -> dict[int, str]:
     """Top-level module types from tensor names alone (state dicts carry no classes): YOLOv8 naming patterns."""
     children: dict[int, set[str]] = {}
     for name in tensors:
-        match = _LAYER.match(name)
-        if match:
-            children.setdefault(int(match.group(1)), set()).add(name[match.end() :].split(".")[0])
+        layer = layer_of(name)
+        if layer is not None:
+            children.setdefault(layer, set()).add(name.split(".")[2])
     types: dict[int, str] = {}
     for layer, kids in children.items():
         if "dfl" in kids or {"cv2", "cv3"} <= kids and "cv1" not in kids:
@@ -51,8 +57,7 @@ def describe_keys(tensors: dict[str, torch.Tensor], module_types: dict[int, str]
     out: dict[str, TensorInfo] = {}
     for name, value in tensors.items():
         module, _, leaf = name.rpartition(".")
-        match = _LAYER.match(name)
-        layer = int(match.group(1)) if match else None
+        layer = layer_of(name)
         out[name] = TensorInfo(
             name=name,
             layer=layer,

@@ -17,12 +17,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from yolo_audit.errors import AuditError
 
 
-def is_uri(location: str | Path) -> bool:
+def is_uri(location: str | Path | Location) -> bool:
     return "://" in str(location)
 
 
@@ -33,6 +34,9 @@ class Location:
     fs: pafs.FileSystem
     path: str
     uri: str
+
+    def __str__(self) -> str:
+        return self.uri
 
     def child(self, *parts: str) -> Location:
         tail = "/".join(p.strip("/") for p in parts)
@@ -90,15 +94,21 @@ def _hidden(relative: str) -> bool:
     return any(part.startswith(".") for part in relative.split("/"))
 
 
-def locate(location: str | Path) -> Location:
-    """A Location for a local path or a filesystem URI (errors name the location and what to do)."""
+Where = str | Path | Location  # what users pass: resolved once, at the edge, by `locate`
+
+
+def locate(location: Where) -> Location:
+    """A Location for a local path or a filesystem URI (errors name the location and what to do); a Location is
+    returned as it is."""
+    if isinstance(location, Location):
+        return location
     text = str(location)
     if not is_uri(text):
         path = str(Path(text).expanduser().resolve())
         return Location(pafs.LocalFileSystem(), path, path)
     try:
         fs, path = pafs.FileSystem.from_uri(text)
-    except (pafs.ArrowInvalid, pafs.ArrowNotImplementedError, OSError, ValueError) as exc:
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as exc:
         raise AuditError(
             f"unsupported or unreachable location ({exc}); use a path or s3:// gs:// file://", path=text
         ) from exc
@@ -111,10 +121,10 @@ def cache_root() -> Path:
     return cache_dir() / "fetched"
 
 
-def fetch_file(location: str | Path) -> Path:
+def fetch_file(location: Where) -> Path:
     """A local path for a file: itself when local, else a cached download (keyed by URI and size)."""
     if not is_uri(location):
-        return Path(location)
+        return Path(str(location))
     loc = locate(location)
     info = loc.fs.get_file_info(loc.path)
     if info.type != pafs.FileType.File:
@@ -174,14 +184,15 @@ LOCK_NAME = ".yolo-audit.lock"
 
 
 @contextmanager
-def exclusive(out: str) -> Iterator[None]:
+def exclusive(location: Location) -> Iterator[None]:
     """One writing command per local results folder at a time; a second fails at once with a clear message.
 
     An flock, so a killed command releases it by dying; whoever takes it next removes the temp files such a command
     left half-written (hidden `.<file>.<uuid>.tmp`, never read by anyone). Object-store URIs need none: every file is
     written whole by one PUT under a key no other task uses.
     """
-    if is_uri(out) or out in _HELD:
+    out = location.uri
+    if location.is_remote or out in _HELD:
         yield
         return
     path = Path(out) / LOCK_NAME

@@ -1,25 +1,26 @@
 """Weight analysis of loaded checkpoints as table columns: statistics joined with where each tensor sits.
 
-No IO and no Ray: functions take `Checkpoint` objects and return `{table: {column: values}}` ready for `schema.write`.
+No IO and no Ray: functions take `Checkpoint` objects and return `{table: {column: values}}` ready for `files.write`.
+`analyse` lists one checkpoint's work as steps, each naming its stage and file key, computed in turn.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
 
-from yolo_audit.checkpoints import Checkpoint, check_aligned
-from yolo_audit.stats.divergence import bitwise_equal, channel_divergence, divergence, layer_verdict
+from yolo_audit.model.checkpoint import Checkpoint, check_aligned, checkpoint_table
+from yolo_audit.model.freeze import layer_freeze_columns
+from yolo_audit.results.keys import checkpoint_key, comparison_key, hist_key
+from yolo_audit.stats.divergence import bitwise_equal, channel_divergence, divergence
 from yolo_audit.stats.weights import TENSOR_STATS, Columns, bin_range, channel_weights, histograms, tensor_stats
 
 Tables = dict[str, Columns]
-BUFFER_ROLES = ("bn_running_mean", "bn_running_var")
 
 
 @dataclass(frozen=True)
@@ -30,18 +31,6 @@ class WeightOptions:
     gamma_eps: float = 1e-3  # |BN gamma| below this: constant channel
     neg_margin: float = -4.0  # beta + 3|gamma| below this: SiLU input essentially always negative
     bins: int = 64  # histogram bins per parameter
-
-
-def checkpoint_table(ckpt: Checkpoint) -> Columns:
-    declared = ckpt.declared_frozen
-    row = {
-        "checkpoint_id": ckpt.checkpoint_id, "path": ckpt.path, "run": ckpt.run, "epoch": ckpt.epoch,
-        "freeze": ckpt.freeze, "declared_frozen": sorted(declared) if declared is not None else None,
-        "arch_hash": ckpt.arch_hash, "n_params": ckpt.n_params, "n_tensors": len(ckpt.tensors), "sha256": ckpt.sha256,
-        "source_format": ckpt.source_format, "precision": ckpt.precision,
-        "train_args": json.dumps(ckpt.train_args, default=str, sort_keys=True) if ckpt.train_args else None,
-    }  # fmt: skip
-    return {k: [v] for k, v in row.items()}
 
 
 def weight_tables(ckpt: Checkpoint, opts: WeightOptions, *, known: dict[str, dict] | None = None) -> Tables:
@@ -210,10 +199,12 @@ def divergence_tables(
     weight_div = {
         **ids, "param": names, "layer": [keys[n].layer for n in names], "role": [keys[n].role for n in names], **cols,
     }  # fmt: skip
+    layers = layer_freeze_columns([keys[n] for n in names], cols["identical"], cols["rel_diff"], ckpt.declared_frozen)
+    n = len(layers["layer"])
     return {
         "weight_divergence": weight_div,
         "channel_divergence": _channel_divergence(ckpt, ref, names, cols["identical"]),
-        "layer_freeze": _freeze_table(ckpt, ref, names, cols),
+        "layer_freeze": {"checkpoint_id": [ckpt.checkpoint_id] * n, "reference_id": [ref.checkpoint_id] * n, **layers},
     }
 
 
@@ -250,30 +241,6 @@ def _channel_divergence(ckpt: Checkpoint, ref: Checkpoint, names: list[str], ide
     return {"checkpoint_id": [ckpt.checkpoint_id] * n, "reference_id": [ref.checkpoint_id] * n, **out}
 
 
-def _freeze_table(ckpt: Checkpoint, ref: Checkpoint, names: list[str], cols: Columns) -> Columns:
-    per_layer: dict[int, list[tuple[str, bool, float | None]]] = {}
-    for name, same, rel in zip(names, cols["identical"], cols["rel_diff"], strict=True):
-        info = ref.keys[name]
-        if info.layer is None or name.endswith("num_batches_tracked"):
-            continue
-        per_layer.setdefault(info.layer, []).append((info.role, same, rel))
-    declared = ckpt.declared_frozen
-    out: Columns = {k: [] for k in ("layer", "verdict", "declared_frozen", "n_tensors", "n_changed", "max_rel_diff")}
-    for layer in sorted(per_layer):
-        items = per_layer[layer]
-        params = [same for role, same, _ in items if role not in BUFFER_ROLES]
-        buffers = [same for role, same, _ in items if role in BUFFER_ROLES]
-        rels = [rel for _, _, rel in items if rel is not None]
-        out["layer"].append(layer)
-        out["verdict"].append(layer_verdict(params, buffers))
-        out["declared_frozen"].append(None if declared is None else layer in declared)
-        out["n_tensors"].append(len(items))
-        out["n_changed"].append(sum(1 for _, same, _ in items if not same))
-        out["max_rel_diff"].append(max(rels) if rels else None)
-    n = len(out["layer"])
-    return {"checkpoint_id": [ckpt.checkpoint_id] * n, "reference_id": [ref.checkpoint_id] * n, **out}
-
-
 def tensor_stats_ranges(ckpt: Checkpoint) -> dict[str, tuple[float, float]]:
     """(min, max) of every tensor: the reference's ranges fix the study's histogram bins."""
     out: dict[str, tuple[float, float]] = {}
@@ -284,6 +251,15 @@ def tensor_stats_ranges(ckpt: Checkpoint) -> dict[str, tuple[float, float]]:
     return out
 
 
+@dataclass(frozen=True)
+class Step:
+    """One group of tables a checkpoint's analysis writes to one file key, and the stage it is (for error rows)."""
+
+    stage: str
+    key: str
+    compute: Callable[[], Tables]
+
+
 def analyse(
     ckpt: Checkpoint,
     opts: WeightOptions,
@@ -292,24 +268,34 @@ def analyse(
     cache: ReferenceCache | None = None,
     edges: dict[str, tuple[float, float]] | None = None,
     bins_id: str | None = None,
-) -> Iterator[tuple[str, Tables]]:
-    """Everything the weights analysis computes for one checkpoint, as (file key, tables) groups, yielded in turn so
-    each can be written before the next is computed: its own tables, its histogram on the shared bins, and its
-    comparison with the reference (which raises for another architecture, after the rest). Tensors bit-identical
-    to the reference reuse the reference's statistics and histograms from `cache`."""
+) -> Iterator[Step]:
+    """Everything the weights analysis computes for one checkpoint, as steps computed in turn, so each group can be
+    written before the next is computed: its own tables (stage `weights`), its histogram on the shared bins
+    (`histogram`), and its comparison with the reference (`divergence`; `align` for another architecture). Tensors
+    bit-identical to the reference reuse the reference's statistics and histograms from `cache`."""
     compared = reference is not None and reference.checkpoint_id != ckpt.checkpoint_id
     same = identical_names(ckpt, reference) if compared and reference.arch_hash == ckpt.arch_hash else set()
     reuse = cache if same and cache is not None else ReferenceCache({}, {})
-    known_stats = {n: reuse.stats[n] for n in same if n in reuse.stats}
-    own = weight_tables(ckpt, opts, known=known_stats)
-    yield ckpt.checkpoint_id, {"checkpoints": checkpoint_table(ckpt), **own}
+    own: Tables = {}
+
+    def own_tables() -> Tables:
+        own.update(weight_tables(ckpt, opts, known={n: reuse.stats[n] for n in same if n in reuse.stats}))
+        return {"checkpoints": checkpoint_table(ckpt), **own}
+
+    yield Step("weights", checkpoint_key(ckpt.checkpoint_id), own_tables)
     if edges is not None and bins_id is not None:
         known = {n: reuse.hist[n] for n in same if n in reuse.hist}
-        table = hist_table(ckpt, edges, bins_id, opts.bins, known=known)
-        yield f"{ckpt.checkpoint_id}-{bins_id}", {"weight_hist": table}
+        yield Step(
+            "histogram",
+            hist_key(ckpt.checkpoint_id, bins_id),
+            lambda: {"weight_hist": hist_table(ckpt, edges, bins_id, opts.bins, known=known)},
+        )
     if compared:
-        mine = dict(zip(own["weight_stats"]["param"], own["weight_stats"]["l2"], strict=True))
-        theirs = {n: row["l2"] for n, row in (cache.stats if cache is not None else {}).items()}
-        l2 = (mine, theirs) if set(theirs) == set(mine) else None
-        tables = divergence_tables(ckpt, reference, identical=same, l2=l2)
-        yield f"{ckpt.checkpoint_id}-vs-{reference.checkpoint_id}", tables
+
+        def compare() -> Tables:
+            mine = dict(zip(own["weight_stats"]["param"], own["weight_stats"]["l2"], strict=True))
+            theirs = {n: row["l2"] for n, row in (cache.stats if cache is not None else {}).items()}
+            l2 = (mine, theirs) if set(theirs) == set(mine) else None
+            return divergence_tables(ckpt, reference, identical=same, l2=l2)
+
+        yield Step("divergence", comparison_key(ckpt.checkpoint_id, reference.checkpoint_id), compare)

@@ -20,9 +20,12 @@ from typing import Any
 
 import torch
 
+from yolo_audit.env import prepare
 from yolo_audit.errors import AuditError
-from yolo_audit.keys import TensorInfo, describe_keys, infer_module_types
-from yolo_audit.storage import fetch_file, is_uri, locate
+from yolo_audit.model.freeze import declared_layers
+from yolo_audit.model.keys import TensorInfo, describe_keys, infer_module_types
+from yolo_audit.model.profile import Profile, profile_from_types, profile_from_yaml
+from yolo_audit.results.location import Where, fetch_file, is_uri, locate
 
 SUFFIXES = (".pt", ".safetensors")
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -78,30 +81,22 @@ class Checkpoint:
         """Layers the training arguments say were frozen; None when the checkpoint has no training arguments."""
         if not self.train_args:
             return None
-        return frozenset(frozen_layers(self.train_args.get("freeze")))
+        return frozenset(declared_layers(self.train_args.get("freeze")))
 
     @cached_property
     def keys(self) -> dict[str, TensorInfo]:
         return describe_keys(self.tensors, self.module_types)
 
+    @cached_property
+    def profile(self) -> Profile:
+        """The model family's profile: from the recorded yaml, else from the tensors' names."""
+        return profile_from_yaml(self.model_yaml) if self.model_yaml else profile_from_types(self.module_types)
+
     def eps_for(self, module: str) -> float:
         return self.bn_eps.get(module, DEFAULT_BN_EPS)
 
 
-def frozen_layers(freeze: Any) -> list[int]:
-    """Ultralytics' meaning of `freeze`: an int N freezes layers 0..N-1, a list freezes those layers."""
-    if freeze is None or freeze is False:
-        return []
-    if isinstance(freeze, bool):
-        return []
-    if isinstance(freeze, int):
-        return list(range(freeze))
-    if isinstance(freeze, (list, tuple)):
-        return sorted({int(x) for x in freeze})
-    return []
-
-
-def find_checkpoints(paths: list[str | Path], *, reference: str | Path | None = None) -> list[str]:
+def find_checkpoints(paths: list[Where], *, reference: Where | None = None) -> list[str]:
     """Expand files and folders (searched recursively; local paths or filesystem URIs) into checkpoint locations;
     a `reference` not among them is put first (it is always analysed too)."""
     found: list[str] = []
@@ -132,7 +127,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_checkpoint(path: str | Path, *, trust_pickle: bool = False) -> Checkpoint:
+def load_checkpoint(path: Where, *, trust_pickle: bool = False) -> Checkpoint:
     """Load any supported checkpoint (a local path or a filesystem URI) as fp32 tensors plus metadata; raise
     AuditError naming the file otherwise."""
     origin = locate(path).uri if is_uri(path) else str(path)
@@ -207,8 +202,6 @@ def _load_pickle(path: Path, sha: str, *, trust_pickle: bool) -> Checkpoint:
 
 
 def _unpickle(path: Path, *, trust_pickle: bool) -> Any:
-    from yolo_audit.env import prepare
-
     prepare()
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
@@ -305,6 +298,19 @@ def _to_fp32(raw: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor
             raise AuditError(f"tensor {name} is complex; not a YOLO checkpoint", path=str(path), stage="load")
         out[name] = value.detach().to(device="cpu", dtype=torch.float32).contiguous()
     return out
+
+
+def checkpoint_table(ckpt: Checkpoint) -> dict[str, list]:
+    """The `checkpoints` row of a loaded checkpoint."""
+    declared = ckpt.declared_frozen
+    row = {
+        "checkpoint_id": ckpt.checkpoint_id, "path": ckpt.path, "run": ckpt.run, "epoch": ckpt.epoch,
+        "freeze": ckpt.freeze, "declared_frozen": sorted(declared) if declared is not None else None,
+        "arch_hash": ckpt.arch_hash, "n_params": ckpt.n_params, "n_tensors": len(ckpt.tensors), "sha256": ckpt.sha256,
+        "source_format": ckpt.source_format, "precision": ckpt.precision,
+        "train_args": json.dumps(ckpt.train_args, default=str, sort_keys=True) if ckpt.train_args else None,
+    }  # fmt: skip
+    return {k: [v] for k, v in row.items()}
 
 
 def check_aligned(reference: Checkpoint, other: Checkpoint, *, show: int = 5) -> None:

@@ -1,0 +1,121 @@
+"""Driver of `yolo-audit activations`: one Ray task per (checkpoint x shard of whole batches), tree merges, tables.
+
+The reference (if any) is analysed on the same images, so `newly_dead` and `revived` compare like with like; a
+checkpoint of another architecture than the reference is refused (an `errors` row naming both, no numbers). Tasks
+ask for a GPU where the cluster has one. A checkpoint that fails becomes an `errors` row; the others complete.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from yolo_audit.analyses import StudyInputs
+from yolo_audit.analyses.activations.job import (
+    ActivationOptions,
+    ShardResult,
+    activations_shard,
+    dead_flags,
+    tables_for,
+)
+from yolo_audit.analyses.images import dataset_id, list_images, shards
+from yolo_audit.model.checkpoint import find_checkpoints
+from yolo_audit.results import files
+from yolo_audit.results.errors import ErrorRecord, clear_errors, write_errors
+from yolo_audit.results.keys import checkpoint_key, dataset_key
+from yolo_audit.results.location import Location, Where, exclusive, local_dataset, locate
+from yolo_audit.runtime.tasks import Task, cluster_cpus, cluster_gpus, ray_session, run_tasks, tree_merge
+
+
+@dataclass
+class ActivationsSummary:
+    out: Location
+    dataset_id: str = ""
+    images: int = 0
+    analysed: list[str] = field(default_factory=list)
+    errors: list[ErrorRecord] = field(default_factory=list)
+    failed_images: int = 0
+    architectures: int = 1  # distinct architectures among the checkpoints (without a reference they are grouped)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def analyze_activations(
+    paths: list[Where],
+    data: str | Path,
+    out: Where,
+    *,
+    reference: Where | None = None,
+    opts: ActivationOptions | None = None,
+    max_images: int | None = None,
+    split: str = "val",
+    shards_per_checkpoint: int | None = None,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    stream: TextIO | None = None,
+) -> ActivationsSummary:
+    opts = opts or ActivationOptions()
+    out_loc = files.check_writable(locate(out))
+    checkpoints = find_checkpoints(list(paths), reference=reference)
+    ref_path = locate(reference).uri if reference is not None else None
+    images = list_images(local_dataset(str(data)), split=split, max_images=max_images)
+    summary = ActivationsSummary(out=out_loc, dataset_id=dataset_id(images, opts.imgsz), images=len(images))
+    with exclusive(out_loc), ray_session(address, num_cpus=num_cpus):
+        n_batches = -(-len(images) // max(opts.batch, 1))
+        n = shards_per_checkpoint or max(1, min(n_batches, cluster_cpus() // len(checkpoints)))
+        parts = shards(images, n, batch=opts.batch)
+        gpus = 1 if cluster_gpus() > 0 else 0
+        tasks = [
+            Task(f"{Path(f).name}[{i}]", activations_shard, (f, part, opts),
+                 {"first": i == 0, "maps": opts.maps if i == 0 else 0}, num_cpus=1, num_gpus=gpus)
+            for f in checkpoints
+            for i, part in enumerate(parts)
+        ]  # fmt: skip
+        partial = run_tasks(tasks, stage="activations", stream=stream or sys.stderr)
+        merged = tree_merge([partial[i * len(parts) : (i + 1) * len(parts)] for i in range(len(checkpoints))])
+        _write(merged, checkpoints.index(ref_path) if ref_path else None, images, opts, summary)
+    return summary
+
+
+def _write(
+    merged: list[ShardResult],
+    ref_index: int | None,
+    images: list[str],
+    opts: ActivationOptions,
+    summary: ActivationsSummary,
+) -> None:
+    out = summary.out
+    ref = merged[ref_index] if ref_index is not None else None
+    reference_dead = dead_flags(ref, opts.tau) if ref is not None and not ref.errors else None
+    summary.architectures = len({r.arch_hash for r in merged if r.arch_hash})
+    for result in merged:
+        summary.failed_images += result.failed_images
+        if result.errors or not result.states:
+            summary.errors += result.errors[:1] or [ErrorRecord(result.path, "activations", "AuditError", "no output")]
+            continue
+        if ref is not None and ref.arch_hash and result.arch_hash != ref.arch_hash:
+            summary.errors.append(ErrorRecord(result.path, "align", "AuditError", (
+                f"{result.path}: architecture differs from the reference {ref.path}; its channels are not the "
+                "reference's, so nothing was compared. Compare checkpoints of the same model"
+            )))  # fmt: skip
+            continue
+        clear_errors(out, result.path, ("activations", "align"))
+        key = dataset_key(result.checkpoint_id, summary.dataset_id)
+        for table, cols in tables_for(result, summary.dataset_id, opts, images, reference_dead).items():
+            if cols:  # the checkpoints row has the same key as the weights analysis writes: one row per file
+                files.write(out, table, checkpoint_key(result.checkpoint_id) if table == "checkpoints" else key, cols)
+        summary.analysed.append(result.path)
+    write_errors(out, summary.errors)
+
+
+def in_study(inputs: StudyInputs) -> ActivationsSummary:
+    """Each finished run's last snapshot (and the base) over the study's validation images, at the training size."""
+    last = inputs.last
+    opts = ActivationOptions(imgsz=inputs.imgsz, batch=inputs.batch, maps=4)
+    print(f"[activations] {len(last)} runs' last snapshots over {inputs.data}", file=inputs.stream)
+    return analyze_activations(last, inputs.data, inputs.out, reference=inputs.reference, opts=opts,
+                               stream=inputs.stream)  # fmt: skip

@@ -1,0 +1,122 @@
+"""One task of `yolo-audit similarity`: one shard of whole batches through every checkpoint -> a partial CKA state.
+
+Each task loads every checkpoint and runs each batch through each of them with hooks that keep the batch's features
+of every measured module (units and head outputs; modules that only copy channels are left out), pooled in float64,
+and folds all pairwise HSIC sums into one `CKAState`. States add up exactly, so shards merge in a tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from yolo_audit.analyses.images import batches, load_batch
+from yolo_audit.errors import AuditError
+from yolo_audit.model.build import build_module
+from yolo_audit.model.checkpoint import checkpoint_table, load_checkpoint
+from yolo_audit.model.hooks import select_modules
+from yolo_audit.results.errors import ErrorRecord, record
+from yolo_audit.runtime.devices import resolve_device
+from yolo_audit.stats.cka import MIN_BATCH, CKAState
+
+
+@dataclass(frozen=True)
+class SimilarityOptions:
+    imgsz: int = 640
+    batch: int = 8
+    pool: str = "avg"  # avg: per-channel spatial means; none: every activation
+    cross_layer: bool = False
+    device: str = "auto"
+    cfg: str | None = None
+    trust_pickle: bool = False
+
+
+@dataclass
+class SimilarityResult:
+    ids: list[str] = field(default_factory=list)
+    modules: list[str] = field(default_factory=list)
+    state: CKAState | None = None
+    skipped_images: int = 0
+    rows: list[dict[str, list]] = field(default_factory=list)  # checkpoints rows (first shard)
+    errors: list[ErrorRecord] = field(default_factory=list)
+
+    def merge(self, other: SimilarityResult) -> SimilarityResult:
+        a, b = self, other
+        state = a.state.merge(b.state) if a.state is not None and b.state is not None else (a.state or b.state)
+        modules = a.modules if a.state is not None or b.state is None else b.modules  # the measured side's
+        return SimilarityResult(a.ids or b.ids, modules or a.modules or b.modules, state, a.skipped_images + b.skipped_images,
+                                a.rows or b.rows, a.errors + [e for e in b.errors if e not in a.errors])  # fmt: skip
+
+
+def _features(output: torch.Tensor, pool: str) -> torch.Tensor:
+    """Per-image features in float64: channel means (`avg`; float32 pooling loses variation of ~1e-13 of a layer's
+    size) or every activation (`none`)."""
+    out = output.detach().double()
+    return (
+        out.mean(dim=tuple(range(2, out.dim()))) if pool == "avg" and out.dim() > 2 else out.reshape(out.shape[0], -1)
+    )
+
+
+def similarity_shard(
+    paths: list[str], images: list[str], opts: SimilarityOptions, *, first: bool = False
+) -> SimilarityResult:
+    """Every batch of the shard through every checkpoint; checkpoints of another architecture than the first (the
+    reference) are left out with an `align` error row."""
+    result = SimilarityResult()
+    device = resolve_device(opts.device)
+    models = []
+    arch: tuple[str, str] | None = None  # (hash, path) of the first checkpoint that loaded
+    for path in paths:
+        try:
+            ckpt = load_checkpoint(path, trust_pickle=opts.trust_pickle)
+            if arch is not None and ckpt.arch_hash != arch[0]:
+                raise AuditError(
+                    f"architecture differs from {arch[1]}, the first checkpoint (the reference); its modules do not "
+                    "correspond, so it was left out. Compare checkpoints of the same model",
+                    path=path,
+                    stage="align",
+                )
+            arch = arch or (ckpt.arch_hash, path)
+            models.append(build_module(ckpt, cfg=opts.cfg).to(device))
+            result.ids.append(ckpt.checkpoint_id)
+            if first:
+                result.rows.append(checkpoint_table(ckpt))
+        except Exception as exc:  # noqa: BLE001 - that checkpoint is left out, with an errors row
+            result.errors.append(record(path, "similarity", exc))
+    if not models:
+        return result
+    names = list(select_modules(models[0], "modules"))
+    with torch.inference_mode():
+        for group in batches(images, opts.batch):
+            batch, failed = load_batch(group, opts.imgsz)
+            result.skipped_images += failed
+            if len(batch) < MIN_BATCH:
+                result.skipped_images += len(batch)
+                continue
+            captured = [_run(model, batch.to(device), names, opts.pool) for model in models]
+            if result.state is None:  # modules whose output is a tensor (tuple outputs are no representation)
+                result.modules = [n for n in names if n in captured[0]]
+                result.state = CKAState.empty(len(models) * len(result.modules))
+            result.state.update([one[n] for one in captured for n in result.modules])
+    if result.state is None:  # no full batch here: other shards' states stand for this one
+        result.modules = names
+    return result
+
+
+def _run(model: torch.nn.Module, batch: torch.Tensor, names: list[str], pool: str) -> dict[str, torch.Tensor]:
+    """The batch's pooled features of every named module whose output is a tensor."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(name: str, output: object) -> None:
+        if isinstance(output, torch.Tensor):
+            captured[name] = _features(output, pool)
+
+    modules = select_modules(model, "modules")
+    handles = [modules[n].module.register_forward_hook(lambda m, i, o, n=n: keep(n, o)) for n in names]
+    try:
+        model(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured

@@ -1,0 +1,119 @@
+"""Driver of `yolo-audit similarity`: every checkpoint sees the same batches; minibatch CKA for all pairs.
+
+One Ray task per shard of whole batches (batches are fixed by image order and --batch alone, so CKA does not depend
+on how many tasks, CPUs or nodes share the work); shard states add up in a tree of merges. Memory stays flat in the
+number of images.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from yolo_audit.analyses import StudyInputs
+from yolo_audit.analyses.images import dataset_id, list_images, shards
+from yolo_audit.analyses.similarity.job import SimilarityOptions, SimilarityResult, similarity_shard
+from yolo_audit.errors import AuditError
+from yolo_audit.model.checkpoint import find_checkpoints
+from yolo_audit.model.keys import layer_of
+from yolo_audit.results import files
+from yolo_audit.results.errors import ErrorRecord, write_errors
+from yolo_audit.results.keys import checkpoint_key, similarity_key
+from yolo_audit.results.location import Location, Where, exclusive, local_dataset, locate
+from yolo_audit.results.schema import columns
+from yolo_audit.runtime.tasks import Task, cluster_cpus, cluster_gpus, ray_session, run_tasks, tree_merge
+from yolo_audit.stats.cka import MIN_BATCH, CKAState
+
+
+@dataclass
+class SimilaritySummary:
+    out: Location
+    dataset_id: str = ""
+    images: int = 0
+    pairs: int = 0
+    errors: list[ErrorRecord] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def analyze_similarity(
+    paths: list[Where],
+    data: str | Path,
+    out: Where,
+    *,
+    opts: SimilarityOptions | None = None,
+    max_images: int | None = None,
+    split: str = "val",
+    shards_per_run: int | None = None,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    stream: TextIO | None = None,
+) -> SimilaritySummary:
+    opts = opts or SimilarityOptions()
+    if opts.batch < MIN_BATCH:
+        raise AuditError(f"--batch must be at least {MIN_BATCH}: the unbiased HSIC estimator needs 4 images a batch")
+    if opts.pool not in ("avg", "none"):
+        raise AuditError(f"--pool must be avg or none, not {opts.pool!r}")
+    out_loc = files.check_writable(locate(out))
+    checkpoints = find_checkpoints(list(paths))
+    images = list_images(local_dataset(str(data)), split=split, max_images=max_images)
+    summary = SimilaritySummary(out=out_loc, dataset_id=dataset_id(images, opts.imgsz), images=len(images))
+    with exclusive(out_loc), ray_session(address, num_cpus=num_cpus):
+        gpus = 1 if cluster_gpus() > 0 else 0
+        parts = [p for p in shards(images, shards_per_run or cluster_cpus(), batch=opts.batch) if p]
+        tasks = [Task(f"shard {i}", similarity_shard, (checkpoints, part, opts), {"first": i == 0}, num_cpus=1,
+                      num_gpus=gpus) for i, part in enumerate(parts)]  # fmt: skip
+        results = run_tasks(tasks, stage="similarity", stream=stream or sys.stderr)
+        (merged,) = tree_merge([results])
+    summary.errors = merged.errors
+    write_errors(out_loc, summary.errors)
+    if not merged.ids:
+        raise AuditError("no checkpoint could be run; see the errors", path=str(paths[0]))
+    if merged.state is None:  # no batch of 4 readable images anywhere: every row says so
+        merged.state = CKAState.empty(len(merged.ids) * len(merged.modules))
+    for row in merged.rows:
+        files.write(out_loc, "checkpoints", checkpoint_key(row["checkpoint_id"][0]), row)
+    table = similarity_table(merged, opts, summary.dataset_id)
+    summary.pairs = len(table["cka"])
+    # with or without --cross-layer: one file per (dataset, checkpoints, pool), the latest run's
+    files.write(out_loc, "similarity", similarity_key(summary.dataset_id, merged.ids, opts.pool), table)
+    return summary
+
+
+def similarity_table(merged: SimilarityResult, opts: SimilarityOptions, data_id: str) -> dict[str, list]:
+    """Rows for every pair of checkpoints (a <= b, self-pairs included): corresponding modules, or all module pairs
+    with cross_layer."""
+    cka, reasons = merged.state.compute()
+    n_mod = len(merged.modules)
+    cols: dict[str, list] = {k: [] for k in columns("similarity")}
+    for a in range(len(merged.ids)):
+        for b in range(a, len(merged.ids)):
+            for i, mi in enumerate(merged.modules):
+                for j, mj in enumerate(merged.modules):
+                    if i != j and not opts.cross_layer:
+                        continue
+                    p, q = a * n_mod + i, b * n_mod + j
+                    value = float(cka[p, q])
+                    row = {
+                        "checkpoint_a": merged.ids[a], "checkpoint_b": merged.ids[b], "layer_a": layer_of(mi),
+                        "layer_b": layer_of(mj), "module_a": mi, "module_b": mj,
+                        "cka": None if value != value else value, "reason": reasons[p][q],
+                        "n_images": merged.state.images, "n_batches": merged.state.batches, "pool": opts.pool,
+                        "dataset_id": data_id,
+                    }  # fmt: skip
+                    for k, v in row.items():
+                        cols[k].append(v)
+    return cols
+
+
+def in_study(inputs: StudyInputs) -> SimilaritySummary:
+    """CKA between the base and every run's last snapshot, every module pair (cross-layer: all pairs come out of the
+    same matrix product anyway, and the report draws them), over the study's validation images."""
+    paths = ([inputs.reference] if inputs.reference else []) + inputs.last
+    opts = SimilarityOptions(imgsz=inputs.imgsz, batch=max(MIN_BATCH, min(inputs.batch, 16)), cross_layer=True)
+    print(f"[similarity] CKA between {len(paths)} checkpoints over {inputs.data}", file=inputs.stream)
+    return analyze_similarity(paths, inputs.data, inputs.out, opts=opts, stream=inputs.stream)

@@ -1,0 +1,1 @@
+"""The weights analysis: schema.py (tables), job.py (one task), plan.py (the driver)."""

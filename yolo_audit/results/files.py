@@ -1,0 +1,97 @@
+"""The one atomic writer every result goes through, and removal of rows by file key (purge of a retrained run).
+
+Layout: `OUT/<table>/<key>.parquet`, one file per (table, task key; see `keys`). No two tasks write the same file and
+rerunning a command replaces its files rather than adding rows. Files appear by rename of a hidden temp file (one PUT
+on object stores), so readers never see a partial file.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from yolo_audit.errors import AuditError
+from yolo_audit.results import keys
+from yolo_audit.results.location import Location
+from yolo_audit.results.schema import TABLES, columns, schema
+
+ID_COLUMNS = ("checkpoint_id", "reference_id", "checkpoint_a", "checkpoint_b")
+
+
+def table_file(out: Location, table: str, key: str) -> Location:
+    if table not in TABLES:
+        raise KeyError(f"unknown table {table!r}")
+    return out.child(table, f"{keys.check(key)}.parquet")
+
+
+def _dictionary_columns(table: str) -> list[str]:
+    """Flat string, integer and boolean columns: ids and layer numbers repeat, measured floats rarely do (dictionary
+    pages for them only add bytes: channel_stats files are ~16% smaller without)."""
+    flat = (pa.types.is_string, pa.types.is_integer, pa.types.is_boolean)
+    return [name for name, kind, _ in TABLES[table] if any(check(kind) for check in flat)]
+
+
+def write(out: Location, table: str, key: str, data: Mapping[str, Sequence[Any]]) -> str:
+    """Validate `data` against the table's schema and write it as OUT/<table>/<key>.parquet, atomically.
+
+    Replaces the file of an earlier run with the same key (idempotent). Raises KeyError on missing or extra columns.
+    """
+    names = columns(table)
+    if set(data) != set(names):
+        raise KeyError(f"{table}: missing {sorted(set(names) - set(data))}, extra {sorted(set(data) - set(names))}")
+    arrow = pa.table({name: data[name] for name in names}, schema=schema(table))
+    target = table_file(out, table, key)
+    sink = pa.BufferOutputStream()
+    pq.write_table(arrow, sink, compression="zstd", use_dictionary=_dictionary_columns(table))
+    try:
+        target.write_bytes(sink.getvalue().to_pybytes())
+    except OSError as exc:
+        raise AuditError(
+            f"cannot write results ({getattr(exc, 'strerror', None) or exc}); choose a writable --out with free space",
+            path=target.uri.rsplit("/", 1)[0],
+            stage="write",
+        ) from exc
+    return target.uri
+
+
+def remove(out: Location, table: str, key: str) -> None:
+    """Drop the rows a key wrote earlier (e.g. a stale `errors` row once the checkpoint loads)."""
+    table_file(out, table, key).delete()
+
+
+def purge(out: Location, checkpoint_ids: set[str]) -> int:
+    """Remove every file with a row of one of these checkpoints, in every table: files whose key names one (as
+    itself, a reference, or the source of its bins), and files whose key names none but whose id columns hold one
+    (similarity). Used when a run is retrained, so rows of its earlier snapshots cannot linger beside the new ones."""
+    if not checkpoint_ids:
+        return 0
+    removed = 0
+    for table in TABLES:
+        id_columns = [c for c in columns(table) if c in ID_COLUMNS]
+        if not id_columns:
+            continue
+        for item in out.child(table).files(".parquet"):
+            named = keys.named_checkpoints(item.name.removesuffix(".parquet"))
+            if named is None:
+                frame = pq.read_table(pa.BufferReader(item.read_bytes()), columns=id_columns)
+                named = {v for c in id_columns for v in frame[c].to_pylist()}
+            if named & checkpoint_ids:
+                item.delete()
+                removed += 1
+    return removed
+
+
+def check_writable(out: Location) -> Location:
+    """Fail before any work when OUT cannot be created or written."""
+    try:
+        probe = out.child(f".write-probe-{uuid.uuid4().hex}")
+        probe.write_bytes(b"ok")
+        probe.delete()
+    except OSError as exc:
+        reason = getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+        raise AuditError(f"results folder is not writable ({reason}); pass another --out", path=out.uri) from exc
+    return out

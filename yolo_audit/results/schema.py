@@ -1,0 +1,98 @@
+"""Every Parquet table's schema and documentation: the core tables here, each analysis' tables from its own folder
+(registered in `yolo_audit.analyses`). `yolo-audit schema` and the README's schema section are generated from it."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from yolo_audit.analyses import ANALYSES
+from yolo_audit.results.columns import CKPT, F64, I32, I64, Column, S
+
+_CHECKPOINTS: dict[str, list[Column]] = {
+    "checkpoints": [
+        CKPT,
+        ("path", S, "absolute path the checkpoint was read from"),
+        ("run", S, "training run name (train_args.name, else the folder above weights/)"),
+        ("epoch", I32, "epoch of the checkpoint where known (null for a finished last.pt/best.pt)"),
+        ("freeze", S, "the `freeze` training argument as JSON (null when the file has no train_args)"),
+        ("declared_frozen", pa.list_(I32), "layers that `freeze` freezes (0..N-1 for an int N); null if unknown"),
+        ("arch_hash", S, "hash of the sorted (name, shape) list: equal hashes mean comparable checkpoints"),
+        ("n_params", I64, "elements in parameters (BatchNorm running statistics excluded)"),
+        ("n_tensors", I32, "tensors in the state dict (parameters and buffers)"),
+        ("sha256", S, "sha256 of the file"),
+        ("source_format", S, "ultralytics, state_dict or safetensors"),
+        ("precision", S, "dtype the file stores (float16, float32, ...); statistics are computed in float32"),
+        ("train_args", S, "the Ultralytics training arguments as JSON, when the file has them"),
+    ],
+}
+
+_STUDY_AND_ERRORS: dict[str, list[Column]] = {
+    "runs": [
+        ("run", S, "run name: `<variant>-s<seed>`, or `base` for the pretraining run"),
+        ("study", S, "the study file's `name`"),
+        ("variant", S, "variant name from the study file"),
+        ("freeze", S, 'the variant\'s freeze spec as written (JSON): an int, "backbone", "all" or a list'),
+        ("frozen_layers", pa.list_(I32), "the exact layers frozen (`all` = 0-21: every module but the Detect head)"),
+        ("strategy", S, "ultralytics (built-in freeze argument) or callback (requires_grad=False in on_train_start)"),
+        ("seed", I32, "training seed"),
+        ("epochs", I32, "epochs asked for"),
+        ("status", S, "done or failed (an interrupted run has no row and is trained again on rerun)"),
+        ("best_map50_95", F64, "best metrics/mAP50-95(B) over the run's epochs"),
+        ("seconds", F64, "wall time of the training task"),
+        ("device", S, "cpu, or the CUDA device index inside the task"),
+        ("error", S, "why a failed run failed"),
+    ],
+    "train_metrics": [
+        ("run", S, "run name (see `runs`)"),
+        ("epoch", I32, "epoch, from 1"),
+        *[
+            (name, F64, f"Ultralytics' per-epoch `{name}` (results.csv)")
+            for name in (
+                "time",
+                "train/box_loss",
+                "train/cls_loss",
+                "train/dfl_loss",
+                "metrics/precision(B)",
+                "metrics/recall(B)",
+                "metrics/mAP50(B)",
+                "metrics/mAP50-95(B)",
+                "val/box_loss",
+                "val/cls_loss",
+                "val/dfl_loss",
+                "lr/pg0",
+                "lr/pg1",
+                "lr/pg2",
+            )
+        ],
+    ],  # fmt: skip
+    "errors": [
+        ("path", S, "file the error is about"),
+        ("stage", S, "load, align, weights, divergence, histogram, ..."),
+        ("error_type", S, "exception class"),
+        ("message", S, "one-line explanation with what to do"),
+    ],
+}
+
+TABLES: dict[str, list[Column]] = {
+    **_CHECKPOINTS,
+    **{name: cols for analysis in ANALYSES.values() for name, cols in analysis.tables.items()},
+    **_STUDY_AND_ERRORS,
+}
+
+
+def schema(table: str) -> pa.Schema:
+    return pa.schema([pa.field(name, kind, metadata={"doc": doc}) for name, kind, doc in TABLES[table]])
+
+
+def columns(table: str) -> list[str]:
+    return [name for name, _, _ in TABLES[table]]
+
+
+def markdown() -> str:
+    """The README's schema section, generated from TABLES so the two cannot drift apart."""
+    lines: list[str] = []
+    for table, fields in TABLES.items():
+        lines += [f"#### `{table}`", "", "| column | type | meaning |", "| --- | --- | --- |"]
+        lines += [f"| `{name}` | {kind} | {doc} |" for name, kind, doc in fields]
+        lines.append("")
+    return "\n".join(lines)

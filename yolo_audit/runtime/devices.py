@@ -1,0 +1,25 @@
+"""What a task computes on: the torch device it was given, and as many threads as its CPUs (torch, numba, BLAS)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto`: CUDA when the task sees a GPU, else the CPU; otherwise the device as named (cpu, cuda:N)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def set_threads(n: int) -> None:
+    """Ultralytics sets OMP_NUM_THREADS=1 on import and Ray tasks get one thread: use the CPUs we were given.
+    numba's set_num_threads resets torch's thread count, so torch's is set last."""
+    from yolo_audit.stats.fused import set_threads as set_numba_threads
+
+    n = max(1, int(n))
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    set_numba_threads(n)
+    torch.set_num_threads(n)

@@ -1,0 +1,1 @@
+"""Studies: the study file (spec), training one variant (training), synthetic data (synth), the driver (driver)."""
