@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from yolo_audit.errors import AuditError
-from yolo_audit.study.driver import Layout, print_plan
 from yolo_audit.model.freeze import resolve_freeze
 from yolo_audit.model.profile import profile_for_model
 from yolo_audit.results.location import locate
+from yolo_audit.study.driver import Layout, print_plan
 from yolo_audit.study.spec import load_study, parse_study
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -45,8 +45,10 @@ class SimilarityResult:
         a, b = self, other
         state = a.state.merge(b.state) if a.state is not None and b.state is not None else (a.state or b.state)
         modules = a.modules if a.state is not None or b.state is None else b.modules  # the measured side's
-        return SimilarityResult(a.ids or b.ids, modules or a.modules or b.modules, state, a.skipped_images + b.skipped_images,
-                                a.rows or b.rows, a.errors + [e for e in b.errors if e not in a.errors])  # fmt: skip
+        return SimilarityResult(
+            a.ids or b.ids, modules or a.modules or b.modules, state, a.skipped_images + b.skipped_images,
+            a.rows or b.rows, a.errors + [e for e in b.errors if e not in a.errors],
+        )  # fmt: skip
 
 
 def _features(output: torch.Tensor, pool: str) -> torch.Tensor:
