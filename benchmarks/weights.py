@@ -34,7 +34,7 @@ def main() -> None:
 
     from yolo_audit.analyses.weights.columns import (
         WeightOptions,
-        analyse,
+        analyze,
         reference_cache,
         shared_edges,
         tensor_stats_ranges,
@@ -58,7 +58,8 @@ def main() -> None:
             load_checkpoint(tuned)
 
         def full() -> None:  # exactly what each Ray task of `yolo-audit weights --reference` computes
-            list(analyse(load_checkpoint(tuned), opts, reference=ref, cache=cache, edges=edges, bins_id="ref"))
+            for step in analyze(load_checkpoint(tuned), opts, reference=ref, cache=cache, edges=edges, bins_id="ref"):
+                step.compute()
 
         for fn in (load_only, full):  # warm-up
             fn()

@@ -17,7 +17,7 @@ import polars as pl
 import pytest
 from conftest import result_tables, save, weight_values, write_study
 
-from yolo_audit.analyses.weights.job import analyse_checkpoint
+from yolo_audit.analyses.weights.job import analyze_checkpoint
 from yolo_audit.analyses.weights.plan import analyze_weights
 from yolo_audit.errors import AuditError
 from yolo_audit.results import files, location
@@ -87,7 +87,7 @@ def test_killed_worker_is_retried_and_rows_are_written_once(tmp_path, base_model
         if not Path(marker).exists():
             Path(marker).touch()
             os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies mid-task
-        return analyse_checkpoint(path, locate(out))
+        return analyze_checkpoint(path, locate(out))
 
     [result] = run_tasks(
         [Task("a", dies_first_time, (str(ckpt), str(out), str(marker)))], stage="t", stream=io.StringIO()
@@ -144,7 +144,7 @@ def test_concurrent_writes_of_one_file_never_tear(tmp_path):
 def test_full_disk_is_one_clear_error_and_earlier_results_stay(tmp_path, base_model, monkeypatch):
     ckpt = save(base_model, tmp_path / "a.pt")
     out = tmp_path / "out"
-    first = analyse_checkpoint(str(ckpt), locate(out))
+    first = analyze_checkpoint(str(ckpt), locate(out))
     assert not first.errors
     before = {p: p.read_bytes() for p in out.rglob("*.parquet")}
 
@@ -152,7 +152,7 @@ def test_full_disk_is_one_clear_error_and_earlier_results_stay(tmp_path, base_mo
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(location.Location, "write_bytes", full)
-    again = analyse_checkpoint(str(ckpt), locate(out))
+    again = analyze_checkpoint(str(ckpt), locate(out))
     assert again.errors[0].stage == "weights" and "No space left on device" in again.errors[0].message
     assert "choose a writable --out with free space" in again.errors[0].message
     assert {p: p.read_bytes() for p in out.rglob("*.parquet")} == before

@@ -1,7 +1,7 @@
 """Weight analysis of loaded checkpoints as table columns: statistics joined with where each tensor sits.
 
 No IO and no Ray: functions take `Checkpoint` objects and return `{table: {column: values}}` ready for `files.write`.
-`analyse` lists one checkpoint's work as steps, each naming its stage and file key, computed in turn.
+`analyze` lists one checkpoint's work as steps, each naming its stage and file key, computed in turn.
 """
 
 from __future__ import annotations
@@ -260,7 +260,7 @@ class Step:
     compute: Callable[[], Tables]
 
 
-def analyse(
+def analyze(
     ckpt: Checkpoint,
     opts: WeightOptions,
     *,

@@ -13,7 +13,7 @@ from yolo_audit.analyses.weights.columns import (
     ReferenceCache,
     Tables,
     WeightOptions,
-    analyse,
+    analyze,
     divergence_tables,
     hist_table,
     ranges_of,
@@ -46,7 +46,7 @@ def _write_tables(out: Location, key: str, tables: Tables, result: TaskResult) -
         result.rows[table] = len(cols["checkpoint_id"])
 
 
-def analyse_checkpoint(
+def analyze_checkpoint(
     path: str,
     out: Location,
     *,
@@ -66,7 +66,7 @@ def analyse_checkpoint(
         ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
         result.checkpoint_id, result.run, result.epoch = ckpt.checkpoint_id, ckpt.run, ckpt.epoch
         clear_errors(out, path, STAGES)
-        for step in analyse(ckpt, opts, reference=reference, cache=cache, edges=edges, bins_id=bins_id):
+        for step in analyze(ckpt, opts, reference=reference, cache=cache, edges=edges, bins_id=bins_id):
             stage = step.stage
             tables = step.compute()
             if "weight_stats" in tables:

@@ -20,7 +20,7 @@ from yolo_audit.analyses.weights.columns import (
     shared_edges,
     tensor_stats_ranges,
 )
-from yolo_audit.analyses.weights.job import TaskResult, analyse_checkpoint, compare_pair, histogram_checkpoint
+from yolo_audit.analyses.weights.job import TaskResult, analyze_checkpoint, compare_pair, histogram_checkpoint
 from yolo_audit.errors import AuditError
 from yolo_audit.model.checkpoint import find_checkpoints, load_checkpoint
 from yolo_audit.results.errors import ErrorRecord, write_errors
@@ -80,7 +80,7 @@ def analyze_weights(
         cache = ray.put(reference_cache(ref, opts, edges)) if ref is not None else None
         first = run_tasks(
             [
-                Task(Path(f).name, analyse_checkpoint, (f, out_dir), {
+                Task(Path(f).name, analyze_checkpoint, (f, out_dir), {
                     "reference": ref_obj, "cache": cache, "edges": edges, "bins_id": summary.bins_id, "opts": opts,
                     **common,
                 }, num_cpus=cpus_per_task)
@@ -139,8 +139,6 @@ def in_study(inputs: StudyInputs) -> WeightsSummary:
     """Every snapshot of every finished run against the base, and each run's epoch-to-epoch trajectory (all pairs
     when there is no base)."""
     snapshots = [f for files in inputs.snapshots.values() for f in files]
-    if not snapshots:
-        raise AuditError("no run finished, nothing to analyse; see the runs table", path=inputs.out.uri)
     print(f"[weights] analysing {len(inputs.snapshots)} runs' snapshots against {inputs.reference or 'each other'}",
           file=inputs.stream)  # fmt: skip
     return analyze_weights(snapshots, inputs.out, reference=inputs.reference, trajectory=True,
