@@ -18,17 +18,30 @@ from yolo_audit.analyses.activations.plan import analyze_activations
 from yolo_audit.analyses.images import list_images, load_batch
 from yolo_audit.errors import AuditError
 from yolo_audit.model.hooks import Recorder, select_modules
+from yolo_audit.results.rank import rank_dead_units
 from yolo_audit.study.synth import make_dataset
 
 IMGSZ = 64
 KILLED = {3: (0.0, -10.0), 5: (0.0, 2.0)}  # channel of layer 1: (BN gamma, BN beta)
 
 
-def _killed(model):
+NEGATIVE = 7  # channel of layer 1 whose SiLU input is moved to about [-1.2, -0.1]: negative outputs that vary
+
+
+def _killed(model, images=None):
     m = deepcopy(model)
     with torch.no_grad():
         for c, (gamma, beta) in KILLED.items():
             m.model[1].bn.weight[c], m.model[1].bn.bias[c] = gamma, beta
+        if images is not None:  # normalise NEGATIVE's conv output by its real statistics, then gamma 0.15, beta -0.6
+            seen = []
+            hook = m.model[1].conv.register_forward_hook(lambda mod, i, o: seen.append(o[:, NEGATIVE]))
+            m.eval()(load_batch(list_images(images), IMGSZ)[0])
+            hook.remove()
+            bn = m.model[1].bn
+            bn.running_mean[NEGATIVE] = seen[0].mean().half().float()  # fp16 values: the saved file is fp16
+            bn.running_var[NEGATIVE] = seen[0].var().half().float()
+            bn.weight[NEGATIVE], bn.bias[NEGATIVE] = 0.15, -0.6
     return m
 
 
@@ -45,7 +58,7 @@ def data(tmp_path_factory):
 def run(tmp_path_factory, base_model, data, ray_local):
     root = tmp_path_factory.mktemp("act")
     ref = save(base_model, root / "ckpts" / "base.pt", name="base")
-    dead = save(_killed(base_model), root / "ckpts" / "dead.pt", name="dead")
+    dead = save(_killed(base_model, data), root / "ckpts" / "dead.pt", name="dead")
     opts = ActivationOptions(imgsz=IMGSZ, batch=2, maps=2)
     out = root / "out"
     summary = analyze_activations(
@@ -82,7 +95,7 @@ def test_hooks_do_not_change_outputs(base_model, data):
 def test_statistics_equal_numpy_on_materialised_activations(run, base_model, data):
     assert run["summary"].ok and run["summary"].images == 12
     captured = []
-    model = _killed(base_model).eval()
+    model = _killed(base_model, data).eval()
     handle = model.model[4].register_forward_hook(lambda m, i, o: captured.append(o.detach().double().numpy()))
     with torch.inference_mode():
         for start in range(0, 12, 2):  # the tool's batches (batch 2), so these are the very same activations
@@ -102,7 +115,7 @@ def test_statistics_equal_numpy_on_materialised_activations(run, base_model, dat
 
 def test_recorder_statistics_equal_numpy_on_the_same_forward(base_model, data):
     """Same forward pass, two hooks: the recorder's streaming states and a plain capture of the raw tensors."""
-    model = _killed(base_model).eval()
+    model = _killed(base_model, data).eval()
     captured: dict[str, list[np.ndarray]] = {"model.4": [], "model.22.cv2.1": []}
     handles = [
         model.get_submodule(name).register_forward_hook(lambda m, i, o, n=name: captured[n].append(o.double().numpy()))
@@ -127,11 +140,44 @@ def test_forced_dead_channels_flagged_by_the_right_criterion(run):
     rows = _stats(run["out"]).filter((pl.col("module") == "model.1") & pl.col("channel").is_in(list(KILLED)))
     dead = rows.filter(pl.col("run") == "dead").sort("channel")
     neg, pos = dead.row(0, named=True), dead.row(1, named=True)  # gamma 0 with beta -10, and with beta +2
-    assert neg["constant"] and neg["never_positive"] and neg["dormant"] and neg["newly_dead"]
-    assert pos["constant"] and not pos["never_positive"] and not pos["dormant"] and pos["newly_dead"]
+    assert neg["constant"] and neg["never_positive"] and neg["dormant"] and neg["dead"] and neg["newly_dead"]
+    assert pos["constant"] and not pos["never_positive"] and not pos["dormant"] and pos["dead"] and pos["newly_dead"]
     assert pos["mean"] == pytest.approx(2.0 / (1 + np.exp(-2.0)), rel=1e-4)  # SiLU(beta)
     base = rows.filter(pl.col("run") == "base")
     assert not base["constant"].any() and base["newly_dead"].null_count() == 0 and not base["newly_dead"].any()
+
+
+def test_a_negative_only_silu_unit_that_varies_is_alive(run):
+    """SiLU of a pre-activation in about [-1.2, -0.1]: every output negative (never_positive), yet it varies with the
+    input and passes gradient, so it is not dead (never_positive is descriptive, not part of `dead`)."""
+    row = (
+        _stats(run["out"])
+        .filter((pl.col("run") == "dead") & (pl.col("module") == "model.1") & (pl.col("channel") == NEGATIVE))
+        .row(0, named=True)
+    )
+    assert row["never_positive"] and row["max"] < 0 and row["min"] > -0.3  # SiLU's minimum is -0.278
+    assert not row["dormant"] and not row["constant"] and not row["dead"] and not row["newly_dead"]
+    assert row["unit_kind"] == "unit"
+
+
+def test_units_are_conv_block_outputs_and_copies_are_not_counted(run, data, tmp_path):
+    """--depth leaves: the units of a model are exactly its Conv blocks' output channels (counted independently from
+    the state dict: every X.bn.running_mean beside an X.conv.weight); head logits and pre-activation leaves are kept
+    but marked. --depth modules: Upsample/Concat (copies) have no rows."""
+    opts = ActivationOptions(imgsz=IMGSZ, batch=4, depth="leaves")
+    analyze_activations([run["ref"]], data, tmp_path / "leaves", opts=opts, max_images=4, stream=io.StringIO())
+    rows = _stats(tmp_path / "leaves")
+    state = torch.load(run["ref"], weights_only=False)["model"].state_dict()
+    blocks = [k[: -len(".bn.running_mean")] for k in state if k.endswith(".bn.running_mean")]
+    expected = sum(state[f"{b}.bn.running_mean"].numel() for b in blocks if f"{b}.conv.weight" in state)
+    assert rows.filter(pl.col("unit_kind") == "unit").height == expected
+    head = rows.filter(pl.col("unit_kind") == "head_output")["module"].unique().sort().to_list()
+    assert head == [f"model.22.{b}.{i}.2" for b in ("cv2", "cv3") for i in range(3)]
+    modules = _stats(run["out"])["module"].unique().to_list()
+    assert not {f"model.{i}" for i in (10, 11, 13, 14, 17, 20)} & set(modules)
+    counted = rank_dead_units(run["out"], by="checkpoint", top=10).collect()
+    per_ckpt = _stats(run["out"]).filter(pl.col("unit_kind") == "unit").group_by("checkpoint_id").len()
+    assert dict(counted.select("checkpoint_id", "units").iter_rows()) == dict(per_ckpt.iter_rows())
 
 
 def test_shards_merge_to_the_single_pass(run, data):

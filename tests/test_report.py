@@ -125,7 +125,9 @@ def test_dead_units_are_never_added_across_datasets(results, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(results, out)
     stats = pl.read_parquet(out / "channel_stats" / "*.parquet")
-    other = stats.with_columns(dataset_id=pl.lit("e" * 16), newly_dead=pl.lit(True), dormant=pl.lit(True))
+    other = stats.with_columns(
+        dataset_id=pl.lit("e" * 16), newly_dead=pl.lit(True), dormant=pl.lit(True), dead=pl.lit(True)
+    )
     for (ckpt,), part in other.group_by("checkpoint_id"):
         files.write(locate(out), "channel_stats", f"{ckpt}-{'e' * 16}", part.to_dict(as_series=False))
     text = write_report(out, tmp_path / "report.html").read_text()
@@ -137,5 +139,5 @@ def test_dead_units_are_never_added_across_datasets(results, tmp_path):
     assert text.count(f"newly dead vs the base on dataset {first}") <= 2
     per_dataset = rank.rank_dead_units(out, by="checkpoint", top=100).collect()
     assert per_dataset.filter(pl.col("dataset_id") == "e" * 16)["dead"].to_list() == (
-        per_dataset.filter(pl.col("dataset_id") == "e" * 16)["channels"].to_list()
+        per_dataset.filter(pl.col("dataset_id") == "e" * 16)["units"].to_list()
     )

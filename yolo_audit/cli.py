@@ -189,7 +189,8 @@ def rank_dead_units(
     top: Top = 20,
     by: Annotated[str, typer.Option("--by", help="channel, layer or checkpoint.")] = "layer",
     criterion: Annotated[
-        str, typer.Option("--criterion", help="any, dormant, constant, never_positive or newly_dead.")
+        str,
+        typer.Option("--criterion", help="any (= dead), dead, dormant, constant, never_positive, newly_dead, revived."),
     ] = "any",
 ) -> None:
     """Dead units across every checkpoint (newly dead vs the reference first)."""

@@ -16,7 +16,7 @@ import polars as pl
 from yolo_audit.errors import AuditError
 from yolo_audit.report import figures
 from yolo_audit.report.findings import Context, findings, freeze_table
-from yolo_audit.results.store import dead_expr, layer_divergence, scan, tables
+from yolo_audit.results.store import layer_divergence, scan, tables, units
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -104,7 +104,7 @@ def _distributions(ctx: Context) -> str:
 
 def _dead(ctx: Context) -> str:
     """One figure and table per dataset: dead counts from different images are never added up."""
-    stats = ctx.latest(scan(ctx.results, "channel_stats").collect(), keep_reference=True)
+    stats = ctx.latest(units(ctx.results).collect(), keep_reference=True)
     datasets = stats.group_by("dataset_id").len().sort("len", "dataset_id", descending=[True, False])["dataset_id"]
     described = _datasets(ctx)
     parts = []
@@ -127,14 +127,12 @@ def _datasets(ctx: Context) -> dict[str, str]:
 
 def _dead_on(stats: pl.DataFrame, ctx: Context) -> str:
     per_layer = stats.group_by("label", "layer").agg(
-        dead_expr().sum().alias("dead"),
-        pl.col("newly_dead").sum().alias("newly_dead"),
-        pl.len().alias("channels"),
+        pl.col("dead", "newly_dead", "revived").sum(), pl.len().alias("units")
     )
     totals = (
         per_layer.group_by("label")
         .agg(
-            pl.col("channels", "dead", "newly_dead").sum(),
+            pl.col("units", "dead", "newly_dead", "revived").sum(),
             pl.when(pl.col("newly_dead").max() > 0)  # no layer named when none newly died
             .then(pl.col("layer").sort_by("newly_dead", descending=True).first())
             .alias("layer_with_most_newly_dead"),

@@ -74,9 +74,11 @@ def dead_units(per_layer: pl.DataFrame, colors: Palette) -> bytes:
     labels = per_layer["label"].unique(maintain_order=True).to_list()
     layers = sorted(per_layer["layer"].unique().to_list())
     width = 0.8 / max(len(labels), 1)
-    panels = [("dead", "dead channels", "Dead channels per layer (dormant, constant or never positive)")]
+    panels = [("dead", "dead units", "Dead units per layer (dormant or constant; units only)")]
     if per_layer["newly_dead"].fill_null(0).sum() > 0:
         panels.append(("newly_dead", "newly dead", "Newly dead: dead here, alive in the base on the same images"))
+    if per_layer["revived"].fill_null(0).sum() > 0:
+        panels.append(("revived", "revived", "Revived: alive here, dead in the base on the same images"))
     fig, axes = plt.subplots(len(panels), 1, figsize=(11, 0.4 + 2.8 * len(panels)), sharex=True, squeeze=False)
     for ax, (column, ylabel, title) in zip(axes[:, 0], panels, strict=True):
         for i, label in enumerate(labels):

@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from yolo_audit.report.figures import Palette, palette
-from yolo_audit.results.store import compact_ranges, layer_divergence, scan
+from yolo_audit.results.store import compact_ranges, layer_divergence, scan, units
 
 
 @dataclass
@@ -106,15 +106,16 @@ def findings(ctx: Context) -> list[str]:
             if rel:
                 out.append(f"{label}: the most changed layer is {layer} (relative L2 change {rel:.2%}).")
     if "channel_stats" in ctx.present:
-        stats = ctx.latest(scan(ctx.results, "channel_stats").collect())
-        newly = stats.filter(pl.col("newly_dead").fill_null(False))
+        stats = ctx.latest(units(ctx.results).collect())
         several = stats["dataset_id"].n_unique() > 1
-        for (label, dataset_id), part in newly.sort("label", "dataset_id").group_by(
-            "label", "dataset_id", maintain_order=True
-        ):
-            layer, count = part.group_by("layer").len().sort("len", "layer", descending=[True, False]).row(0)
-            on = f" on dataset {dataset_id}" if several else ""
-            out.append(f"{label}: {part.height} channels newly dead vs the base{on}, most in layer {layer} ({count}).")
+        for flag, words in (("newly_dead", "units newly dead"), ("revived", "units revived (dead in the base)")):
+            flagged = stats.filter(pl.col(flag).fill_null(False))
+            for (label, dataset_id), part in flagged.sort("label", "dataset_id").group_by(
+                "label", "dataset_id", maintain_order=True
+            ):
+                layer, count = part.group_by("layer").len().sort("len", "layer", descending=[True, False]).row(0)
+                on = f" on dataset {dataset_id}" if several else ""
+                out.append(f"{label}: {part.height} {words} vs the base{on}, most in layer {layer} ({count}).")
     if "runs" in ctx.present:
         runs = (
             scan(ctx.results, "runs").filter(pl.col("run") != "base").sort("best_map50_95", descending=True).collect()

@@ -81,9 +81,8 @@ def print_activations_summary(summary: ActivationsSummary, *, stream: TextIO | N
         with pl.Config(
             tbl_rows=30, tbl_cols=12, fmt_str_lengths=40, tbl_width_chars=200, tbl_hide_dataframe_shape=True
         ):
-            print(
-                "\nDead units per checkpoint and layer (dormant / constant / never positive / newly dead):", file=stream
-            )
+            print("\nDead units per checkpoint (units only; dead = dormant or constant; never_positive is not death for "
+                  "SiLU units; newly dead / revived vs the reference):", file=stream)  # fmt: skip
             print(store.dead_unit_summary(out, summary.dataset_id), file=stream)
     if summary.architectures > 1:
         print(f"\n{summary.architectures} different architectures among these checkpoints: compare rows within one "

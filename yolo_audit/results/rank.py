@@ -9,7 +9,7 @@ import polars as pl
 
 from yolo_audit.errors import AuditError
 from yolo_audit.results.location import Where
-from yolo_audit.results.store import dead_expr, layer_divergence, open_results, scan, tables
+from yolo_audit.results.store import COUNTED, dead_expr, layer_divergence, open_results, scan, tables, units
 
 DEAD_BY = ("channel", "layer", "checkpoint")
 DIVERGENCE_BY = ("param", "layer", "checkpoint")
@@ -23,33 +23,40 @@ def _with_runs(frame: pl.LazyFrame, out: Where) -> pl.LazyFrame:
 
 
 def rank_dead_units(out: Where, *, by: str = "layer", criterion: str = "any", top: int = 20) -> pl.LazyFrame:
-    """Dead units across every checkpoint, newly dead (vs the reference) first where known."""
+    """Dead units (units only: outputs of a nonlinearity) across every checkpoint, newly dead (vs the reference) first
+    where known, then by the criterion's count (`any`: dead = dormant or constant)."""
     if by not in DEAD_BY:
         raise AuditError(f"--by must be one of {', '.join(DEAD_BY)}")
-    stats = scan(out, "channel_stats")
+    matches = dead_expr(criterion)  # validates the criterion
+    if "channel_stats" not in tables(out):
+        raise AuditError(
+            f"no channel_stats table here; run `yolo-audit activations ... --out {out}` first (dead units are measured "
+            "on images)",
+            path=str(out),
+        )
+    stats = units(out)
     if by == "channel":
-        ranked = stats.filter(dead_expr(criterion)).sort(
+        ranked = stats.filter(matches).sort(
             [pl.col("newly_dead").fill_null(False), "dormant_score", "mean_abs"], descending=[True, False, False],
             nulls_last=True,
         )  # fmt: skip
-        cols = ["checkpoint_id", "layer", "module", "channel", "newly_dead", "dormant", "constant", "never_positive",
-                "dormant_score", "mean_abs", "std", "max"]  # fmt: skip
+        cols = ["checkpoint_id", "layer", "module", "channel", "dead", "newly_dead", "revived", "dormant", "constant",
+                "never_positive", "dormant_score", "mean_abs", "std", "max"]  # fmt: skip
         return _with_runs(ranked.head(top).select(cols), out)
     keys = ["checkpoint_id", "dataset_id", "layer"] if by == "layer" else ["checkpoint_id", "dataset_id"]
     grouped = stats.group_by(keys).agg(  # aggregate the flags in place: no helper columns over the whole store
-        pl.len().alias("channels"),
-        dead_expr(criterion).sum().alias("dead"),
-        pl.col("newly_dead").sum(),
-        pl.col("dormant").sum(),
-        pl.col("constant").sum(),
-        pl.col("never_positive").sum(),
+        pl.len().alias("units"), *[pl.col(c).sum() for c in COUNTED]
     )
+    by_criterion = "dead" if criterion == "any" else criterion
     ranked = grouped.with_columns(
-        (pl.col("dead") / pl.col("channels")).alias("frac_dead"),
-        pl.col("dead").rank("min", descending=True).over("checkpoint_id", "dataset_id").alias("rank_in_checkpoint")
+        (pl.col("dead") / pl.col("units")).alias("frac_dead"),
+        pl.col(by_criterion)
+        .rank("min", descending=True)
+        .over("checkpoint_id", "dataset_id")
+        .alias("rank_in_checkpoint")
         if by == "layer"
-        else pl.col("dead").rank("min", descending=True).alias("rank"),
-    ).sort(["newly_dead", "dead", *keys], descending=[True, True] + [False] * len(keys))
+        else pl.col(by_criterion).rank("min", descending=True).alias("rank"),
+    ).sort(["newly_dead", by_criterion, *keys], descending=[True, True] + [False] * len(keys))
     return _with_runs(ranked.head(top), out)
 
 

@@ -10,16 +10,21 @@ from yolo_audit.results import schema
 from yolo_audit.results.location import Where, locate
 
 PARAM_ROLES = ("conv_weight", "conv_bias", "bn_weight", "bn_bias")
-CRITERIA = ("any", "dormant", "constant", "never_positive", "newly_dead")
+CRITERIA = ("any", "dead", "dormant", "constant", "never_positive", "newly_dead", "revived")
 
 
 def dead_expr(criterion: str = "any") -> pl.Expr:
-    """A channel counts as dead by this criterion (`any`: dormant, constant or never positive)."""
+    """A unit counts by this criterion; `any` is `dead` (dormant or constant: the definition the activations analysis
+    writes in `channel_stats.dead`); never_positive is descriptive, not death, for SiLU units."""
     if criterion not in CRITERIA:
         raise AuditError(f"unknown criterion {criterion!r}; use one of {', '.join(CRITERIA)}")
-    if criterion == "any":
-        return pl.col("dormant") | pl.col("constant") | pl.col("never_positive")
-    return pl.col(criterion).fill_null(False)
+    return pl.col("dead" if criterion == "any" else criterion).fill_null(False)
+
+
+def units(out: Where) -> pl.LazyFrame:
+    """`channel_stats` rows of units only (outputs of a nonlinearity): what every count, rank and finding uses. Head
+    outputs (logits) and pre-activation leaves are kept in the table but never counted."""
+    return scan(out, "channel_stats").filter(pl.col("unit_kind") == "unit")
 
 
 def tables(out: Where) -> list[str]:
@@ -123,24 +128,41 @@ def _compact_freeze(freeze: str) -> str:
     return compact_ranges(value) if isinstance(value, list) and value else freeze
 
 
+COUNTED = ("dead", "dormant", "constant", "never_positive", "newly_dead", "revived")
+
+
 def dead_unit_summary(out: Where, dataset_id: str | None = None) -> pl.DataFrame:
-    """Per checkpoint: channels dead by each criterion, newly dead vs the reference, and the layer with most dead."""
-    stats = scan(out, "channel_stats")
+    """Per checkpoint (units only): units dead, by each criterion, newly dead and revived vs the reference, the layer
+    with most dead, and how the data's verdict agrees with the weights' (`dead_by_weights` of the same Conv block
+    channel, where both were measured)."""
+    stats = units(out)
     if dataset_id is not None:
         stats = stats.filter(pl.col("dataset_id") == dataset_id)
     per_layer = stats.group_by("checkpoint_id", "layer").agg(
-        pl.len().alias("channels"),
-        dead_expr().sum().alias("dead"),
-        pl.col("dormant").sum(),
-        pl.col("constant").sum(),
-        pl.col("never_positive").sum(),
-        pl.col("newly_dead").sum(),
+        pl.len().alias("units"), *[pl.col(c).sum() for c in COUNTED]
     )
     frame = per_layer.group_by("checkpoint_id").agg(
-        pl.col("channels", "dead", "dormant", "constant", "never_positive", "newly_dead").sum(),
-        pl.col("layer").sort_by("dead", descending=True).first().alias("most_dead_layer"),
-    )
+        pl.col("units", *COUNTED).sum(),
+        pl.when(pl.col("dead").max() > 0).then(pl.col("layer").sort_by("dead", descending=True).first())
+        .alias("most_dead_layer"),
+    )  # fmt: skip
+    if "channel_weights" in tables(out):
+        frame = frame.join(_agreement(stats, scan(out, "channel_weights")), on="checkpoint_id", how="left")
     if "checkpoints" in tables(out):
         runs = scan(out, "checkpoints").select("checkpoint_id", "run", "epoch")
         frame = runs.join(frame, on="checkpoint_id", how="inner")
     return frame.sort("checkpoint_id").collect()
+
+
+def _agreement(stats: pl.LazyFrame, weights: pl.LazyFrame) -> pl.LazyFrame:
+    """Per checkpoint: units measured both on data and by weights (a Conv block's output: `<block>.act` at --depth
+    leaves, a top-level Conv layer at --depth modules), and how many each verdict calls dead."""
+    data = stats.select("checkpoint_id", pl.col("module").str.strip_suffix(".act"), "channel", "dead")
+    both = data.join(weights.select("checkpoint_id", "module", "channel", "dead_by_weights"),
+                     on=["checkpoint_id", "module", "channel"], how="inner")  # fmt: skip
+    return both.group_by("checkpoint_id").agg(
+        pl.len().alias("compared_with_weights"),
+        (pl.col("dead") & pl.col("dead_by_weights")).sum().alias("dead_by_both"),
+        (pl.col("dead") & ~pl.col("dead_by_weights")).sum().alias("dead_by_data_only"),
+        (~pl.col("dead") & pl.col("dead_by_weights")).sum().alias("dead_by_weights_only"),
+    )
