@@ -244,3 +244,34 @@ def test_bad_inputs(tmp_path, run, data):
     assert summary.failed_images == 1 and summary.images == 4 and len(summary.analysed) == 1
     assert [e.path for e in summary.errors] == [str(broken)] and not summary.ok
     assert pl.read_parquet(tmp_path / "o" / "errors" / "*.parquet")["stage"].to_list() == ["activations"]
+
+
+def test_uneven_shards_give_the_same_statistics(run, data, tmp_path):
+    """11 images, batch 4, split 1 vs 3 ways: shards are cut at batch boundaries, so every statistic agrees."""
+    opts = ActivationOptions(imgsz=IMGSZ, batch=4)
+    frames = []
+    for shards in (1, 3):
+        out = tmp_path / f"s{shards}"
+        analyze_activations([run["dead"]], data, out, opts=opts, max_images=11, shards_per_checkpoint=shards,
+                            stream=io.StringIO())  # fmt: skip
+        frames.append(_stats(out).sort("module", "channel"))
+    a, b = frames
+    for col in ("count", "mean", "std", "min", "max", "mean_abs", "frac_positive", "dormant_score"):
+        np.testing.assert_allclose(a[col].to_numpy(), b[col].to_numpy(), rtol=1e-9, atol=1e-15, err_msg=col)
+    assert a["dead"].equals(b["dead"])
+
+
+def test_another_architecture_than_the_reference_is_refused(run, data, tmp_path):
+    from conftest import save as save_ckpt
+
+    from yolo_audit.model.synthetic import build_model
+
+    other = save_ckpt(build_model("yolov8s.yaml", seed=0), tmp_path / "v8s.pt", name="v8s")
+    out = tmp_path / "mixed"
+    summary = analyze_activations([other], data, out, reference=run["ref"], opts=ActivationOptions(imgsz=IMGSZ, batch=4),
+                                  max_images=4, stream=io.StringIO())  # fmt: skip
+    assert not summary.ok and [e.stage for e in summary.errors] == ["align"]
+    assert str(run["ref"]) in summary.errors[0].message and str(other) in summary.errors[0].message
+    ids = pl.read_parquet(out / "channel_stats" / "*.parquet")["checkpoint_id"].unique().to_list()
+    assert len(ids) == 1  # only the reference's own rows: nothing compared for the other architecture
+    assert pl.read_parquet(out / "errors" / "*.parquet")["stage"].to_list() == ["align"]

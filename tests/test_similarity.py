@@ -145,3 +145,66 @@ def test_cross_layer_and_bad_batch(trained):
     assert x.height == modules * modules and (x["module_a"] != x["module_b"]).any()
     with pytest.raises(AuditError, match="at least 4"):
         analyze_similarity(ckpts, images, tmp / "y", opts=SimilarityOptions(batch=3))
+
+
+def test_cka_is_the_same_for_any_number_of_shards_with_an_uneven_image_count(trained):
+    """15 images, batch 4: batches are images 0-3, 4-7, 8-11 (12-14 is short and skipped), however the work is split."""
+    tmp, ckpts, images = trained
+    opts = SimilarityOptions(imgsz=64, batch=4)
+    frames = []
+    for shards in (1, 3):
+        out = tmp / f"uneven-{shards}"
+        analyze_similarity(ckpts, images, out, opts=opts, max_images=15, shards_per_run=shards, stream=io.StringIO())
+        frames.append(
+            pl.read_parquet(out / "similarity" / "*.parquet").sort("checkpoint_a", "checkpoint_b", "module_a")
+        )
+    a, b = frames
+    assert set(a["n_images"]) == set(b["n_images"]) == {12} and set(a["n_batches"]) == {3}
+    np.testing.assert_allclose(a["cka"].fill_null(-9).to_numpy(), b["cka"].fill_null(-9).to_numpy(), rtol=1e-9, atol=0)
+
+
+def test_avg_pooling_agrees_with_a_float64_oracle(trained):
+    """Channel means taken in float64 from the float32 activations, HSIC per batch in numpy: the tool agrees to
+    ~1e-12 (float32 pooling would not, where features vary by 1e-13 of their size)."""
+    from yolo_audit.analyses.images import list_images, load_batch
+    from yolo_audit.model.build import build_module
+    from yolo_audit.model.checkpoint import load_checkpoint
+
+    tmp, ckpts, images = trained
+    opts = SimilarityOptions(imgsz=64, batch=4)
+    analyze_similarity(ckpts[:2], images, tmp / "oracle", opts=opts, max_images=8, stream=io.StringIO())
+    got = pl.read_parquet(tmp / "oracle" / "similarity" / "*.parquet").filter(
+        (pl.col("checkpoint_a") != pl.col("checkpoint_b")) & pl.col("module_a").is_in(["model.2", "model.6"])
+    )
+    feats = {}
+    for i, path in enumerate(ckpts[:2]):
+        model = build_module(load_checkpoint(path))
+        for name in ("model.2", "model.6"):
+            kept = []
+            hook = model.get_submodule(name).register_forward_hook(lambda m, a, o, kept=kept: kept.append(o))
+            with torch.inference_mode():
+                for start in (0, 4):
+                    model(load_batch(list_images(images)[start : start + 4], 64)[0])
+            hook.remove()
+            feats[i, name] = [o.numpy().astype(np.float64).mean(axis=(2, 3)) for o in kept]
+    for name, cka in got.select("module_a", "cka").iter_rows():
+        xy = sum(_np_hsic1(x, y) for x, y in zip(feats[0, name], feats[1, name], strict=True))
+        xx = sum(_np_hsic1(x, x) for x in feats[0, name])
+        yy = sum(_np_hsic1(y, y) for y in feats[1, name])
+        assert cka == pytest.approx(xy / np.sqrt(xx * yy), rel=1e-10), name
+
+
+def test_another_architecture_is_refused_with_an_error_row(trained):
+    from conftest import save
+
+    from yolo_audit.model.synthetic import build_model
+
+    tmp, ckpts, images = trained
+    small = save(build_model("yolov8s.yaml", seed=0), tmp / "arch" / "v8s.pt", name="v8s")
+    summary = analyze_similarity([ckpts[0], small], images, tmp / "arch-out", opts=SimilarityOptions(imgsz=64, batch=4),
+                                 max_images=8, stream=io.StringIO())  # fmt: skip
+    assert not summary.ok and summary.errors[0].stage == "align" and "architecture differs" in summary.errors[0].message
+    rows = pl.read_parquet(tmp / "arch-out" / "similarity" / "*.parquet")
+    assert rows["checkpoint_a"].n_unique() == 1 and (rows["checkpoint_a"] == rows["checkpoint_b"]).all()
+    errors = pl.read_parquet(tmp / "arch-out" / "errors" / "*.parquet")
+    assert errors["stage"].to_list() == ["align"] and str(small) in errors["path"][0]

@@ -39,6 +39,11 @@ def print_weights_summary(summary: WeightsSummary, *, examples: bool = False, st
                 store.freeze_summary(out, reference_id=summary.reference_id, latest=True).drop("reference_id"),
                 file=stream,
             )
+    if summary.architectures > 1:
+        print(f"\n{summary.architectures} different architectures among these checkpoints (arch_hash in the "
+              "checkpoints table): statistics are per checkpoint; compare only within one architecture"
+              + ("" if summary.reference_id else "; no --reference, so nothing was compared across them"),
+              file=stream)  # fmt: skip
     counts = {t: store.scan(out, t).select(pl.len()).collect().item() for t in store.tables(out)}
     print(f"\nResults in {out}: " + ", ".join(f"{t} ({n} rows)" for t, n in counts.items()), file=stream)
     if examples:
@@ -81,8 +86,8 @@ def print_activations_summary(summary: ActivationsSummary, *, stream: TextIO | N
         with pl.Config(
             tbl_rows=30, tbl_cols=12, fmt_str_lengths=40, tbl_width_chars=200, tbl_hide_dataframe_shape=True
         ):
-            print("\nDead units per checkpoint (units only; dead = dormant or constant; never_positive is not death for "
-                  "SiLU units; newly dead / revived vs the reference):", file=stream)  # fmt: skip
+            print("\nDead units per checkpoint (units only; dead = dormant or constant; never_positive is not death "
+                  "for SiLU units; newly dead / revived vs the reference):", file=stream)  # fmt: skip
             print(store.dead_unit_summary(out, summary.dataset_id), file=stream)
     if summary.architectures > 1:
         print(f"\n{summary.architectures} different architectures among these checkpoints: compare rows within one "

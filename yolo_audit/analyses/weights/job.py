@@ -33,6 +33,7 @@ class TaskResult:
 
     path: str
     checkpoint_id: str | None = None
+    arch_hash: str | None = None
     run: str | None = None
     epoch: int | None = None
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
@@ -65,6 +66,7 @@ def analyze_checkpoint(
     try:
         ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
         result.checkpoint_id, result.run, result.epoch = ckpt.checkpoint_id, ckpt.run, ckpt.epoch
+        result.arch_hash = ckpt.arch_hash
         clear_errors(out, path, STAGES)
         for step in analyze(ckpt, opts, reference=reference, cache=cache, edges=edges, bins_id=bins_id):
             stage = step.stage

@@ -41,6 +41,11 @@ class WeightsSummary:
     def ok(self) -> bool:
         return not self.errors
 
+    @property
+    def architectures(self) -> int:
+        """Distinct architectures among the analysed checkpoints (rows compare only within one)."""
+        return len({r.arch_hash for r in self.analysed if r.arch_hash})
+
     def __repr__(self) -> str:
         return (
             f"WeightsSummary(out={self.out.uri!r}, analysed={len(self.analysed)}, errors={len(self.errors)}, "
