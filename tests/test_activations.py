@@ -268,8 +268,10 @@ def test_another_architecture_than_the_reference_is_refused(run, data, tmp_path)
 
     other = save_ckpt(build_model("yolov8s.yaml", seed=0), tmp_path / "v8s.pt", name="v8s")
     out = tmp_path / "mixed"
-    summary = analyze_activations([other], data, out, reference=run["ref"], opts=ActivationOptions(imgsz=IMGSZ, batch=4),
-                                  max_images=4, stream=io.StringIO())  # fmt: skip
+    opts = ActivationOptions(imgsz=IMGSZ, batch=4)
+    summary = analyze_activations(
+        [other], data, out, reference=run["ref"], opts=opts, max_images=4, stream=io.StringIO()
+    )
     assert not summary.ok and [e.stage for e in summary.errors] == ["align"]
     assert str(run["ref"]) in summary.errors[0].message and str(other) in summary.errors[0].message
     ids = pl.read_parquet(out / "channel_stats" / "*.parquet")["checkpoint_id"].unique().to_list()
