@@ -23,11 +23,12 @@ def spectral_norms(mats: Sequence[torch.Tensor], *, steps: int = STEPS, seed: in
     for i, g in enumerate(grams):
         groups.setdefault(g.shape[0], []).append(i)
     out = [0.0] * len(mats)
-    gen = torch.Generator().manual_seed(seed)
     for m, index in groups.items():
         batch = torch.stack([grams[i] for i in index])
-        top = torch.linalg.eigvalsh(batch.double())[:, -1] if m <= DIRECT else _lanczos_top(batch, steps, gen)
-        for i, value in zip(index, top.tolist(), strict=True):
+        if len(index) == 1:  # a batch of one takes another matmul path (other bits); pad so every matrix gets the same
+            batch = torch.cat([batch, torch.zeros_like(batch)])
+        top = torch.linalg.eigvalsh(batch.double())[:, -1] if m <= DIRECT else _lanczos_top(batch, steps, seed)
+        for i, value in zip(index, top.tolist()[: len(index)], strict=True):
             out[i] = math.sqrt(max(value, 0.0))
     return out
 
@@ -36,8 +37,10 @@ def _gram(w: torch.Tensor) -> torch.Tensor:
     return w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
 
 
-def _lanczos_top(a: torch.Tensor, steps: int, gen: torch.Generator) -> torch.Tensor:
-    """Largest eigenvalue of each symmetric PSD matrix in the batch (B, m, m) from a `steps`-step Krylov space."""
+def _lanczos_top(a: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
+    """Largest eigenvalue of each symmetric PSD matrix in the batch (B, m, m) from a `steps`-step Krylov space. Every
+    matrix starts from the same seeded vector (a function of m alone), so a matrix's result never depends on which
+    other matrices share its batch."""
     b, m, _ = a.shape
     basis = torch.zeros(b, m, steps, dtype=a.dtype)
     alpha = torch.zeros(b, steps, dtype=a.dtype)
@@ -45,8 +48,8 @@ def _lanczos_top(a: torch.Tensor, steps: int, gen: torch.Generator) -> torch.Ten
     # breakdown (the Krylov space is invariant, T already holds the top eigenvalue): continue that matrix with v = 0.
     # The trace bounds the top eigenvalue of a PSD matrix, so it sets the scale below which w counts as zero.
     floor = (a.diagonal(dim1=1, dim2=2).sum(1) * 1e-6).clamp_min(1e-30).reshape(b, 1, 1)
-    v = torch.randn(b, m, 1, generator=gen, dtype=a.dtype)
-    v /= v.norm(dim=1, keepdim=True)
+    start = torch.randn(1, m, 1, generator=torch.Generator().manual_seed(seed), dtype=a.dtype)
+    v = (start / start.norm(dim=1, keepdim=True)).expand(b, m, 1).clone()
     for j in range(steps):
         basis[:, :, j : j + 1] = v
         w = torch.bmm(a, v)

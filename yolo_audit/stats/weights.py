@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
+from yolo_audit.stats import exact
 from yolo_audit.stats.packed import pack
 from yolo_audit.stats.spectral import spectral_norms
 
@@ -43,7 +44,7 @@ def tensor_stats(
     if small:
         _fill(cols, small, _small_moments([tensors[i] for i in small], near_zero))
     if big:
-        scratch = torch.empty(max(tensors[i].numel() for i in big))
+        scratch = torch.empty(max(tensors[i].numel() for i in big), dtype=torch.float64)
         _fill(cols, big, list(zip(*(_big_moments(tensors[i], scratch, near_zero) for i in big), strict=True)))
     wanted = [i for i in range(k) if matrix is not None and matrix[i] and tensors[i].dim() >= 2]
     for i, s_max in zip(
@@ -84,20 +85,25 @@ def _small_moments(tensors: Sequence[torch.Tensor], near_zero: float) -> list[li
 
 
 def _big_moments(t: torch.Tensor, scratch: torch.Tensor, near_zero: float) -> list[float]:
-    flat = t.detach().reshape(-1).float()
+    """Moments of one large tensor, accumulated in float64: the same bits whatever the number of threads (numba,
+    fixed chunks; without numba, torch in float64 through `scratch`, to ~1e-15 relative)."""
+    flat = t.detach().reshape(-1)
+    if exact.available() and flat.dtype == torch.float32:
+        return exact.moments(flat.contiguous().numpy(), near_zero)
     n = flat.numel()
     buf = scratch[:n]
-    mean = flat.sum() / n
-    torch.sub(flat, mean, out=buf)
+    buf.copy_(flat).abs_()
+    l1 = buf.sum()
+    near = buf.lt(near_zero).sum()
+    buf.copy_(flat)
+    mean = buf.sum() / n
+    buf.sub_(mean)
     m2 = torch.dot(buf, buf) / n
     buf.square_()
     m4 = torch.dot(buf, buf) / n
     lo, hi = torch.aminmax(flat)
     l2 = torch.sqrt((m2 + mean * mean) * n)  # sum of squares = n (variance + mean^2): no extra pass
-    torch.abs(flat, out=buf)
-    l1 = buf.sum()
-    near = buf.lt_(near_zero).sum()
-    return torch.stack([mean, m2, m4, l1 / n, l2, near / n, lo, hi]).tolist()
+    return [float(mean), float(m2), float(m4), float(l1 / n), float(l2), float(near) / n, float(lo), float(hi)]
 
 
 def bin_range(lo: float, hi: float) -> tuple[float, float]:
@@ -150,7 +156,11 @@ def channel_weights(
     when |gamma| < gamma_eps (its output is the constant SiLU(beta)) or when beta + 3|gamma| < neg_margin (the
     pre-activation stays below `neg_margin` for inputs within 3 standard deviations, so SiLU outputs ~0).
     """
-    filter_l2 = torch.linalg.vector_norm(conv_w.reshape(conv_w.shape[0], -1).float(), dim=1)
+    rows = conv_w.reshape(conv_w.shape[0], -1)
+    if exact.available() and rows.dtype == torch.float32:  # float64 sums, the same bits for any number of threads
+        filter_l2 = torch.from_numpy(exact.row_sums(rows.contiguous().numpy())[:, 0]).sqrt().float()
+    else:
+        filter_l2 = torch.linalg.vector_norm(rows.double(), dim=1).float()
     fused = filter_l2 * gamma.abs() / torch.sqrt(running_var + eps)
     constant = gamma.abs() < gamma_eps
     negative = (beta + 3.0 * gamma.abs()) < neg_margin

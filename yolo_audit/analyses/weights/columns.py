@@ -182,10 +182,11 @@ def divergence_tables(
     *,
     identical: set[str] | None = None,
     l2: tuple[dict[str, float], dict[str, float]] | None = None,
+    near_zero: float = WeightOptions.near_zero,
 ) -> Tables:
     """`weight_divergence`, `channel_divergence` and `layer_freeze` of `ckpt` against the reference `ref`
     (`identical`: names already known to be bit-identical, from `identical_names`; `l2`: the two checkpoints' known
-    tensor norms, from weight_stats)."""
+    tensor norms, from weight_stats; `near_zero`: below this reference RMS a relative change is null)."""
     check_aligned(ref, ckpt)
     keys = ref.keys
     names = list(ref.tensors)
@@ -194,6 +195,7 @@ def divergence_tables(
         [ckpt.tensors[n] for n in names], [ref.tensors[n] for n in names], compare_dtype=compare,
         identical=[n in identical for n in names] if identical is not None and compare is None else None,
         norms=([l2[0][n] for n in names], [l2[1][n] for n in names]) if l2 is not None else None,
+        near_zero=near_zero, storage=storage_dtype(ckpt, ref),
     )  # fmt: skip
     ids = {"checkpoint_id": [ckpt.checkpoint_id] * len(names), "reference_id": [ref.checkpoint_id] * len(names)}
     weight_div = {
@@ -203,12 +205,17 @@ def divergence_tables(
     n = len(layers["layer"])
     return {
         "weight_divergence": weight_div,
-        "channel_divergence": _channel_divergence(ckpt, ref, names, cols["identical"]),
+        "channel_divergence": _channel_divergence(ckpt, ref, names, cols["identical"], near_zero),
         "layer_freeze": {"checkpoint_id": [ckpt.checkpoint_id] * n, "reference_id": [ref.checkpoint_id] * n, **layers},
     }
 
 
 _HALF = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def storage_dtype(a: Checkpoint, b: Checkpoint) -> torch.dtype:
+    """The coarser of the two files' stored precisions: what a difference's steps are counted in."""
+    return coarser_dtype(a, b) or _HALF.get(a.precision) or _HALF.get(b.precision) or torch.float32
 
 
 def coarser_dtype(a: Checkpoint, b: Checkpoint) -> torch.dtype | None:
@@ -219,17 +226,16 @@ def coarser_dtype(a: Checkpoint, b: Checkpoint) -> torch.dtype | None:
     return halves.pop() if len(halves) == 1 else None
 
 
-def _channel_divergence(ckpt: Checkpoint, ref: Checkpoint, names: list[str], identical: list[bool]) -> Columns:
+def _channel_divergence(
+    ckpt: Checkpoint, ref: Checkpoint, names: list[str], identical: list[bool], near_zero: float
+) -> Columns:
     out: Columns = {k: [] for k in ("param", "layer", "module", "channel", "l2_diff", "rel_diff")}
     for name, same in zip(names, identical, strict=True):
         info = ref.keys[name]
         if info.role != "conv_weight":
             continue
         a, b = ckpt.tensors[name], ref.tensors[name]
-        diff, rel = (torch.zeros(a.shape[0]), torch.zeros(a.shape[0])) if same else channel_divergence(a, b)
-        if same:
-            ref_norm = torch.linalg.vector_norm(b.reshape(b.shape[0], -1), dim=1)
-            rel = torch.where(ref_norm > 0, rel, torch.full_like(rel, math.nan))
+        diff, rel = channel_divergence(a, b, near_zero=near_zero, identical=same)
         n = a.shape[0]
         out["param"] += [name] * n
         out["layer"] += [info.layer] * n
@@ -296,6 +302,6 @@ def analyze(
             mine = dict(zip(own["weight_stats"]["param"], own["weight_stats"]["l2"], strict=True))
             theirs = {n: row["l2"] for n, row in (cache.stats if cache is not None else {}).items()}
             l2 = (mine, theirs) if set(theirs) == set(mine) else None
-            return divergence_tables(ckpt, reference, identical=same, l2=l2)
+            return divergence_tables(ckpt, reference, identical=same, l2=l2, near_zero=opts.near_zero)
 
         yield Step("divergence", comparison_key(ckpt.checkpoint_id, reference.checkpoint_id), compare)

@@ -100,7 +100,9 @@ def histogram_checkpoint(
     return result
 
 
-def compare_pair(path_a: str, path_b: str, out: Location, *, trust_pickle: bool = False) -> TaskResult:
+def compare_pair(
+    path_a: str, path_b: str, out: Location, *, opts: WeightOptions | None = None, trust_pickle: bool = False
+) -> TaskResult:
     """Divergence of checkpoint a against checkpoint b (pairwise and trajectory modes)."""
     result = TaskResult(path=path_a)
     current = path_a
@@ -111,7 +113,8 @@ def compare_pair(path_a: str, path_b: str, out: Location, *, trust_pickle: bool 
         current = path_a
         result.checkpoint_id = a.checkpoint_id
         if a.checkpoint_id != b.checkpoint_id:
-            _write_tables(out, comparison_key(a.checkpoint_id, b.checkpoint_id), divergence_tables(a, b), result)
+            tables = divergence_tables(a, b, near_zero=(opts or WeightOptions()).near_zero)
+            _write_tables(out, comparison_key(a.checkpoint_id, b.checkpoint_id), tables, result)
     except Exception as exc:  # noqa: BLE001
         result.errors.append(record(current, "divergence", exc))
     return result

@@ -114,7 +114,8 @@ def analyze_weights(
         pairs = _pairs(loaded, pairwise=pairwise, trajectory=trajectory)
         if pairs:
             third = run_tasks(
-                [Task(f"{Path(a).name} vs {Path(b).name}", compare_pair, (a, b, out_dir), common, cpus_per_task)
+                [Task(f"{Path(a).name} vs {Path(b).name}", compare_pair, (a, b, out_dir), {**common, "opts": opts},
+                      cpus_per_task)
                  for a, b in pairs],
                 stage="compare",
                 stream=stream,

@@ -56,16 +56,27 @@ TABLES: dict[str, list[Column]] = {
         LAYER,
         ROLE,
         ("l2_diff", F64, "||a - b||"),
-        ("rel_diff", F64, "||a - b|| / ||b|| (null where the reference tensor is all zeros)"),
+        (
+            "rel_diff",
+            F64,
+            "||a - b|| / ||b||; null where the reference is near zero (its RMS below --near-zero): see `reason`",
+        ),
         ("rms_diff", F64, "||a - b|| / sqrt(numel)"),
         ("cosine", F64, "cosine similarity of a and b (null where either is all zeros)"),
         ("max_abs_diff", F64, "max |a - b|"),
+        (
+            "max_abs_steps",
+            F64,
+            "max |a - b| in steps of the stored precision (the coarser file's: fp16, bf16 or fp32) "
+            "at max |b|: 1 is one rounding step",
+        ),
         (
             "identical",
             B,
             "bitwise identical; when one file is fp16/bf16 and the other fp32, compared after rounding "
             "both to the coarser type (differences are then reported as 0)",
         ),
+        ("reason", S, "why rel_diff is null (a near-zero reference); null otherwise"),
     ],  # fmt: skip
     "channel_divergence": [
         CKPT,
@@ -75,7 +86,7 @@ TABLES: dict[str, list[Column]] = {
         MODULE,
         ("channel", I32, "output channel of a conv/linear weight"),
         ("l2_diff", F64, "||a_c - b_c||"),
-        ("rel_diff", F64, "||a_c - b_c|| / ||b_c|| (null where the reference filter is all zeros)"),
+        ("rel_diff", F64, "||a_c - b_c|| / ||b_c|| (null where the reference filter's RMS is below --near-zero)"),
     ],  # fmt: skip
     "layer_freeze": [
         CKPT,

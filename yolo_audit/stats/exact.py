@@ -1,0 +1,131 @@
+"""Reductions of large float32 tensors whose results do not depend on the number of threads (numba).
+
+Each tensor is cut into a fixed number of chunks whatever the thread count; each chunk is summed in float64 by one
+thread, and the partial sums are added in chunk order. So the weights analysis gives the same bits alone or inside a
+study, with one thread or many, and each value is read once per pass (faster than torch's several float32 passes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+try:
+    from numba import njit, prange
+except ImportError:  # pragma: no cover - numba is a dependency; callers fall back to float64 torch reductions
+    njit = None
+
+CHUNKS = 64
+
+
+if njit is not None:
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def _first_pass(x, near):  # noqa: ANN001, ANN202 - sum, sum |x|, count |x| < near, min, max
+        n = x.size
+        size = (n + CHUNKS - 1) // CHUNKS
+        part = np.zeros((CHUNKS, 5))
+        for c in prange(CHUNKS):
+            s, a, k, lo, hi = 0.0, 0.0, 0.0, np.inf, -np.inf
+            for i in range(c * size, min(n, (c + 1) * size)):
+                v = np.float64(x[i])
+                s += v
+                av = abs(v)
+                a += av
+                if av < near:
+                    k += 1.0
+                lo = min(lo, v)
+                hi = max(hi, v)
+            part[c, 0], part[c, 1], part[c, 2], part[c, 3], part[c, 4] = s, a, k, lo, hi
+        out = np.zeros(5)
+        out[3], out[4] = np.inf, -np.inf
+        for c in range(CHUNKS):
+            out[0] += part[c, 0]
+            out[1] += part[c, 1]
+            out[2] += part[c, 2]
+            out[3] = min(out[3], part[c, 3])
+            out[4] = max(out[4], part[c, 4])
+        return out
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def _central(x, mean):  # noqa: ANN001, ANN202 - sum (x - mean)^2, sum (x - mean)^4
+        n = x.size
+        size = (n + CHUNKS - 1) // CHUNKS
+        part = np.zeros((CHUNKS, 2))
+        for c in prange(CHUNKS):
+            s2, s4 = 0.0, 0.0
+            for i in range(c * size, min(n, (c + 1) * size)):
+                d = np.float64(x[i]) - mean
+                d2 = d * d
+                s2 += d2
+                s4 += d2 * d2
+            part[c, 0], part[c, 1] = s2, s4
+        out = np.zeros(2)
+        for c in range(CHUNKS):
+            out[0] += part[c, 0]
+            out[1] += part[c, 1]
+        return out
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def _pair(a, b):  # noqa: ANN001, ANN202 - ||a-b||^2, ||a||^2, ||b||^2, a.b, max |a-b|, max |b|
+        n = a.size
+        size = (n + CHUNKS - 1) // CHUNKS
+        part = np.zeros((CHUNKS, 6))
+        for c in prange(CHUNKS):
+            dd, aa, bb, ab, mx, mb = 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+            for i in range(c * size, min(n, (c + 1) * size)):
+                u = np.float64(a[i])
+                v = np.float64(b[i])
+                d = u - v
+                dd += d * d
+                aa += u * u
+                bb += v * v
+                ab += u * v
+                mx = max(mx, abs(d))
+                mb = max(mb, abs(v))
+            part[c, 0], part[c, 1], part[c, 2], part[c, 3], part[c, 4], part[c, 5] = dd, aa, bb, ab, mx, mb
+        out = np.zeros(6)
+        for c in range(CHUNKS):
+            for j in range(4):
+                out[j] += part[c, j]
+            out[4] = max(out[4], part[c, 4])
+            out[5] = max(out[5], part[c, 5])
+        return out
+
+    @njit(parallel=True, cache=True, nogil=True)
+    def _rows(a, b, with_b):  # noqa: ANN001, ANN202 - per row: sum (a-b)^2 and sum b^2 (or sum a^2)
+        rows, width = a.shape
+        out = np.zeros((rows, 2))
+        for r in prange(rows):  # one thread per row: the order within a row is fixed
+            dd, bb = 0.0, 0.0
+            for i in range(width):
+                u = np.float64(a[r, i])
+                v = np.float64(b[r, i]) if with_b else 0.0
+                d = u - v
+                dd += d * d
+                bb += v * v
+            out[r, 0], out[r, 1] = dd, bb
+        return out
+
+
+def available() -> bool:
+    return njit is not None
+
+
+def moments(x: np.ndarray, near_zero: float) -> list[float]:
+    """mean, m2, m4 (central moments), mean |x|, L2, fraction |x| < near_zero, min, max of a float32 vector."""
+    n = x.size
+    s, a, k, lo, hi = _first_pass(x, near_zero)
+    mean = s / n
+    c2, c4 = _central(x, mean)
+    m2 = c2 / n
+    return [mean, m2, c4 / n, a / n, float(np.sqrt((m2 + mean * mean) * n)), k / n, lo, hi]
+
+
+def pair_sums(a: np.ndarray, b: np.ndarray) -> list[float]:
+    """||a-b||^2, ||a||^2, ||b||^2, a.b, max |a-b| and max |b| of two float32 vectors of one length."""
+    return [float(v) for v in _pair(a, b)]
+
+
+def row_sums(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """Per row of 2-D float32 arrays: sum (a-b)^2 and sum b^2 (with b=None: sum a^2 and 0), float64 (rows, 2)."""
+    return _rows(a, a if b is None else b, b is not None)
