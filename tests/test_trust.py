@@ -96,3 +96,28 @@ def test_weight_statistics_are_the_same_bits_alone_with_a_reference_and_with_any
     div = [pl.DataFrame(r["divergence"]["weight_divergence"]) for r in runs[2:]]
     freeze = [pl.DataFrame(r["divergence"]["layer_freeze"]) for r in runs[2:]]
     assert div[0].equals(div[1]) and freeze[0].equals(freeze[1])
+
+
+def test_files_of_identical_tensors_are_one_checkpoint_with_aliases(base_model, tmp_path, ray_local):
+    """Ultralytics writes one epoch's tensors to last.pt, best.pt and epochN.pt (byte-different files)."""
+    from yolo_audit.model.synthetic import save_ultralytics
+
+    weights = tmp_path / "exp" / "weights"
+    args = {"name": "exp", "freeze": None}
+    save_ultralytics(base_model, weights / "epoch4.pt", train_args=args, epoch=4, key="ema")
+    save_ultralytics(base_model, weights / "last.pt", train_args=args, epoch=4, key="model")
+    save_ultralytics(base_model, weights / "best.pt", train_args={**args, "note": "x"}, epoch=-1, key="model")
+    other = deepcopy(base_model)
+    with torch.no_grad():
+        other.get_parameter(CONV).mul_(1.01)
+    save_ultralytics(other, weights / "epoch5.pt", train_args=args, epoch=5, key="ema")
+    out = tmp_path / "out"
+    summary = analyze_weights([weights], out, pairwise=True, stream=io.StringIO())
+    assert summary.ok and summary.distinct == 2 and len(summary.analysed) == 4
+    ckpts = pl.read_parquet(out / "checkpoints" / "*.parquet").sort("epoch")
+    assert ckpts.height == 2 and ckpts["epoch"].to_list() == [5, 6]  # epochs completed (file index + 1)
+    assert sorted(p.rsplit("/", 1)[1] for p in ckpts["aliases"][0]) == ["best.pt", "epoch4.pt", "last.pt"]
+    stats = pl.read_parquet(out / "weight_stats" / "*.parquet")
+    assert stats.group_by("checkpoint_id").len()["len"].to_list() == [stats.height // 2] * 2  # once per content
+    pairs = pl.read_parquet(out / "weight_divergence" / "*.parquet").select("checkpoint_id", "reference_id").unique()
+    assert pairs.height == 1  # the two distinct checkpoints; no comparison of a file with its own alias

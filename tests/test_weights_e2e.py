@@ -73,7 +73,7 @@ def test_tables_and_checkpoint_rows(study):
         assert frame.columns == schema.columns(table)
     row = t["checkpoints"].filter(pl.col("run") == "layer12").row(0, named=True)
     assert row["freeze"] == "12" and row["declared_frozen"] == list(range(12)) and row["source_format"] == "ultralytics"
-    assert row["checkpoint_id"] == row["sha256"][:16] and row["precision"] == "float16"
+    assert row["aliases"] == [row["path"]] and row["precision"] == "float16" and len(row["checkpoint_id"]) == 16
 
 
 def test_only_layer_12_diverges(study):

@@ -43,18 +43,22 @@ class Checkpoint:
     sha256: str
     source_format: str  # ultralytics | state_dict | safetensors
     precision: str  # float16 | float32 | bfloat16 | mixed
-    tensors: dict[str, torch.Tensor]
+    tensors: dict[str, torch.Tensor] = field(repr=False)
     run: str | None = None
     epoch: int | None = None
     train_args: dict[str, Any] = field(default_factory=dict)
     module_types: dict[int, str] = field(default_factory=dict)
     bn_eps: dict[str, float] = field(default_factory=dict)
-    model_yaml: dict[str, Any] | None = None  # the architecture (Ultralytics' model.yaml), to rebuild the module
+    model_yaml: dict[str, Any] | None = field(
+        default=None, repr=False
+    )  # the architecture (Ultralytics' model.yaml), to rebuild the module
+    content: str = ""  # sha256 of the stored tensors (names, dtypes, shapes, bytes), not of the file
 
     @property
     def checkpoint_id(self) -> str:
-        """Derived from the file's content: the same bytes always get the same id."""
-        return self.sha256[:16]
+        """Derived from the tensors: files that hold identical tensors (Ultralytics' last.pt, best.pt and epochN.pt
+        of one epoch) get one id, and are analysed as one checkpoint."""
+        return (self.content or self.sha256)[:16]
 
     @cached_property
     def fingerprint(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
@@ -175,7 +179,8 @@ def _load_safetensors(path: Path, sha: str) -> Checkpoint:
         sha256=sha,
         source_format="safetensors",
         precision=info.get("precision") or _precision(raw),
-        tensors=_to_fp32(raw, path),
+        tensors=(tensors := _to_fp32(raw, path)),
+        content=content_hash(tensors),
         run=info.get("run"),
         epoch=info.get("epoch"),
         train_args=info.get("train_args") or {},
@@ -237,7 +242,9 @@ def _from_object(obj: Any, path: Path, sha: str) -> Checkpoint:
             args = obj.get("train_args") or {}
             epoch = obj.get("epoch")
             ckpt = _from_module(model, path, sha, train_args=dict(args) if isinstance(args, dict) else {})
-            ckpt.epoch = int(epoch) if isinstance(epoch, int) and epoch >= 0 else None
+            # Ultralytics stores the 0-based index of the epoch just finished: epochs completed is one more (the
+            # numbering of results.csv and of our snapshots)
+            ckpt.epoch = int(epoch) + 1 if isinstance(epoch, int) and epoch >= 0 else None
             ckpt.run = str(args["name"]) if isinstance(args, dict) and args.get("name") else None
             return ckpt
         if isinstance(model, dict):
@@ -248,7 +255,8 @@ def _from_object(obj: Any, path: Path, sha: str) -> Checkpoint:
         obj = obj["state_dict"]
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         raw = {str(k): v for k, v in obj.items()}
-        return Checkpoint(str(path), sha, "state_dict", _precision(raw), _to_fp32(raw, path))
+        tensors = _to_fp32(raw, path)
+        return Checkpoint(str(path), sha, "state_dict", _precision(raw), tensors, content=content_hash(tensors))
     raise AuditError(
         f"holds no model weights (found {type(obj).__name__}); pass an Ultralytics checkpoint, a state_dict or "
         ".safetensors",
@@ -266,9 +274,10 @@ def _from_module(model: torch.nn.Module, path: Path, sha: str, *, train_args: di
     eps = {
         name: float(m.eps) for name, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
     }
+    tensors = _to_fp32(raw, path)
     return Checkpoint(
-        str(path), sha, "ultralytics", _precision(raw), _to_fp32(raw, path),
-        train_args=train_args, module_types=types, bn_eps=eps,
+        str(path), sha, "ultralytics", _precision(raw), tensors,
+        train_args=train_args, module_types=types, bn_eps=eps, content=content_hash(tensors),
         model_yaml=_jsonable(model.yaml) if isinstance(getattr(model, "yaml", None), dict) else None,
     )  # fmt: skip
 
@@ -300,13 +309,26 @@ def _to_fp32(raw: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor
     return out
 
 
+def content_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of the tensors' values (as the float32 every statistic reads): every name, shape and value, in name
+    order. File layout, metadata, optimizer state and the stored precision do not count: an fp16 file and its exact
+    fp32 conversion are one checkpoint."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        value = tensors[name]
+        digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(memoryview(value.reshape(-1).view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
 def checkpoint_table(ckpt: Checkpoint) -> dict[str, list]:
     """The `checkpoints` row of a loaded checkpoint."""
     declared = ckpt.declared_frozen
     row = {
         "checkpoint_id": ckpt.checkpoint_id, "path": ckpt.path, "run": ckpt.run, "epoch": ckpt.epoch,
         "freeze": ckpt.freeze, "declared_frozen": sorted(declared) if declared is not None else None,
-        "arch_hash": ckpt.arch_hash, "n_params": ckpt.n_params, "n_tensors": len(ckpt.tensors), "sha256": ckpt.sha256,
+        "aliases": [ckpt.path], "arch_hash": ckpt.arch_hash, "n_params": ckpt.n_params,
+        "n_tensors": len(ckpt.tensors), "sha256": ckpt.sha256,
         "source_format": ckpt.source_format, "precision": ckpt.precision,
         "train_args": json.dumps(ckpt.train_args, default=str, sort_keys=True) if ckpt.train_args else None,
     }  # fmt: skip

@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from yolo_audit.report.figures import Palette, palette
-from yolo_audit.results.store import compact_ranges, layer_divergence, scan, units
+from yolo_audit.results.store import compact_ranges, is_last_of_run, layer_divergence, scan, units
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Context:
             )
         else:
             run = pl.coalesce(pl.col("run"), pl.col("checkpoint_id").str.slice(0, 8))
-            last = pl.col("epoch").is_null() | (pl.col("epoch") == pl.col("epoch").max().over("run"))
+            last = is_last_of_run()
             is_ref = pl.col("checkpoint_id") == (reference_id or "")
             labels = (
                 ckpts.with_columns(run=run)

@@ -58,6 +58,25 @@ def write(out: Location, table: str, key: str, data: Mapping[str, Sequence[Any]]
     return target.uri
 
 
+def write_checkpoints(out: Location, rows: Sequence[Mapping[str, Sequence[Any]]]) -> None:
+    """Write `checkpoints` rows (one per content: several files with identical tensors are one checkpoint), merged
+    with what is already recorded: aliases are the union of every path seen, the epoch the highest known, the first
+    recorded path stays. Drivers call this once per command (under the results lock), never tasks."""
+    merged: dict[str, dict[str, Any]] = {}
+    for cols in rows:
+        row = {k: v[0] for k, v in cols.items()}
+        cid = row["checkpoint_id"]
+        if cid not in merged:
+            target = table_file(out, "checkpoints", keys.checkpoint_key(cid))
+            merged[cid] = pq.read_table(pa.BufferReader(target.read_bytes())).to_pylist()[0] if target.exists() else row
+        old = merged[cid]
+        epochs = [e for e in (old["epoch"], row["epoch"]) if e is not None]
+        merged[cid] = {**row, **{k: v for k, v in old.items() if v is not None}, "epoch": max(epochs, default=None),
+                       "aliases": sorted({*(old["aliases"] or []), *(row["aliases"] or [])})}  # fmt: skip
+    for cid, row in merged.items():
+        write(out, "checkpoints", keys.checkpoint_key(cid), {k: [v] for k, v in row.items()})
+
+
 def remove(out: Location, table: str, key: str) -> None:
     """Drop the rows a key wrote earlier (e.g. a stale `errors` row once the checkpoint loads)."""
     table_file(out, table, key).delete()

@@ -11,15 +11,21 @@ from yolo_audit.results.columns import CKPT, F64, I32, I64, Column, S
 _CHECKPOINTS: dict[str, list[Column]] = {
     "checkpoints": [
         CKPT,
-        ("path", S, "absolute path the checkpoint was read from"),
+        ("path", S, "absolute path (or URI) the checkpoint was first read from"),
         ("run", S, "training run name (train_args.name, else the folder above weights/)"),
-        ("epoch", I32, "epoch of the checkpoint where known (null for a finished last.pt/best.pt)"),
+        (
+            "epoch",
+            I32,
+            "epochs completed (1-based, as in results.csv; Ultralytics' epochN.pt is epoch N+1), the "
+            "highest among the aliases; null where unknown",
+        ),
         ("freeze", S, "the `freeze` training argument as JSON (null when the file has no train_args)"),
         ("declared_frozen", pa.list_(I32), "layers that `freeze` freezes (0..N-1 for an int N); null if unknown"),
+        ("aliases", pa.list_(S), "every path seen holding these exact tensors (last.pt, best.pt, epochN.pt, ...)"),
         ("arch_hash", S, "hash of the sorted (name, shape) list: equal hashes mean comparable checkpoints"),
         ("n_params", I64, "elements in parameters (BatchNorm running statistics excluded)"),
         ("n_tensors", I32, "tensors in the state dict (parameters and buffers)"),
-        ("sha256", S, "sha256 of the file"),
+        ("sha256", S, "sha256 of the file at `path` (the id hashes the tensors, not the file)"),
         ("source_format", S, "ultralytics, state_dict or safetensors"),
         ("precision", S, "dtype the file stores (float16, float32, ...); statistics are computed in float32"),
         ("train_args", S, "the Ultralytics training arguments as JSON, when the file has them"),

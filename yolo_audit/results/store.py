@@ -50,6 +50,13 @@ def open_results(out: Where) -> dict[str, pl.LazyFrame]:
     return {t: scan(out, t) for t in tables(out)}
 
 
+def is_last_of_run(run: str = "run") -> pl.Expr:
+    """Over `checkpoints` rows: the run's last checkpoint, the one with the highest epoch (a checkpoint without an
+    epoch only where the run has none with one)."""
+    epoch = pl.col("epoch").fill_null(-1)
+    return epoch == epoch.max().over(run)
+
+
 def layer_divergence(out: Where) -> pl.LazyFrame:
     """Relative L2 change of each layer's parameters (BN statistics excluded) vs the reference:
     sqrt(sum ||a-b||^2) / sqrt(sum ||b||^2) over the layer's parameter tensors."""
@@ -89,8 +96,8 @@ def freeze_summary(out: Where, *, reference_id: str | None = None, latest: bool 
     """Per checkpoint and verdict, the layers it covers as compact ranges (e.g. 0-9), and how many layers the
     declared freeze (train_args) contradicts."""
     runs = scan(out, "checkpoints").select("checkpoint_id", "run", "epoch", "freeze")
-    if latest:  # only each run's last epoch (and checkpoints without an epoch, such as a final last.pt)
-        runs = runs.filter(pl.col("epoch").is_null() | (pl.col("epoch") == pl.col("epoch").max().over("run")))
+    if latest:
+        runs = runs.filter(is_last_of_run())
     return (
         _against(scan(out, "layer_freeze"), reference_id)
         .join(runs, on="checkpoint_id", how="inner")

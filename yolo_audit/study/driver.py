@@ -202,8 +202,8 @@ def _forget(layout: Layout, runs: list[str]) -> None:
     if not runs or "checkpoints" not in tables(layout.out):
         return
     folders = tuple(layout.run(r) + "/" for r in runs)
-    paths = scan(layout.out, "checkpoints").select("checkpoint_id", "path").collect()
-    files.purge(layout.out, {cid for cid, path in paths.iter_rows() if path.startswith(folders)})
+    paths = scan(layout.out, "checkpoints").select("checkpoint_id", "aliases").explode("aliases").collect()
+    files.purge(layout.out, {cid for cid, path in paths.iter_rows() if path and path.startswith(folders)})
 
 
 def finished_runs(layout: Layout) -> set[str]:

@@ -133,7 +133,6 @@ def tables_for(
             "count": [c for _, c in nonzero],
         })  # fmt: skip
     return {
-        "checkpoints": result.checkpoint_row or {},
         "channel_stats": stats,
         "activation_hist": hist,
         "feature_maps": _maps_table(result, ids, images),

@@ -24,7 +24,7 @@ from yolo_audit.analyses.images import dataset_id, list_images, shards
 from yolo_audit.model.checkpoint import find_checkpoints
 from yolo_audit.results import files
 from yolo_audit.results.errors import ErrorRecord, clear_errors, write_errors
-from yolo_audit.results.keys import checkpoint_key, dataset_key
+from yolo_audit.results.keys import dataset_key
 from yolo_audit.results.location import Location, Where, exclusive, local_dataset, locate
 from yolo_audit.runtime.tasks import Task, cluster_cpus, cluster_gpus, ray_session, run_tasks, tree_merge
 
@@ -106,9 +106,10 @@ def _write(
         clear_errors(out, result.path, ("activations", "align"))
         key = dataset_key(result.checkpoint_id, summary.dataset_id)
         for table, cols in tables_for(result, summary.dataset_id, opts, images, reference_dead).items():
-            if cols:  # the checkpoints row has the same key as the weights analysis writes: one row per file
-                files.write(out, table, checkpoint_key(result.checkpoint_id) if table == "checkpoints" else key, cols)
+            if cols:  # no feature maps asked for: no file
+                files.write(out, table, key, cols)
         summary.analysed.append(result.path)
+    files.write_checkpoints(out, [r.checkpoint_row for r in merged if r.checkpoint_row and r.path in summary.analysed])
     write_errors(out, summary.errors)
 
 

@@ -80,10 +80,12 @@ def similarity_shard(
                     stage="align",
                 )
             arch = arch or (ckpt.arch_hash, path)
-            models.append(build_module(ckpt, cfg=opts.cfg).to(device))
-            result.ids.append(ckpt.checkpoint_id)
             if first:
                 result.rows.append(checkpoint_table(ckpt))
+            if ckpt.checkpoint_id in result.ids:  # the same tensors under another name: one checkpoint
+                continue
+            models.append(build_module(ckpt, cfg=opts.cfg).to(device))
+            result.ids.append(ckpt.checkpoint_id)
         except Exception as exc:  # noqa: BLE001 - that checkpoint is left out, with an errors row
             result.errors.append(record(path, "similarity", exc))
     if not models:

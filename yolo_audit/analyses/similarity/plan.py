@@ -20,7 +20,7 @@ from yolo_audit.model.checkpoint import find_checkpoints
 from yolo_audit.model.keys import layer_of
 from yolo_audit.results import files
 from yolo_audit.results.errors import ErrorRecord, write_errors
-from yolo_audit.results.keys import checkpoint_key, similarity_key
+from yolo_audit.results.keys import similarity_key
 from yolo_audit.results.location import Location, Where, exclusive, local_dataset, locate
 from yolo_audit.results.schema import columns
 from yolo_audit.runtime.tasks import Task, cluster_cpus, cluster_gpus, ray_session, run_tasks, tree_merge
@@ -75,8 +75,7 @@ def analyze_similarity(
         raise AuditError("no checkpoint could be run; see the errors", path=str(paths[0]))
     if merged.state is None:  # no batch of 4 readable images anywhere: every row says so
         merged.state = CKAState.empty(len(merged.ids) * len(merged.modules))
-    for row in merged.rows:
-        files.write(out_loc, "checkpoints", checkpoint_key(row["checkpoint_id"][0]), row)
+    files.write_checkpoints(out_loc, merged.rows)
     table = similarity_table(merged, opts, summary.dataset_id)
     summary.pairs = len(table["cka"])
     # with or without --cross-layer: one file per (dataset, checkpoints, pool), the latest run's

@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import torch
 
-from yolo_audit.model.checkpoint import Checkpoint, check_aligned, checkpoint_table
+from yolo_audit.model.checkpoint import Checkpoint, check_aligned
 from yolo_audit.model.freeze import layer_freeze_columns
 from yolo_audit.results.keys import checkpoint_key, comparison_key, hist_key
 from yolo_audit.stats.divergence import bitwise_equal, channel_divergence, divergence
@@ -286,7 +286,7 @@ def analyze(
 
     def own_tables() -> Tables:
         own.update(weight_tables(ckpt, opts, known={n: reuse.stats[n] for n in same if n in reuse.stats}))
-        return {"checkpoints": checkpoint_table(ckpt), **own}
+        return own
 
     yield Step("weights", checkpoint_key(ckpt.checkpoint_id), own_tables)
     if edges is not None and bins_id is not None:

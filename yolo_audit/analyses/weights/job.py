@@ -18,7 +18,7 @@ from yolo_audit.analyses.weights.columns import (
     hist_table,
     ranges_of,
 )
-from yolo_audit.model.checkpoint import Checkpoint, load_checkpoint
+from yolo_audit.model.checkpoint import Checkpoint, checkpoint_table, load_checkpoint
 from yolo_audit.results import files
 from yolo_audit.results.errors import ErrorRecord, clear_errors, record
 from yolo_audit.results.keys import comparison_key, hist_key
@@ -39,6 +39,7 @@ class TaskResult:
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     errors: list[ErrorRecord] = field(default_factory=list)
+    checkpoint_row: dict[str, list] | None = None  # the `checkpoints` row (the driver merges aliases and writes it)
 
 
 def _write_tables(out: Location, key: str, tables: Tables, result: TaskResult) -> None:
@@ -66,7 +67,7 @@ def analyze_checkpoint(
     try:
         ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
         result.checkpoint_id, result.run, result.epoch = ckpt.checkpoint_id, ckpt.run, ckpt.epoch
-        result.arch_hash = ckpt.arch_hash
+        result.arch_hash, result.checkpoint_row = ckpt.arch_hash, checkpoint_table(ckpt)
         clear_errors(out, path, STAGES)
         for step in analyze(ckpt, opts, reference=reference, cache=cache, edges=edges, bins_id=bins_id):
             stage = step.stage

@@ -24,7 +24,7 @@ from yolo_audit.analyses.weights.job import TaskResult, analyze_checkpoint, comp
 from yolo_audit.errors import AuditError
 from yolo_audit.model.checkpoint import find_checkpoints, load_checkpoint
 from yolo_audit.results.errors import ErrorRecord, write_errors
-from yolo_audit.results.files import check_writable
+from yolo_audit.results.files import check_writable, write_checkpoints
 from yolo_audit.results.location import Location, Where, exclusive, locate
 from yolo_audit.runtime.tasks import Task, ray_session, run_tasks
 
@@ -42,13 +42,19 @@ class WeightsSummary:
         return not self.errors
 
     @property
+    def distinct(self) -> int:
+        """Distinct checkpoints (by content) among the files analysed."""
+        return len({r.checkpoint_id for r in self.analysed})
+
+    @property
     def architectures(self) -> int:
         """Distinct architectures among the analysed checkpoints (rows compare only within one)."""
         return len({r.arch_hash for r in self.analysed if r.arch_hash})
 
     def __repr__(self) -> str:
         return (
-            f"WeightsSummary(out={self.out.uri!r}, analysed={len(self.analysed)}, errors={len(self.errors)}, "
+            f"WeightsSummary(out={self.out.uri!r}, files={len(self.analysed)}, checkpoints={self.distinct}, "
+            f"errors={len(self.errors)}, "
             f"reference_id={self.reference_id!r}, bins_id={self.bins_id!r})"
         )
 
@@ -96,7 +102,10 @@ def analyze_weights(
         )  # fmt: skip
         summary.analysed = [r for r in first if r.checkpoint_id is not None]
         summary.errors += [e for r in first for e in r.errors]
-        loaded = [r for r in first if r.checkpoint_id is not None and not any(e.stage == "load" for e in r.errors)]
+        write_checkpoints(out_dir, [r.checkpoint_row for r in first if r.checkpoint_row])
+        loaded = distinct(
+            [r for r in first if r.checkpoint_id is not None and not any(e.stage == "load" for e in r.errors)]
+        )
         if edges is None and loaded:
             edges = shared_edges([r.ranges for r in loaded])
             summary.bins_id = pooled_bins_id([r.checkpoint_id for r in loaded if r.checkpoint_id])
@@ -123,6 +132,16 @@ def analyze_weights(
             summary.errors += [e for r in third for e in r.errors]
         write_errors(out_dir, summary.errors)
     return summary
+
+
+def distinct(results: list[TaskResult]) -> list[TaskResult]:
+    """One result per content (files with identical tensors are one checkpoint), with the highest epoch known."""
+    by_id: dict[str, TaskResult] = {}
+    for r in results:
+        kept = by_id.setdefault(r.checkpoint_id or r.path, r)
+        epochs = [e for e in (kept.epoch, r.epoch) if e is not None]
+        kept.epoch = max(epochs, default=None)
+    return list(by_id.values())
 
 
 def _pairs(results: list[TaskResult], *, pairwise: bool, trajectory: bool) -> list[tuple[str, str]]:
