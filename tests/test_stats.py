@@ -176,3 +176,36 @@ def test_layer_verdicts():
     assert layer_verdict([True], [False, True]) == FROZEN_BN_DRIFT
     assert layer_verdict([False, True], [True]) == TRAINED
     assert layer_verdict([], []) == FROZEN_EXACT
+
+
+def _np_powerlaw(x: np.ndarray) -> tuple[float, float]:
+    """Clauset et al.'s continuous fit written out: every distinct value but the largest as xmin, MLE alpha, the
+    smallest KS distance (empirical CDF i/n at the i-th smallest tail value) wins."""
+    x = np.sort(x[x > 0])
+    best = (np.inf, np.nan)
+    for xmin in np.unique(x)[:-1]:
+        tail = x[x >= xmin]
+        alpha = 1 + tail.size / np.log(tail / xmin).sum()
+        d = np.abs(1 - (tail / xmin) ** (1 - alpha) - np.arange(tail.size) / tail.size).max()
+        best = min(best, (d, alpha))
+    return best[1], best[0]
+
+
+def test_weightwatcher_alpha_from_an_independent_esd():
+    """WeightWatcher 0.7's conv handling: every 3x3 slice W[:, :, i, j] (N x M, N >= M) scaled by sqrt(9/2), squared
+    singular values of all slices pooled, then the power-law fit; alpha_weighted = alpha * log10(lambda_max)."""
+    from yolo_audit.stats.spectral import alphas
+
+    g = torch.Generator().manual_seed(11)
+    conv = torch.distributions.StudentT(3.0).sample((48, 24, 3, 3)) * 0.05  # heavy-tailed, like trained weights
+    linear = torch.randn(80, 60, generator=g)
+    w = conv.double().numpy()
+    evals = np.concatenate([np.linalg.svd(w[:, :, i, j] * np.sqrt(9 / 2), compute_uv=False) ** 2
+                            for i in range(3) for j in range(3)])  # fmt: skip
+    alpha, _ = _np_powerlaw(evals)
+    (got, weighted), (lin_alpha, _), (tiny, _) = alphas([conv, linear, torch.randn(8, 4)])
+    assert got == pytest.approx(alpha, rel=1e-9)
+    assert weighted == pytest.approx(alpha * np.log10(evals.max()), rel=1e-9)
+    lin_ref, _ = _np_powerlaw(np.linalg.svd(linear.double().numpy(), compute_uv=False) ** 2)  # 2-D: one matrix
+    assert lin_alpha == pytest.approx(lin_ref, rel=1e-9)
+    assert tiny is None  # 4 eigenvalues: too few for a fit (WeightWatcher's minimum is 50)

@@ -121,3 +121,17 @@ def test_files_of_identical_tensors_are_one_checkpoint_with_aliases(base_model, 
     assert stats.group_by("checkpoint_id").len()["len"].to_list() == [stats.height // 2] * 2  # once per content
     pairs = pl.read_parquet(out / "weight_divergence" / "*.parquet").select("checkpoint_id", "reference_id").unique()
     assert pairs.height == 1  # the two distinct checkpoints; no comparison of a file with its own alias
+
+
+def test_alpha_only_when_asked(pair, tmp_path):
+    paths, out = pair
+    plain = pl.read_parquet(out / "weight_stats" / "*.parquet")
+    assert plain["alpha"].null_count() == plain.height  # off by default: it costs about a second per yolov8s
+    analyze_weights([paths["tuned"]], tmp_path / "a", opts=WeightOptions(alpha=True), stream=io.StringIO())
+    stats = pl.read_parquet(tmp_path / "a" / "weight_stats" / "*.parquet")
+    convs = stats.filter((pl.col("role") == "conv_weight") & (pl.col("numel") >= 64 * 64))
+    assert convs["alpha"].null_count() == 0 and (convs["alpha"] > 1).all()
+    assert (
+        stats.filter(pl.col("role") != "conv_weight")["alpha"].null_count()
+        == stats.filter(pl.col("role") != "conv_weight").height
+    )

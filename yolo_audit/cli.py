@@ -82,13 +82,16 @@ def weights(
     gamma_eps: Annotated[
         float, typer.Option("--gamma-eps", min=0.0, help="|BN gamma| below this: dead channel.")
     ] = 1e-3,
+    alpha: Annotated[
+        bool, typer.Option("--alpha", help="Also WeightWatcher's power-law alpha per conv (~1 s per yolov8s).")
+    ] = False,
 ) -> None:
     """Weight & bias statistics, divergence and freeze verification of checkpoints, written as Parquet."""
     from yolo_audit.analyses.weights.columns import WeightOptions
     from yolo_audit.analyses.weights.plan import analyze_weights
     from yolo_audit.report.text import print_weights_summary
 
-    opts = WeightOptions(near_zero=near_zero, gamma_eps=gamma_eps, bins=bins)
+    opts = WeightOptions(near_zero=near_zero, gamma_eps=gamma_eps, bins=bins, alpha=alpha)
     summary = analyze_weights(
         list(checkpoints), _at(out), reference=reference, pairwise=pairwise, trajectory=trajectory, address=address,
         num_cpus=num_cpus, opts=opts, trust_pickle=trust_pickle,

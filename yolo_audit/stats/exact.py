@@ -129,3 +129,41 @@ def pair_sums(a: np.ndarray, b: np.ndarray) -> list[float]:
 def row_sums(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """Per row of 2-D float32 arrays: sum (a-b)^2 and sum b^2 (with b=None: sum a^2 and 0), float64 (rows, 2)."""
     return _rows(a, a if b is None else b, b is not None)
+
+
+if njit is not None:
+
+    @njit(cache=True, nogil=True)
+    def _powerlaw(x):  # noqa: ANN001, ANN202 - x sorted ascending, > 0
+        n = x.size
+        logs = np.log(x)
+        suffix = np.zeros(n + 1)
+        for i in range(n - 1, -1, -1):
+            suffix[i] = suffix[i + 1] + logs[i]
+        best = (np.inf, np.nan, np.nan)  # D, alpha, xmin
+        for k in range(n - 1):
+            if k > 0 and x[k] == x[k - 1]:
+                continue  # each distinct value once as a candidate xmin
+            m = n - k
+            total = suffix[k] - m * logs[k]
+            if total <= 0.0:
+                continue
+            alpha = 1.0 + m / total
+            d = 0.0
+            for j in range(k, n):
+                theory = 1.0 - (x[j] / x[k]) ** (1.0 - alpha)
+                d = max(d, abs(theory - (j - k) / m))
+            if d < best[0]:
+                best = (d, alpha, x[k])
+        return best
+
+
+def powerlaw_fit(evals: np.ndarray) -> tuple[float, float, float]:
+    """(alpha, xmin, D): the continuous power-law fit of Clauset, Shalizi & Newman (2009) as the `powerlaw` package
+    (and so WeightWatcher) does it: for each distinct value as xmin (the largest excluded), alpha by maximum
+    likelihood, 1 + n / sum ln(x / xmin) over the tail; the xmin whose fit has the smallest Kolmogorov-Smirnov distance
+    between the tail's empirical CDF (i / n at the i-th smallest) and 1 - (x / xmin)^(1 - alpha) wins."""
+    x = np.sort(np.asarray(evals, dtype=np.float64))
+    x = x[x > 0]
+    d, alpha, xmin = _powerlaw(x)
+    return float(alpha), float(xmin), float(d)

@@ -64,3 +64,37 @@ def _lanczos_top(a: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
     off = beta[:, :-1]
     tri = torch.diag_embed(alpha) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
     return torch.linalg.eigvalsh(tri.double())[:, -1]
+
+
+MIN_EVALS = 50  # WeightWatcher's default: fewer eigenvalues give no alpha
+
+
+def esd(w: torch.Tensor) -> torch.Tensor:
+    """WeightWatcher 0.7's empirical spectral density of a weight: for a conv (out, in, kh, kw) every kh x kw slice
+    W[:, :, i, j] as an N x M matrix (N >= M), scaled by sqrt(kh * kw / 2) (its `conv2d_norm`), and the squared
+    singular values of all slices pooled; a 2-D weight is one matrix, unscaled. float64, ascending."""
+    w = w.detach().double()
+    if w.dim() == 4:
+        o, i, kh, kw = w.shape
+        mats = w.permute(2, 3, 0, 1).reshape(kh * kw, o, i) * math.sqrt(kh * kw / 2.0)
+    else:
+        mats = w.reshape(1, w.shape[0], -1)
+    small = mats if mats.shape[1] >= mats.shape[2] else mats.transpose(1, 2)  # N x M with N >= M
+    evals = torch.linalg.eigvalsh(small.transpose(1, 2) @ small)  # W^T W: the squared singular values
+    return evals.clamp_min(0).reshape(-1).sort().values
+
+
+def alphas(mats: Sequence[torch.Tensor]) -> list[tuple[float | None, float | None]]:
+    """(alpha, alpha_weighted) of each weight as WeightWatcher 0.7 reports them: the power-law exponent of its ESD
+    tail (see `exact.powerlaw_fit`) and alpha * log10(lambda_max); None with fewer than MIN_EVALS eigenvalues."""
+    from yolo_audit.stats.exact import powerlaw_fit
+
+    out: list[tuple[float | None, float | None]] = []
+    for w in mats:
+        evals = esd(w)
+        if evals.numel() < MIN_EVALS or float(evals[-1]) <= 0:
+            out.append((None, None))
+            continue
+        alpha, _, _ = powerlaw_fit(evals.numpy())
+        out.append((alpha, alpha * math.log10(float(evals[-1]))) if math.isfinite(alpha) else (None, None))
+    return out

@@ -14,11 +14,11 @@ import torch
 
 from yolo_audit.stats import exact
 from yolo_audit.stats.packed import pack
-from yolo_audit.stats.spectral import spectral_norms
+from yolo_audit.stats.spectral import alphas, spectral_norms
 
 TENSOR_STATS = (
     "numel", "mean", "std", "min", "max", "abs_mean", "l2", "frac_near_zero", "kurtosis",
-    "spectral_norm", "stable_rank",
+    "spectral_norm", "stable_rank", "alpha", "alpha_weighted",
 )  # fmt: skip
 SMALL = 16384  # tensors up to this many elements are packed together
 
@@ -26,11 +26,16 @@ Columns = dict[str, list]
 
 
 def tensor_stats(
-    tensors: Sequence[torch.Tensor], *, near_zero: float = 1e-3, matrix: Sequence[bool] | None = None
+    tensors: Sequence[torch.Tensor],
+    *,
+    near_zero: float = 1e-3,
+    matrix: Sequence[bool] | None = None,
+    alpha: bool = False,
 ) -> Columns:
     """Per tensor: numel, mean, std, min, max, abs_mean, l2, frac_near_zero (|w| < near_zero), kurtosis, and where
     `matrix[i]` is set the spectral norm (largest singular value of the (out, in*k*k) matrix) and stable rank
-    ||W||_F^2 / s_max^2.
+    ||W||_F^2 / s_max^2; with `alpha`, WeightWatcher's power-law exponent of the ESD and alpha * log10(lambda_max)
+    there too (see `spectral.alphas`).
 
     std and kurtosis are population moments (ddof=0); kurtosis is the excess (Fisher) kurtosis m4/m2^2 - 3, None for
     a constant tensor. Columns not defined for a tensor hold None.
@@ -53,6 +58,9 @@ def tensor_stats(
         l2 = cols["l2"][i]
         cols["spectral_norm"][i] = s_max
         cols["stable_rank"][i] = (l2 * l2) / (s_max * s_max) if s_max > 0 else None
+    if alpha:
+        for i, (a, weighted) in zip(wanted, alphas([tensors[i] for i in wanted]), strict=True):
+            cols["alpha"][i], cols["alpha_weighted"][i] = a, weighted
     return cols
 
 

@@ -31,6 +31,7 @@ class WeightOptions:
     gamma_eps: float = 1e-3  # |BN gamma| below this: constant channel
     neg_margin: float = -4.0  # beta + 3|gamma| below this: SiLU input essentially always negative
     bins: int = 64  # histogram bins per parameter
+    alpha: bool = False  # WeightWatcher's alpha and alpha_weighted per conv weight (~1 s per yolov8s on 2 cores)
 
 
 def weight_tables(ckpt: Checkpoint, opts: WeightOptions, *, known: dict[str, dict] | None = None) -> Tables:
@@ -44,8 +45,9 @@ def weight_tables(ckpt: Checkpoint, opts: WeightOptions, *, known: dict[str, dic
     known = known or {}
     todo = [n for n in names if n not in known]
     fresh = tensor_stats(
-        [ckpt.tensors[n] for n in todo], near_zero=opts.near_zero, matrix=[keys[n].role == "conv_weight" for n in todo]
-    )
+        [ckpt.tensors[n] for n in todo], near_zero=opts.near_zero, matrix=[keys[n].role == "conv_weight" for n in todo],
+        alpha=opts.alpha,
+    )  # fmt: skip
     position = {n: i for i, n in enumerate(todo)}
     stats = {k: [known[n][k] if n in known else fresh[k][position[n]] for n in names] for k in fresh}
     where = {

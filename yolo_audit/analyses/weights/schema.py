@@ -23,6 +23,13 @@ TABLES: dict[str, list[Column]] = {
         ("kurtosis", F64, "excess kurtosis m4/m2^2 - 3 (null for a constant tensor)"),
         ("spectral_norm", F64, "largest singular value of the (out, in*k*k) matrix; conv/linear weights only"),
         ("stable_rank", F64, "||W||_F^2 / spectral_norm^2; conv/linear weights only"),
+        (
+            "alpha",
+            F64,
+            "with --alpha: WeightWatcher 0.7's power-law exponent of the ESD (k x k slices scaled by "
+            "sqrt(k*k/2), pooled; Clauset fit); null without --alpha or under 50 eigenvalues",
+        ),
+        ("alpha_weighted", F64, "with --alpha: alpha * log10(largest ESD eigenvalue), as WeightWatcher reports it"),
     ],  # fmt: skip
     "weight_hist": [
         CKPT,
