@@ -324,11 +324,13 @@ def make_data(
         str, typer.Option("--domain", help="A (filled warm shapes, smooth) or B (outlines, stripes).")
     ] = "A",
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same bytes).")] = 0,
+    task: Annotated[str, typer.Option("--task", help="detect (boxes) or segment (polygon labels).")] = "detect",
 ) -> None:
-    """Write a deterministic synthetic YOLO-format detection dataset."""
+    """Write a deterministic synthetic YOLO-format detection (or segmentation) dataset."""
     from yolo_audit.study.synth import make_dataset
 
-    typer.echo(str(make_dataset(out, images=images, imgsz=imgsz, classes=classes, domain=domain, seed=seed)))
+    typer.echo(str(make_dataset(out, images=images, imgsz=imgsz, classes=classes, domain=domain, seed=seed,
+                                task=task)))  # fmt: skip
 
 
 @app.command()

@@ -39,6 +39,9 @@ def _head_outputs(index: int, head: nn.Module) -> dict[str, Hooked]:
             out.update({f"model.{index}.{branch}.{j}": Hooked(seq, HEAD_OUTPUT) for j, seq in enumerate(seqs)})
     if isinstance(getattr(head, "proto", None), nn.Module):
         out[f"model.{index}.proto"] = Hooked(head.proto, HEAD_OUTPUT)
+    if isinstance(getattr(head, "linear", None), nn.Linear):  # Classify returns (probabilities, logits): the logits
+        out[f"model.{index}.linear"] = Hooked(head.linear, HEAD_OUTPUT)
+    # RT-DETR's decoder returns tuples of per-query tensors (channels last): it is hooked, and records nothing
     return out or {f"model.{index}": Hooked(head, HEAD_OUTPUT)}
 
 

@@ -80,7 +80,8 @@ def print_study_summary(summary: StudySummary, *, examples: bool = False, stream
 def print_activations_summary(summary: ActivationsSummary, *, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     out = summary.out
-    print(f"\n{len(summary.analysed)} checkpoint(s) over {summary.images} images (dataset {summary.dataset_id});"
+    print(f"\n{len(summary.checkpoint_ids)} checkpoint(s) ({len(summary.analysed)} files) over {summary.images} images"
+          f" (dataset {summary.dataset_id});"
           f" {summary.failed_images} unreadable image(s) skipped", file=stream)  # fmt: skip
     if "channel_stats" in store.tables(out):
         with pl.Config(

@@ -73,7 +73,8 @@ def dataset_path(data: str | Synthetic, layout: Layout) -> str:
     uploading it under OUT/data/."""
     if not isinstance(data, Synthetic):
         return data
-    key = hashlib.sha256(json.dumps(asdict(data), sort_keys=True).encode()).hexdigest()[:10]
+    fields = {k: v for k, v in asdict(data).items() if not (k == "task" and v == "detect")}  # older folders' keys
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
     name = f"synthetic-{data.domain}-{key}"
     folder = layout.stage / "data" / name
     if not (folder / "data.yaml").exists():
@@ -81,8 +82,9 @@ def dataset_path(data: str | Synthetic, layout: Layout) -> str:
 
         tmp = folder.with_name(folder.name + ".partial")
         make_dataset(
-            tmp, images=data.images, imgsz=data.imgsz, classes=data.classes, domain=data.domain, seed=data.seed
-        )
+            tmp, images=data.images, imgsz=data.imgsz, classes=data.classes, domain=data.domain, seed=data.seed,
+            task=data.task,
+        )  # fmt: skip
         (tmp / "data.yaml").write_text(
             (tmp / "data.yaml").read_text().replace(str(tmp.resolve()), str(folder.resolve()))
         )

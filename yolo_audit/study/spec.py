@@ -25,6 +25,7 @@ class Synthetic:
     imgsz: int = 64
     classes: int = 3
     seed: int = 0
+    task: str = "detect"  # detect (boxes) or segment (polygons)
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,8 @@ def _data(raw: Any, base: Path, key: str) -> str | Synthetic:
         synthetic = _dataclass(Synthetic, inner["synthetic"] or {}, f"{key}.synthetic")
         if synthetic.domain not in ("A", "B"):
             raise AuditError(f"{key}.synthetic.domain: use A or B, not {synthetic.domain!r}")
+        if synthetic.task not in ("detect", "segment"):
+            raise AuditError(f"{key}.synthetic.task: use detect or segment, not {synthetic.task!r}")
         return synthetic
     value = _typed(raw, str, key)
     path = (base / value) if not Path(value).is_absolute() else Path(value)

@@ -18,6 +18,7 @@ from yolo_audit.errors import AuditError
 
 CLASS_NAMES = ("square", "circle", "triangle", "diamond", "cross", "bar")
 DOMAINS = ("A", "B")
+TASKS = ("detect", "segment")
 
 
 def make_dataset(
@@ -29,10 +30,14 @@ def make_dataset(
     domain: str = "A",
     seed: int = 0,
     val_fraction: float = 0.25,
+    task: str = "detect",
 ) -> Path:
-    """Write OUT/images/{train,val}, OUT/labels/{train,val} and OUT/data.yaml; return the yaml's path."""
+    """Write OUT/images/{train,val}, OUT/labels/{train,val} and OUT/data.yaml; return the yaml's path. `task`:
+    detect (boxes) or segment (each shape's outline as a polygon label); the images are the same."""
     if domain not in DOMAINS:
         raise AuditError(f"unknown domain {domain!r}; use A or B", path=str(out))
+    if task not in TASKS:
+        raise AuditError(f"unknown task {task!r}; use one of {', '.join(TASKS)}", path=str(out))
     if not 1 <= classes <= len(CLASS_NAMES):
         raise AuditError(f"classes must be 1..{len(CLASS_NAMES)}", path=str(out))
     if images < 2 or imgsz < 16:
@@ -46,7 +51,15 @@ def make_dataset(
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
         image.save(root / "images" / split / f"{domain.lower()}{i:05d}.png")
-        lines = [f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}" for c, x, y, w, h in labels]
+        if task == "segment":
+            lines = [f"{c} " + " ".join(f"{x / imgsz:.6f} {y / imgsz:.6f}" for x, y in _outline(name, box))
+                     for c, name, box in labels]  # fmt: skip
+        else:
+            lines = [
+                f"{c} {(x0 + x1) / 2 / imgsz:.6f} {(y0 + y1) / 2 / imgsz:.6f} {(x1 - x0) / imgsz:.6f} "
+                f"{(y1 - y0) / imgsz:.6f}"
+                for c, _, (x0, y0, x1, y1) in labels
+            ]
         (root / "labels" / split / f"{domain.lower()}{i:05d}.txt").write_text("\n".join(lines) + "\n")
     data = {
         "path": str(root),
@@ -76,6 +89,7 @@ def _background(rng: np.random.Generator, size: int, domain: str) -> np.ndarray:
 
 
 def _sample(rng: np.random.Generator, size: int, classes: int, domain: str) -> tuple[Image.Image, list[tuple]]:
+    """An image and its shapes as (class, shape name, box)."""
     image = Image.fromarray(_background(rng, size, domain))
     draw = ImageDraw.Draw(image)
     labels = []
@@ -89,14 +103,25 @@ def _sample(rng: np.random.Generator, size: int, classes: int, domain: str) -> t
         _shape(
             draw, CLASS_NAMES[cls], box, fill=warm if domain == "A" else None, outline=cool, width=max(1, size // 32)
         )
-        labels.append((cls, (x0 + w / 2) / size, (y0 + h / 2) / size, w / size, h / size))
+        labels.append((cls, CLASS_NAMES[cls], box))
     return image, labels
 
 
-def _shape(draw: ImageDraw.ImageDraw, name: str, box: tuple[float, ...], **style: object) -> None:
+def _outline(name: str, box: tuple[float, ...]) -> list[tuple[float, float]]:
+    """The shape's outline in pixels (a circle as a 24-gon), for polygon labels."""
+    x0, y0, x1, y1 = box
+    if name == "square":
+        return [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    if name == "circle":
+        cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+        return [(cx + r * math.cos(2 * math.pi * k / 24), cy + r * math.sin(2 * math.pi * k / 24)) for k in range(24)]
+    return _polygons(box)[name]
+
+
+def _polygons(box: tuple[float, ...]) -> dict[str, list[tuple[float, float]]]:
     x0, y0, x1, y1 = box
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    polygons = {
+    return {
         "triangle": [(cx, y0), (x1, y1), (x0, y1)],
         "diamond": [(cx, y0), (x1, cy), (cx, y1), (x0, cy)],
         "cross": [
@@ -107,9 +132,12 @@ def _shape(draw: ImageDraw.ImageDraw, name: str, box: tuple[float, ...], **style
         ],
         "bar": [(cx - (x1 - x0) / 6, y0), (cx + (x1 - x0) / 6, y0), (cx + (x1 - x0) / 6, y1), (cx - (x1 - x0) / 6, y1)],
     }
+
+
+def _shape(draw: ImageDraw.ImageDraw, name: str, box: tuple[float, ...], **style: object) -> None:
     if name == "square":
         draw.rectangle(box, **style)
     elif name == "circle":
         draw.ellipse(box, **style)
     else:
-        draw.polygon(polygons[name], **style)
+        draw.polygon(_polygons(box)[name], **style)

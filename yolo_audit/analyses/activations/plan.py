@@ -35,6 +35,7 @@ class ActivationsSummary:
     dataset_id: str = ""
     images: int = 0
     analysed: list[str] = field(default_factory=list)
+    checkpoint_ids: set[str] = field(default_factory=set)  # distinct contents among the analysed files
     errors: list[ErrorRecord] = field(default_factory=list)
     failed_images: int = 0
     architectures: int = 1  # distinct architectures among the checkpoints (without a reference they are grouped)
@@ -109,6 +110,7 @@ def _write(
             if cols:  # no feature maps asked for: no file
                 files.write(out, table, key, cols)
         summary.analysed.append(result.path)
+        summary.checkpoint_ids.add(result.checkpoint_id)
     files.write_checkpoints(out, [r.checkpoint_row for r in merged if r.checkpoint_row and r.path in summary.analysed])
     write_errors(out, summary.errors)
 
