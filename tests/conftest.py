@@ -73,7 +73,8 @@ def write_study(folder: Path, name: str = "study", **changes) -> Path:
     import yaml
 
     path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({**TINY_STUDY, **changes}))
+    study = {k: v for k, v in {**TINY_STUDY, **changes}.items() if v is not None}  # None: leave the key out
+    path.write_text(yaml.safe_dump(study))
     return path
 
 

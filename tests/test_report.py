@@ -20,7 +20,17 @@ from yolo_audit.report import write_report
 from yolo_audit.results import rank
 
 runner = CliRunner()
-SECTIONS = ("summary", "freeze", "divergence", "distributions", "dead-units", "feature-maps", "similarity", "training")
+SECTIONS = (
+    "summary",
+    "freeze",
+    "divergence",
+    "distributions",
+    "dead-units",
+    "feature-maps",
+    "similarity",
+    "training",
+    "depth",
+)
 
 
 @pytest.fixture(scope="module")

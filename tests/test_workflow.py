@@ -25,7 +25,7 @@ BASE = {
 
 
 def _parse(**changes):
-    return parse_study({**BASE, **changes}, base=ROOT)
+    return parse_study({k: v for k, v in {**BASE, **changes}.items() if v is not None}, base=ROOT)
 
 
 def test_freeze_specs():
@@ -105,3 +105,34 @@ def test_shipped_workflows_validate_and_plan():
     text = stream.getvalue()
     assert text.count("  train ") == 12 and "freeze-backbone-callback-s2" in text and "1 GPU" in text
     assert "layers=0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21 " in text
+
+
+def test_a_sweep_expands_into_named_variants_of_the_model_s_own_depths():
+    study = _parse(variants=[{"name": "mine", "freeze": 3}],
+                   sweep={"freeze": [0, 4, "backbone", "all"], "strategy": ["ultralytics", "callback"]})  # fmt: skip
+    names = [v.name for v in study.variants]
+    assert names[0] == "mine" and len(names) == 9 and "freeze-4-callback" in names
+    byname = {v.name: v for v in study.variants}
+    assert byname["freeze-backbone-ultralytics"].frozen_layers == tuple(range(10))
+    assert (
+        byname["freeze-all-callback"].frozen_layers == tuple(range(22))
+        and byname["freeze-0-callback"].frozen_layers == ()
+    )
+    v11 = _parse(model="yolo11n.yaml", variants=None, sweep={"freeze": ["backbone", "all"]})
+    assert [(v.name, v.frozen_layers[-1]) for v in v11.variants] == [
+        ("freeze-backbone-ultralytics", 10),
+        ("freeze-all-ultralytics", 22),
+    ]
+    with pytest.raises(AuditError, match=r"sweep\[freeze=40, strategy=ultralytics\]\.freeze"):
+        _parse(sweep={"freeze": [40]})
+    stream = io.StringIO()
+    print_plan(v11, Layout.for_out(locate("/tmp/x")), stream)
+    assert "train freeze-all-ultralytics-s0" in stream.getvalue() and "layers=0,1,2," in stream.getvalue()
+
+
+def test_shipped_sweeps_validate():
+    for name in ("demo-sweep.yaml", "coco128-freeze-sweep.yaml", "coco128-freeze-sweep-yolo11.yaml"):
+        study = load_study(ROOT / "workflows" / name)
+        assert len(study.variants) >= 10 and len({v.name for v in study.variants}) == len(study.variants)
+    v11 = load_study(ROOT / "workflows" / "coco128-freeze-sweep-yolo11.yaml")
+    assert v11.backbone == tuple(range(11)) and max(len(v.frozen_layers) for v in v11.variants) == 23

@@ -204,6 +204,48 @@ def _training(ctx: Context) -> str:
     return out
 
 
+def _depth(ctx: Context) -> str:
+    """Freeze depth on an axis (a sweep): per run its best mAP, how far its last checkpoint moved from the base, its
+    dead units and the CKA of the model's last backbone layer to the base's."""
+    runs = (
+        scan(ctx.results, "runs").filter(pl.col("run") != "base").collect()
+        .with_columns(depth=pl.col("frozen_layers").list.len(), last_backbone=pl.col("backbone").list.max())
+        .join(ctx.labels.select("run", "checkpoint_id"), on="run", how="left")
+    )  # fmt: skip
+    if runs["depth"].n_unique() < 2:
+        return "<p class=note>Every run freezes as many layers: no depth axis to draw.</p>"
+    if "weight_divergence" in ctx.present and ctx.reference_id:
+        div = layer_divergence(ctx.results).filter(pl.col("reference_id") == ctx.reference_id).collect()
+        runs = runs.join(div.group_by("checkpoint_id").agg(pl.col("rel_l2").mean().alias("mean_rel_l2")),
+                         on="checkpoint_id", how="left")  # fmt: skip
+    if "channel_stats" in ctx.present:
+        dead = units(ctx.results).group_by("checkpoint_id").agg(pl.col("dead").sum()).collect()
+        runs = runs.join(dead, on="checkpoint_id", how="left")
+    if "similarity" in ctx.present and ctx.reference_id:
+        sim = scan(ctx.results, "similarity").filter(pl.col("module_a") == pl.col("module_b")).collect()
+        pairs = pl.concat([
+            sim.select(pl.col("checkpoint_b").alias("checkpoint_id"), "checkpoint_a", "module_a", "cka"),
+            sim.select(pl.col("checkpoint_a").alias("checkpoint_id"), pl.col("checkpoint_b").alias("checkpoint_a"),
+                       "module_a", "cka"),
+        ]).filter(pl.col("checkpoint_a") == ctx.reference_id)  # fmt: skip
+        runs = (
+            runs.join(pairs, on="checkpoint_id", how="left")
+            .filter(
+                pl.col("module_a").is_null() | (pl.col("module_a") == pl.format("model.{}", pl.col("last_backbone")))
+            )
+            .rename({"cka": "cka_last_backbone"})
+            .unique("run")
+        )
+    table = runs.sort("depth", "strategy").select(
+        "run",
+        "strategy",
+        "depth",
+        "best_map50_95",
+        *[c for c in ("mean_rel_l2", "dead", "cka_last_backbone") if c in runs.columns],
+    )
+    return _img(figures.depth_curves(table), "metrics against freeze depth") + _table(table)
+
+
 # (table that must exist, section id, title, how to draw it), in page order
 SECTIONS: list[tuple[str, str, str, Callable[[Context], str]]] = [
     ("layer_freeze", "freeze", "Freeze verification (each run's last checkpoint vs the base)",
@@ -214,4 +256,5 @@ SECTIONS: list[tuple[str, str, str, Callable[[Context], str]]] = [
     ("feature_maps", "feature-maps", "Feature maps", _maps),
     ("similarity", "similarity", "Representation similarity (CKA)", _similarity),
     ("train_metrics", "training", "Training curves and final mAP", _training),
+    ("runs", "depth", "Against freeze depth", _depth),
 ]  # fmt: skip

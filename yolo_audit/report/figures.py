@@ -169,3 +169,27 @@ def cka_cross(sim: pl.DataFrame, pairs: list[str]) -> bytes:
         fig.colorbar(image, ax=axes.ravel().tolist(), label="CKA", shrink=0.8)
     fig.suptitle("Linear CKA, module x module, for each checkpoint against the base", fontsize=10)
     return _png(fig)
+
+
+DEPTH_PANELS = (
+    ("best_map50_95", "best mAP50-95"),
+    ("mean_rel_l2", "mean relative L2 change per layer vs the base"),
+    ("dead", "dead units (last checkpoint)"),
+    ("cka_last_backbone", "CKA of the last backbone layer vs the base"),
+)
+
+
+def depth_curves(runs: pl.DataFrame) -> bytes:
+    """Small multiples against freeze depth (layers frozen), one line per strategy: whatever of mAP, distance to the
+    base, dead units and CKA of the last backbone layer the store has."""
+    panels = [(c, t) for c, t in DEPTH_PANELS if c in runs.columns and runs[c].drop_nulls().len() > 0]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2), squeeze=False)
+    for ax, (column, title) in zip(axes[0], panels, strict=True):
+        for (strategy,), part in runs.sort("depth").group_by("strategy", maintain_order=True):
+            points = part.drop_nulls(column)
+            ax.plot(points["depth"], points[column], marker="o", ms=4, label=strategy)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("layers frozen")
+    axes[0, 0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return _png(fig)

@@ -109,7 +109,16 @@ def plan(
     base_spec = None
     model = study.model
     if study.pretrain is not None:
-        base_spec = _spec("base", "base", study.model, pretrain_data, layout, study.pretrain, seed=study.seeds[0])
+        base_spec = _spec(
+            "base",
+            "base",
+            study.model,
+            pretrain_data,
+            layout,
+            study.pretrain,
+            seed=study.seeds[0],
+            backbone=study.backbone,
+        )
         model = layout.run("base", "weights", "last.pt")
     specs = [
         _spec(
@@ -120,6 +129,7 @@ def plan(
             layout,
             study.train,
             frozen_layers=v.frozen_layers,
+            backbone=study.backbone,
             freeze=json.dumps(v.freeze),
             strategy=v.strategy,
             seed=seed,
@@ -220,7 +230,8 @@ def write_run(out: Location, result: TrainResult, study_name: str) -> None:
     spec = result.spec
     row = {
         "run": spec.run, "study": study_name, "variant": spec.variant, "freeze": spec.freeze,
-        "frozen_layers": list(spec.frozen_layers), "strategy": spec.strategy, "seed": spec.seed,
+        "frozen_layers": list(spec.frozen_layers), "backbone": list(spec.backbone), "strategy": spec.strategy,
+        "seed": spec.seed,
         "epochs": spec.epochs, "status": result.status, "best_map50_95": result.best_map50_95,
         "seconds": result.seconds, "device": spec.device, "error": result.error,
     }  # fmt: skip

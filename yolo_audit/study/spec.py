@@ -56,6 +56,7 @@ class Study:
     out: str = "results"
     resources: Resources = field(default_factory=Resources)
     source: str = ""
+    backbone: tuple[int, ...] = ()  # the model's backbone layers, from its own yaml
 
 
 def load_study(path: str | Path, *, out: str | None = None) -> Study:
@@ -77,18 +78,22 @@ def _replace(study: Study, **changes: Any) -> Study:
     return replace(study, **changes)
 
 
-_TOP = {"name", "model", "data", "variants", "train", "pretrain", "seeds", "analyses", "out", "resources"}
+_TOP = {"name", "model", "data", "variants", "sweep", "train", "pretrain", "seeds", "analyses", "out", "resources"}
 
 
 def parse_study(raw: Any, *, base: Path, source: str = "") -> Study:
     top = _mapping(raw, "study file", _TOP)
-    for key in ("name", "model", "data", "variants"):
+    for key in ("name", "model", "data"):
         if key not in top:
             raise AuditError(f"missing key `{key}`")
+    if "variants" not in top and "sweep" not in top:
+        raise AuditError("missing key `variants` (or a `sweep` that expands into variants)")
     pretrain = _mapping(top.get("pretrain"), "pretrain", {"data", *_names(TrainCfg)}) if "pretrain" in top else None
     model = _model(top["model"], base)
     profile = _profile(model)
-    variants = tuple(_variant(v, i, profile) for i, v in enumerate(_list(top["variants"], "variants")))
+    listed = _list(top.get("variants", []), "variants")
+    variants = tuple(_variant(v, i, profile) for i, v in enumerate(listed))
+    variants += sweep_variants(top.get("sweep"), profile, start=len(listed))
     if not variants:
         raise AuditError("`variants` is empty; list at least one variant")
     names = [v.name for v in variants]
@@ -114,7 +119,27 @@ def parse_study(raw: Any, *, base: Path, source: str = "") -> Study:
         out=_typed(top.get("out", "results"), str, "out"),
         resources=_dataclass(Resources, top.get("resources", {}), "resources"),
         source=source,
+        backbone=profile.backbone if profile.n_backbone is not None else (),
     )
+
+
+def sweep_variants(raw: Any, profile: Profile, *, start: int = 0) -> tuple[Variant, ...]:
+    """`sweep: {freeze: [0, 2, 4, ...], strategy: [ultralytics, callback]}` as named variants, every freeze depth with
+    every strategy (default: ultralytics only): `freeze-4-callback`, `freeze-backbone-ultralytics`, ..."""
+    if raw is None:
+        return ()
+    sweep = _mapping(raw, "sweep", {"freeze", "strategy"})
+    if "freeze" not in sweep:
+        raise AuditError("sweep: missing key `freeze` (a list of freeze specs, e.g. [0, 2, 4, backbone, all])")
+    depths = _list(sweep["freeze"], "sweep.freeze")
+    strategies = _list(sweep.get("strategy", ["ultralytics"]), "sweep.strategy")
+    out = []
+    for d in depths:
+        label = "_".join(map(str, d)) if isinstance(d, list) else str(d)
+        for strategy in strategies:
+            item = {"name": f"freeze-{label}-{strategy}", "freeze": d, "strategy": strategy}
+            out.append(_variant(item, start + len(out), profile, key=f"sweep[freeze={label}, strategy={strategy}]"))
+    return tuple(out)
 
 
 def _profile(model: str) -> Profile:
@@ -124,8 +149,8 @@ def _profile(model: str) -> Profile:
         raise AuditError(f"model: {exc}") from exc
 
 
-def _variant(raw: Any, i: int, profile: Profile) -> Variant:
-    key = f"variants[{i}]"
+def _variant(raw: Any, i: int, profile: Profile, *, key: str | None = None) -> Variant:
+    key = key or f"variants[{i}]"
     item = _mapping(raw, key, {"name", "freeze", "strategy"})
     if "name" not in item:
         raise AuditError(f"{key}: missing key `name`")

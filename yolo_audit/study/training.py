@@ -50,6 +50,7 @@ class TrainSpec(TrainCfg):
     project: str  # absolute local folder; the run writes project/run
     upload_to: str | None = None  # a URI the run folder is copied to afterwards (results on an object store)
     frozen_layers: tuple[int, ...] = ()
+    backbone: tuple[int, ...] = ()  # the model's backbone layers (recorded in `runs`)
     freeze: str = "0"  # the freeze spec as written in the study file
     strategy: str = "ultralytics"
     seed: int = 0
