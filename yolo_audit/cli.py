@@ -179,7 +179,40 @@ def similarity(
         raise typer.Exit(1)
 
 
-rank_app = typer.Typer(no_args_is_help=True, help="Rank dead units, weight divergence, or BatchNorm drift.")
+@app.command()
+@_one_line_errors
+def rewind(
+    checkpoints: Annotated[list[str], typer.Argument(help="Checkpoint files or folders, or URIs.")],
+    reference: Annotated[str, typer.Option("--reference", help="The checkpoint to rewind layers to (the base).")],
+    data: Annotated[str, typer.Option("--data", help="Dataset yaml with labels (uses --split).")],
+    out: OutLocation,
+    layers: Annotated[str, typer.Option("--layers", help="all, backbone, neck, head, or a list like 0,1,2.")] = "all",
+    groups: Annotated[bool, typer.Option("--groups", help="Swap backbone, neck and head as whole groups.")] = False,
+    into_reference: Annotated[
+        bool, typer.Option("--into-reference", help="Also: the reference with one layer from the checkpoint.")
+    ] = False,
+    imgsz: Imgsz = 640,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Validation batch size.")] = 16,
+    split: Split = "val",
+    device: Device = "auto",
+    address: Address = None,
+    num_cpus: NumCpus = None,
+    trust_pickle: TrustPickle = False,
+) -> None:
+    """Which layers the accuracy needs: reset each layer to the reference and re-measure mAP (layer rewinding)."""
+    from yolo_audit.analyses.rewind.job import RewindOptions
+    from yolo_audit.analyses.rewind.plan import analyze_rewind
+    from yolo_audit.report.text import print_rewind_summary
+
+    opts = RewindOptions(imgsz=imgsz, batch=batch, split=split, device=device, trust_pickle=trust_pickle)
+    summary = analyze_rewind(list(checkpoints), reference, data, _at(out), layers=layers, groups=groups,
+                             into_reference=into_reference, opts=opts, address=address, num_cpus=num_cpus)  # fmt: skip
+    print_rewind_summary(summary)
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+rank_app = typer.Typer(no_args_is_help=True, help="Rank dead units, weight divergence, BN drift, or rewinding.")
 app.add_typer(rank_app, name="rank")
 Results = Annotated[str, typer.Option("--results", help="Results folder or URI (the --out of earlier commands).")]
 Top = Annotated[int, typer.Option("--top", min=1, help="How many rows.")]
@@ -222,6 +255,15 @@ def rank_drift(results: Results, top: Top = 20) -> None:
     from yolo_audit.results import rank
 
     _show(rank.rank_drift(_at(results), top=top).collect())
+
+
+@rank_app.command("rewind")
+@_one_line_errors
+def rank_rewind(results: Results, top: Top = 5) -> None:
+    """Per run, the layers whose reset to the reference costs most mAP50-95."""
+    from yolo_audit.results import rank
+
+    _show(rank.rank_rewind(_at(results), top=top).collect())
 
 
 @app.command()

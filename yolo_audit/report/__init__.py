@@ -246,6 +246,27 @@ def _depth(ctx: Context) -> str:
     return _img(figures.depth_curves(table), "metrics against freeze depth") + _table(table)
 
 
+def _rewind(ctx: Context) -> str:
+    rows = ctx.latest(scan(ctx.results, "rewind").filter(pl.col("direction") == "rewind").collect())
+    if ctx.reference_id:
+        rows = rows.filter(pl.col("reference_id") == ctx.reference_id)
+    if rows.is_empty():
+        return "<p class=note>No rewinding of a run's last checkpoint to the base in these results.</p>"
+    note = ("<p class=note>Each cell: mAP50-95 of the run's last checkpoint with that layer (parameters and BatchNorm "
+            "statistics) reset to the base, minus its own mAP50-95, on the same images. Negative: the accuracy needs "
+            "that layer's change; exactly 0: the layer is bit-identical to the base, or its change does not matter."
+            "</p>")  # fmt: skip
+    per_layer = rows.filter(pl.col("layer").is_not_null())
+    out = note
+    if per_layer.height:
+        out += _img(figures.heatmap(per_layer, "layer", "label", "delta_map50_95", "Layer rewinding: delta mAP50-95",
+                                    "mAP50-95 change when reset to the base"), "rewind heatmap")  # fmt: skip
+    groups = rows.filter(pl.col("layer").is_null())
+    if groups.height:
+        out += _table(groups.select("label", "group", "delta_map50_95", "map50_95", "baseline_map50_95").sort("label"))
+    return out
+
+
 # (table that must exist, section id, title, how to draw it), in page order
 SECTIONS: list[tuple[str, str, str, Callable[[Context], str]]] = [
     ("layer_freeze", "freeze", "Freeze verification (each run's last checkpoint vs the base)",
@@ -257,4 +278,5 @@ SECTIONS: list[tuple[str, str, str, Callable[[Context], str]]] = [
     ("similarity", "similarity", "Representation similarity (CKA)", _similarity),
     ("train_metrics", "training", "Training curves and final mAP", _training),
     ("runs", "depth", "Against freeze depth", _depth),
+    ("rewind", "rewind", "Layer rewinding: which changes the accuracy needs", _rewind),
 ]  # fmt: skip

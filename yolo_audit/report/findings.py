@@ -116,6 +116,8 @@ def findings(ctx: Context) -> list[str]:
                 layer, count = part.group_by("layer").len().sort("len", "layer", descending=[True, False]).row(0)
                 on = f" on dataset {dataset_id}" if several else ""
                 out.append(f"{label}: {part.height} {words} vs the base{on}, most in layer {layer} ({count}).")
+    if "rewind" in ctx.present and ctx.reference_id:
+        out += _rewind_findings(ctx)
     if "runs" in ctx.present:
         runs = (
             scan(ctx.results, "runs").filter(pl.col("run") != "base").sort("best_map50_95", descending=True).collect()
@@ -124,3 +126,32 @@ def findings(ctx: Context) -> list[str]:
         if ranked:
             out.append("Best mAP50-95, highest first: " + ", ".join(ranked) + ".")
     return out or ["No comparisons against a base in these results yet."]
+
+
+def _rewind_findings(ctx: Context) -> list[str]:
+    """Per run: what resetting to the base costs, by group where measured, else the costliest layer."""
+    rows = ctx.latest(
+        scan(ctx.results, "rewind")
+        .filter((pl.col("direction") == "rewind") & (pl.col("reference_id") == ctx.reference_id))
+        .collect()
+    )
+    out = []
+    for (label,), part in rows.sort("label").group_by("label", maintain_order=True):
+        groups = part.filter(pl.col("layer").is_null()).sort("delta_map50_95")
+        layers = part.filter(pl.col("layer").is_not_null()).sort("delta_map50_95", "layer")
+        if groups.height:
+            costs = ", ".join(f"the {g} {-d:.3f}" for g, d in groups.select("group", "delta_map50_95").iter_rows())
+            where = groups["group"][0]
+            out.append(f"{label}: rewinding to the base costs mAP50-95 {costs}: the fine-tune's gain lives mostly in "
+                       f"the {where}." if groups["delta_map50_95"][0] < 0 else
+                       f"{label}: rewinding any group to the base costs nothing ({costs}).")  # fmt: skip
+        if layers.height:
+            layer, delta, group = layers.select("layer", "delta_map50_95", "group").row(0)
+            zero = layers.filter(pl.col("delta_map50_95") == 0)["layer"].to_list()
+            exact = f"; resetting {_layers(compact_ranges(zero))} changes nothing (delta exactly 0)" if zero else ""
+            if delta < 0:
+                out.append(f"{label}: resetting layer {layer} ({group}) to the base costs the most, {-delta:.3f} "
+                           f"mAP50-95{exact}.")  # fmt: skip
+            else:
+                out.append(f"{label}: no single layer's reset to the base lowers mAP50-95{exact}.")
+    return out

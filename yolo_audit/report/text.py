@@ -9,6 +9,7 @@ import polars as pl
 
 from yolo_audit.analyses import ANALYSES
 from yolo_audit.analyses.activations.plan import ActivationsSummary
+from yolo_audit.analyses.rewind.plan import RewindSummary
 from yolo_audit.analyses.similarity.plan import SimilaritySummary
 from yolo_audit.analyses.weights.plan import WeightsSummary
 from yolo_audit.results import store
@@ -100,4 +101,19 @@ def print_activations_summary(summary: ActivationsSummary, *, stream: TextIO | N
 def print_similarity_summary(summary: SimilaritySummary, *, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     print(f"{summary.pairs} CKA rows over {summary.images} images in {summary.out}/similarity", file=stream)
+    _print_errors(summary.errors)
+
+
+def print_rewind_summary(summary: RewindSummary, *, stream: TextIO | None = None) -> None:
+    """The swaps that cost most, per run, and what the numbers mean."""
+    from yolo_audit.results.rank import rank_rewind
+
+    stream = stream or sys.stdout
+    if "rewind" in store.tables(summary.out):
+        with pl.Config(tbl_rows=30, tbl_cols=12, fmt_str_lengths=40, tbl_width_chars=200,
+                       tbl_hide_dataframe_shape=True):  # fmt: skip
+            print("\nLayer rewinding: what resetting each layer to the reference costs in mAP50-95 (most first; "
+                  "delta 0: the accuracy does not need that layer's change):", file=stream)  # fmt: skip
+            print(rank_rewind(summary.out, top=3).collect(), file=stream)
+    print(f"\n{summary.rows} rewind rows in {summary.out}/rewind", file=stream)
     _print_errors(summary.errors)

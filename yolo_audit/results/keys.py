@@ -5,6 +5,7 @@ built here and parsed back here only, so purging a retrained run's rows cannot m
 - `<checkpoint>-<bins_id>`: its histogram on shared bins (`ref-<reference>` or `pooled-<hash>`)
 - `<checkpoint>-vs-<reference>`: a comparison (weight_divergence, channel_divergence, layer_freeze)
 - `<checkpoint>-<dataset_id>`: a pass over images (channel_stats, activation_hist, feature_maps, activation_passes)
+- `<checkpoint>-vs-<reference>-<dataset_id>-<swap>`: one rewind validation
 - `<dataset_id>-<hash of the checkpoints>-<pool>`: a similarity file (its rows name the checkpoints)
 - `<run>`: runs and train_metrics;  `<stage>-<hash of the path>`: an errors row
 """
@@ -18,7 +19,8 @@ from collections.abc import Iterable
 _SAFE = re.compile(r"^[A-Za-z0-9_.=-]+$")
 _NAMES = re.compile(
     r"^(?P<checkpoint>[0-9a-f]{16})"
-    r"(?:-vs-(?P<reference>[0-9a-f]{16})|-ref-(?P<bins_ref>[0-9a-f]{16})|-pooled-[0-9a-f]+|-[0-9a-f]{16})?$"
+    r"(?:-vs-(?P<reference>[0-9a-f]{16})(?:-[0-9a-f]{16}-[A-Za-z0-9_]+)?|-ref-(?P<bins_ref>[0-9a-f]{16})"
+    r"|-pooled-[0-9a-f]+|-[0-9a-f]{16})?$"
 )
 
 
@@ -41,6 +43,10 @@ def dataset_key(checkpoint_id: str, dataset_id: str) -> str:
 def similarity_key(dataset_id: str, checkpoint_ids: Iterable[str], pool: str) -> str:
     digest = hashlib.sha256(",".join(sorted(checkpoint_ids)).encode()).hexdigest()[:12]
     return f"{dataset_id}-{digest}-{pool}"
+
+
+def rewind_key(checkpoint_id: str, reference_id: str, dataset_id: str, target: str) -> str:
+    return f"{checkpoint_id}-vs-{reference_id}-{dataset_id}-{target.replace('-', '_')}"
 
 
 def run_key(run: str) -> str:

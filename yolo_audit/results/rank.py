@@ -112,3 +112,15 @@ def query(out: Where, sql: str) -> pl.DataFrame:
             pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:  # fmt: skip
         reason = str(exc).splitlines()[0]
         raise AuditError(f"query failed: {reason}; tables: {', '.join(tables(out))}", path=str(out)) from exc
+
+
+def rank_rewind(out: Where, *, top: int = 5) -> pl.LazyFrame:
+    """Per run (its checkpoint) and direction, the swaps whose delta mAP50-95 is most negative: the layers whose
+    change the accuracy depends on most. `top` rows per checkpoint and direction."""
+    frame = scan(out, "rewind").with_columns(
+        pl.col("delta_map50_95").rank("ordinal").over("checkpoint_id", "direction").alias("rank_in_checkpoint")
+    )
+    ranked = frame.filter(pl.col("rank_in_checkpoint") <= top).sort("checkpoint_id", "direction", "rank_in_checkpoint")
+    cols = ["checkpoint_id", "direction", "rank_in_checkpoint", "layer", "group", "delta_map50_95", "map50_95",
+            "baseline_map50_95"]  # fmt: skip
+    return _with_runs(ranked.select(cols), out)
