@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import threading
+from copy import deepcopy
 from functools import partial
 
 import polars as pl
@@ -22,6 +23,7 @@ from yolo_audit.results import rank
 runner = CliRunner()
 SECTIONS = (
     "summary",
+    "pairwise",
     "freeze",
     "divergence",
     "distributions",
@@ -151,3 +153,44 @@ def test_dead_units_are_never_added_across_datasets(results, tmp_path):
     assert per_dataset.filter(pl.col("dataset_id") == "e" * 16)["dead"].to_list() == (
         per_dataset.filter(pl.col("dataset_id") == "e" * 16)["units"].to_list()
     )
+
+
+def test_every_combination_of_tables_renders(tmp_path, base_model, ray_local):
+    """A weights-only store (three checkpoints, --pairwise, one broken file), an activations-only store at --depth
+    leaves and a similarity-only store each render, with the sections their data allows."""
+    import io
+
+    from conftest import save
+
+    from yolo_audit.analyses.activations.job import ActivationOptions
+    from yolo_audit.analyses.activations.plan import analyze_activations
+    from yolo_audit.analyses.similarity.job import SimilarityOptions
+    from yolo_audit.analyses.similarity.plan import analyze_similarity
+    from yolo_audit.analyses.weights.plan import analyze_weights
+    from yolo_audit.model.synthetic import perturb
+    from yolo_audit.study.synth import make_dataset
+
+    ckpts = []
+    for i, layers in enumerate(([], [2, 3], [15, 22])):
+        model = deepcopy(base_model)
+        perturb(model, layers, scale=0.05, seed=i)
+        ckpts.append(save(model, tmp_path / f"r{i}" / "weights" / "last.pt", name=f"r{i}"))
+    broken = tmp_path / "broken" / "weights" / "last.pt"
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not a checkpoint")
+    analyze_weights([*ckpts, broken], tmp_path / "w", pairwise=True, stream=io.StringIO())
+    text = write_report(tmp_path / "w", tmp_path / "w.html").read_text()
+    for section in ("summary", "errors", "pairwise", "distributions"):
+        assert f'<section id="{section}">' in text, section
+    pairwise = text.split('<section id="pairwise">', 1)[1].split("</section>", 1)[0]
+    assert "data:image/png;base64," in pairwise and pairwise.count("<tr>") == 1 + 3  # header and three pairs
+    assert "broken" in text.split('<section id="errors">', 1)[1].split("</section>", 1)[0]
+    images = make_dataset(tmp_path / "data", images=8, imgsz=64, domain="B", seed=4).parent / "images"
+    opts = ActivationOptions(imgsz=64, batch=4, depth="leaves", maps=1)
+    analyze_activations(ckpts[:2], images, tmp_path / "a", opts=opts, max_images=4, stream=io.StringIO())
+    text = write_report(tmp_path / "a", tmp_path / "a.html").read_text()
+    assert '<section id="dead-units">' in text and '<section id="feature-maps">' in text
+    analyze_similarity(ckpts[:2], images, tmp_path / "s", opts=SimilarityOptions(imgsz=64, batch=4),
+                       stream=io.StringIO())  # fmt: skip
+    text = write_report(tmp_path / "s", tmp_path / "s.html").read_text()
+    assert '<section id="similarity">' in text and "data:image/png;base64," in text

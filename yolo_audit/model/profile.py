@@ -54,11 +54,16 @@ class Profile:
     def all_but_head(self) -> tuple[int, ...]:
         return tuple(range(self.head))
 
-    def group(self, layer: int) -> str:
-        """backbone, neck or head."""
+    def group(self, layer: int | None) -> str | None:
+        """backbone, neck or head; None outside the layer list, or where the backbone is unknown (a bare state
+        dict records no yaml)."""
+        if layer is None:
+            return None
         if layer == self.head:
             return "head"
-        return "backbone" if self.n_backbone is not None and layer < self.n_backbone else "neck"
+        if self.n_backbone is None:
+            return None
+        return "backbone" if layer < self.n_backbone else "neck"
 
     def is_unit_module(self, layer: int) -> bool:
         """Its output channels pass through the module's own nonlinearity (not copies of other layers' channels)."""

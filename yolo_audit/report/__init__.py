@@ -16,7 +16,7 @@ import polars as pl
 from yolo_audit.errors import AuditError
 from yolo_audit.report import figures
 from yolo_audit.report.findings import Context, findings, freeze_table
-from yolo_audit.results.store import layer_divergence, scan, tables, units
+from yolo_audit.results.store import layer_divergence, pairwise_distance, scan, tables, units
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -146,7 +146,13 @@ def _dead_on(stats: pl.DataFrame, ctx: Context) -> str:
 
 def _maps(ctx: Context) -> str:
     maps = scan(ctx.results, "feature_maps").filter((pl.col("image") == 0) & (pl.col("channel") == 0)).collect()
-    maps = ctx.latest(maps, keep_reference=True).filter(pl.col("module") == pl.format("model.{}", pl.col("layer")))
+    maps = ctx.latest(maps, keep_reference=True)
+    top = maps.filter(pl.col("module") == pl.format("model.{}", pl.col("layer")))
+    if top.is_empty():  # --depth leaves: one module per layer, the first measured
+        top = maps.filter(pl.col("module") == pl.col("module").min().over("label", "layer"))
+    maps = top
+    if maps.is_empty():
+        return "<p class=note>No feature maps of the shown checkpoints.</p>"
     layers = sorted(maps["layer"].unique().to_list())
     chosen = [layers[round(i * (len(layers) - 1) / 7)] for i in range(8)] if len(layers) > 8 else layers
     labels = maps["label"].unique().sort().to_list()
@@ -267,8 +273,37 @@ def _rewind(ctx: Context) -> str:
     return out
 
 
+def _pairwise(ctx: Context) -> str:
+    """Distance between every pair of shown checkpoints (each run's last one, and the base) that was compared."""
+    dist = pairwise_distance(ctx.results)
+    names = ctx.labels.select("checkpoint_id", "label")
+    pairs = dist.join(names, on="checkpoint_id").join(
+        names.rename({"checkpoint_id": "reference_id", "label": "other"}), on="reference_id"
+    )
+    if pairs.is_empty():
+        return "<p class=note>No comparisons between the shown checkpoints; `weights --pairwise` computes them.</p>"
+    both = pl.concat([pairs, pairs.rename({"label": "other", "other": "label"}).select(pairs.columns)]).unique(
+        ["label", "other"]
+    )
+    note = (
+        "<p class=note>Relative L2 distance of all parameters (BN statistics excluded), ||A - B|| / ||B||, for "
+        "each compared pair of runs (their last checkpoints) and the base; per group from the model's yaml.</p>"
+    )
+    table = pairs.select("label", "other", "rel_l2", "backbone", "neck", "head").sort("label", "other")
+    return note + _img(figures.heatmap(both, "label", "other", "rel_l2", "Distance between runs", "relative L2"),
+                       "distance between runs") + _table(table)  # fmt: skip
+
+
+def _errors(ctx: Context) -> str:
+    errors = scan(ctx.results, "errors").collect().sort("path", "stage")
+    note = "<p class=note>What could not be analysed: no failed checkpoint silently disappears from this report.</p>"
+    return note + _table(errors)
+
+
 # (table that must exist, section id, title, how to draw it), in page order
 SECTIONS: list[tuple[str, str, str, Callable[[Context], str]]] = [
+    ("errors", "errors", "Errors", _errors),
+    ("weight_divergence", "pairwise", "Distances between runs", _pairwise),
     ("layer_freeze", "freeze", "Freeze verification (each run's last checkpoint vs the base)",
      lambda ctx: _table(freeze_table(ctx))),
     ("weight_divergence", "divergence", "Weight divergence per layer", _divergence),

@@ -78,6 +78,36 @@ def layer_divergence(out: Where) -> pl.LazyFrame:
     )
 
 
+def pairwise_distance(out: Where) -> pl.DataFrame:
+    """Per compared pair (checkpoint, reference): the relative L2 change of all parameters, sqrt(sum ||a-b||^2) /
+    sqrt(sum ||b||^2) over every parameter tensor (BN statistics excluded), for the whole model and per group
+    (backbone, neck, head): the accepted answer's "norm between the weights of the models"."""
+    ref_norms = scan(out, "weight_stats").select(
+        pl.col("checkpoint_id").alias("reference_id"), "param", pl.col("l2").alias("ref_l2")
+    )
+    rows = (
+        scan(out, "weight_divergence")
+        .filter(pl.col("role").is_in(PARAM_ROLES))
+        .join(ref_norms, on=["reference_id", "param"], how="left")
+    )
+
+    def rel(frame: pl.LazyFrame, by: list[str]) -> pl.LazyFrame:
+        return frame.group_by(by).agg(
+            (pl.col("l2_diff").pow(2).sum().sqrt() / pl.col("ref_l2").pow(2).sum().sqrt()).alias("rel_l2")
+        )
+
+    whole = rel(rows, ["checkpoint_id", "reference_id"])
+    groups = rel(rows.filter(pl.col("group").is_not_null()), ["checkpoint_id", "reference_id", "group"]).collect()
+    wide = groups.pivot(on="group", index=["checkpoint_id", "reference_id"], values="rel_l2") if groups.height else None
+    frame = whole.collect()
+    if wide is not None:
+        frame = frame.join(wide, on=["checkpoint_id", "reference_id"], how="left")
+    for group in ("backbone", "neck", "head"):
+        if group not in frame.columns:
+            frame = frame.with_columns(pl.lit(None, pl.Float64).alias(group))
+    return frame.select("checkpoint_id", "reference_id", "rel_l2", "backbone", "neck", "head")
+
+
 def _against(frame: pl.LazyFrame, reference_id: str | None) -> pl.LazyFrame:
     return frame if reference_id is None else frame.filter(pl.col("reference_id") == reference_id)
 

@@ -201,7 +201,8 @@ def divergence_tables(
     )  # fmt: skip
     ids = {"checkpoint_id": [ckpt.checkpoint_id] * len(names), "reference_id": [ref.checkpoint_id] * len(names)}
     weight_div = {
-        **ids, "param": names, "layer": [keys[n].layer for n in names], "role": [keys[n].role for n in names], **cols,
+        **ids, "param": names, "layer": [keys[n].layer for n in names],
+        "group": [ref.profile.group(keys[n].layer) for n in names], "role": [keys[n].role for n in names], **cols,
     }  # fmt: skip
     layers = layer_freeze_columns([keys[n] for n in names], cols["identical"], cols["rel_diff"], ckpt.declared_frozen)
     n = len(layers["layer"])

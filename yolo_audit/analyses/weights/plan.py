@@ -66,6 +66,7 @@ def analyze_weights(
     reference: Where | None = None,
     pairwise: bool = False,
     trajectory: bool = False,
+    pairwise_among: list[str] | None = None,
     address: str | None = None,
     num_cpus: int | None = None,
     cpus_per_task: float = 1,
@@ -73,7 +74,8 @@ def analyze_weights(
     trust_pickle: bool = False,
     stream: TextIO | None = None,
 ) -> WeightsSummary:
-    """Analyse every checkpoint under `paths` into Parquet tables under `out` (see the README's schema)."""
+    """Analyse every checkpoint under `paths` into Parquet tables under `out` (see the README's schema).
+    `pairwise_among`: compare every pair of just these files (a study: each run's last snapshot and the base)."""
     opts = opts or WeightOptions()
     out_dir = check_writable(locate(out))
     files = find_checkpoints(list(paths), reference=reference)
@@ -120,7 +122,8 @@ def analyze_weights(
                 stream=stream,
             )  # fmt: skip
             summary.errors += [e for r in second for e in r.errors]
-        pairs = _pairs(loaded, pairwise=pairwise, trajectory=trajectory)
+        among = {locate(p).uri for p in pairwise_among} if pairwise_among else None
+        pairs = _pairs(loaded, pairwise=pairwise, trajectory=trajectory, among=among)
         if pairs:
             third = run_tasks(
                 [Task(f"{Path(a).name} vs {Path(b).name}", compare_pair, (a, b, out_dir), {**common, "opts": opts},
@@ -144,11 +147,15 @@ def distinct(results: list[TaskResult]) -> list[TaskResult]:
     return list(by_id.values())
 
 
-def _pairs(results: list[TaskResult], *, pairwise: bool, trajectory: bool) -> list[tuple[str, str]]:
-    """(a, b) pairs where a is compared against b: all pairs, and/or consecutive epochs within each run."""
+def _pairs(
+    results: list[TaskResult], *, pairwise: bool, trajectory: bool, among: set[str] | None = None
+) -> list[tuple[str, str]]:
+    """(a, b) pairs where a is compared against b: all pairs (or all pairs of the files `among`), and/or consecutive
+    epochs within each run."""
     pairs: list[tuple[str, str]] = []
-    if pairwise:
-        pairs += [(later.path, earlier.path) for earlier, later in combinations(results, 2)]
+    if pairwise or among:
+        chosen = [r for r in results if among is None or r.path in among]
+        pairs += [(later.path, earlier.path) for earlier, later in combinations(chosen, 2)]
     if trajectory:
         runs: dict[str, list[TaskResult]] = {}
         for r in results:
@@ -166,5 +173,6 @@ def in_study(inputs: StudyInputs) -> WeightsSummary:
     snapshots = [f for files in inputs.snapshots.values() for f in files]
     print(f"[weights] analysing {len(inputs.snapshots)} runs' snapshots against {inputs.reference or 'each other'}",
           file=inputs.stream)  # fmt: skip
+    among = ([inputs.reference] if inputs.reference else []) + inputs.last  # the report's distances between runs
     return analyze_weights(snapshots, inputs.out, reference=inputs.reference, trajectory=True,
-                           pairwise=inputs.reference is None, stream=inputs.stream)  # fmt: skip
+                           pairwise=inputs.reference is None, pairwise_among=among, stream=inputs.stream)  # fmt: skip

@@ -61,6 +61,7 @@ TABLES: dict[str, list[Column]] = {
         REF,
         PARAM,
         LAYER,
+        ("group", S, "backbone, neck or head, from the model's own yaml (null where unknown: a bare state dict)"),
         ROLE,
         ("l2_diff", F64, "||a - b||"),
         (
