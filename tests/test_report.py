@@ -27,7 +27,10 @@ SECTIONS = (
     "freeze",
     "divergence",
     "distributions",
+    "parameter-distributions",
+    "trajectories",
     "dead-units",
+    "activation-distributions",
     "feature-maps",
     "similarity",
     "training",
@@ -175,13 +178,18 @@ def test_every_combination_of_tables_renders(tmp_path, base_model, ray_local):
         model = deepcopy(base_model)
         perturb(model, layers, scale=0.05, seed=i)
         ckpts.append(save(model, tmp_path / f"r{i}" / "weights" / "last.pt", name=f"r{i}"))
+    (tmp_path / "r0" / "results.csv").write_text(  # as Ultralytics writes it beside weights/
+        "epoch,  metrics/mAP50-95(B),  train/box_loss\n1, 0.10, 2.0\n2, 0.25, 1.5\n"
+    )
     broken = tmp_path / "broken" / "weights" / "last.pt"
     broken.parent.mkdir(parents=True)
     broken.write_bytes(b"not a checkpoint")
     analyze_weights([*ckpts, broken], tmp_path / "w", pairwise=True, stream=io.StringIO())
     text = write_report(tmp_path / "w", tmp_path / "w.html").read_text()
-    for section in ("summary", "errors", "pairwise", "distributions"):
+    for section in ("summary", "errors", "pairwise", "distributions", "parameter-distributions", "trajectories"):
         assert f'<section id="{section}">' in text, section
+    metrics = pl.read_parquet(tmp_path / "w" / "train_metrics" / "*.parquet")  # recorded, never converted by hand
+    assert metrics["run"].to_list() == ["r0", "r0"] and metrics["metrics/mAP50-95(B)"].to_list() == [0.10, 0.25]
     pairwise = text.split('<section id="pairwise">', 1)[1].split("</section>", 1)[0]
     assert "data:image/png;base64," in pairwise and pairwise.count("<tr>") == 1 + 3  # header and three pairs
     assert "broken" in text.split('<section id="errors">', 1)[1].split("</section>", 1)[0]
@@ -190,6 +198,7 @@ def test_every_combination_of_tables_renders(tmp_path, base_model, ray_local):
     analyze_activations(ckpts[:2], images, tmp_path / "a", opts=opts, max_images=4, stream=io.StringIO())
     text = write_report(tmp_path / "a", tmp_path / "a.html").read_text()
     assert '<section id="dead-units">' in text and '<section id="feature-maps">' in text
+    assert '<section id="activation-distributions">' in text
     analyze_similarity(ckpts[:2], images, tmp_path / "s", opts=SimilarityOptions(imgsz=64, batch=4),
                        stream=io.StringIO())  # fmt: skip
     text = write_report(tmp_path / "s", tmp_path / "s.html").read_text()

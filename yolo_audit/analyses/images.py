@@ -23,8 +23,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def list_images(data: str | Path, *, split: str = "val", max_images: int | None = None) -> list[str]:
-    """Image paths from a dataset yaml's `split`, a folder (recursive) or a glob pattern, sorted and capped."""
-    text = str(data)
+    """Image paths from a dataset yaml's `split` (a path, or an Ultralytics dataset name such as coco128.yaml), a
+    folder (recursive) or a glob pattern, sorted and capped."""
+    text = resolve_dataset(str(data))
     if text.endswith((".yaml", ".yml")):
         found = _from_yaml(Path(text), split)
     elif Path(text).is_dir():
@@ -36,6 +37,42 @@ def list_images(data: str | Path, *, split: str = "val", max_images: int | None 
     return found[:max_images] if max_images else found
 
 
+def resolve_dataset(data: str) -> str:
+    """A dataset named the way `yolo train data=coco128.yaml` names it: Ultralytics' packaged yaml, whose images it
+    downloads where online; offline, one line saying where it looked. Paths come back unchanged."""
+    if "/" in data or not data.endswith((".yaml", ".yml")) or Path(data).is_file():
+        return data
+    import os
+
+    from yolo_audit.env import prepare
+
+    prepare()
+    from ultralytics.utils import SETTINGS
+
+    packaged = Path(__import__("ultralytics").__file__).parent / "cfg" / "datasets" / data
+    if not packaged.is_file():
+        return data  # not an Ultralytics name either: the caller's "no such dataset yaml" names it
+    config = yaml.safe_load(packaged.read_text()) or {}
+    root = Path(SETTINGS["datasets_dir"]) / str(config.get("path", Path(data).stem))
+    if root.is_dir():
+        from yolo_audit.env import cache_dir
+
+        config["path"] = str(root)
+        local = cache_dir() / "datasets" / data  # the packaged yaml pointed at the downloaded images
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(yaml.safe_dump(config, sort_keys=False))
+        return str(local)
+    if os.environ.get("YOLO_OFFLINE") == "1":
+        raise AuditError(
+            f"the Ultralytics dataset is not on this machine (looked in {root}) and downloads are off "
+            "(offline); run once where it can download, or pass a local dataset yaml",
+            path=data,
+        )
+    from ultralytics.data.utils import check_det_dataset
+
+    return str(check_det_dataset(data)["yaml_file"])
+
+
 def _from_yaml(path: Path, split: str) -> list[str]:
     if not path.is_file():
         raise AuditError("no such dataset yaml; check the path", path=str(path))
@@ -44,7 +81,9 @@ def _from_yaml(path: Path, split: str) -> list[str]:
     except yaml.YAMLError as exc:
         raise AuditError(f"not valid YAML ({str(exc).splitlines()[0]})", path=str(path)) from exc
     if split not in config:
-        raise AuditError(f"has no `{split}` split; use --split with one of {sorted(config)}", path=str(path))
+        splits = sorted(k for k in ("train", "val", "test", "minival") if config.get(k))
+        hint = f"use --split with one of {splits}" if splits else "add a `val:` entry (an image folder or a .txt list)"
+        raise AuditError(f"has no `{split}` split; {hint}", path=str(path))
     root = Path(config.get("path") or path.parent)
     root = root if root.is_absolute() else (path.parent / root)
     entries = config[split] if isinstance(config[split], list) else [config[split]]

@@ -31,6 +31,9 @@ document.body.dataset.imagesLoaded=ok.length;document.body.dataset.sections=docu
 
 def write_report(results: str | Path, out: str | Path) -> Path:
     """Write the report for a results folder; return its path."""
+    target = Path(out)
+    if target.is_dir() or str(out).endswith("/"):
+        raise AuditError("is a folder; pass the report's file name, e.g. --out report.html", path=str(out))
     present = tables(results)
     if not present:
         raise AuditError("no results tables here; run `yolo-audit demo`, `weights` or `study` first", path=str(results))
@@ -47,9 +50,13 @@ def write_report(results: str | Path, out: str | Path) -> Path:
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · tables: {', '.join(present)}</p>\n{body}"
         f"<script>{SCRIPT}</script></body></html>"
     )
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(page)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(page)
+    except OSError as exc:
+        raise AuditError(
+            f"cannot write the report ({exc.strerror or exc}); pass a writable --out", path=str(out)
+        ) from exc
     return target
 
 
@@ -300,6 +307,71 @@ def _errors(ctx: Context) -> str:
     return note + _table(errors)
 
 
+def _parameters(ctx: Context) -> str:
+    hist = scan(ctx.results, "weight_hist")
+    bins_id = hist.group_by("bins_id").len().sort("len", descending=True).collect()["bins_id"][0]
+    roles = scan(ctx.results, "weight_stats").select("param", "role").unique()
+    frame = (
+        hist.filter((pl.col("bins_id") == bins_id) & pl.col("lo").is_finite() & pl.col("hi").is_finite())
+        .join(roles, on="param").join(ctx.labels.select("checkpoint_id", "label").lazy(), on="checkpoint_id")
+        .collect()
+    )  # fmt: skip
+    out = (
+        "<p class=note>Per layer, its first tensor of each role on the shared bins, every run's last checkpoint and "
+        "the base overlaid. Where the overlays coincide, the difference view below shows the change itself.</p>"
+    )
+    out += _img(figures.parameter_distributions(frame, ctx.colors), "parameter distributions")
+    if "channel_divergence" in ctx.present and ctx.reference_id:
+        change = ctx.latest(scan(ctx.results, "channel_divergence").filter(pl.col("reference_id") == ctx.reference_id)
+                            .collect())  # fmt: skip
+        q = (
+            change.drop_nulls("rel_diff")
+            .group_by("label", "layer")
+            .agg(pl.col("rel_diff").quantile(p).alias(f"q{int(p * 100):02d}") for p in (0.05, 0.25, 0.5, 0.75, 0.95))
+        )
+        if q.height:
+            out += _img(figures.change_quantiles(q, ctx.colors), "difference view")
+    return out
+
+
+def _activation_distributions(ctx: Context) -> str:
+    hist = ctx.latest(scan(ctx.results, "activation_hist").collect(), keep_reference=True)
+    kinds = units(ctx.results).select("module").unique().collect()["module"].to_list()
+    hist = hist.filter(pl.col("module").is_in(kinds))
+    dataset = hist.group_by("dataset_id").len().sort("len", descending=True)["dataset_id"]
+    if not dataset.len():
+        return "<p class=note>No activation histograms of units for the shown checkpoints.</p>"
+    hist = hist.filter(pl.col("dataset_id") == dataset[0])
+    modules = hist.select("layer", "module").unique().sort("layer", "module")["module"].to_list()
+    if len(modules) > 16:  # spread over the depth
+        keep = {modules[round(i * (len(modules) - 1) / 15)] for i in range(16)}
+        hist = hist.filter(pl.col("module").is_in(list(keep)))
+    note = (f"<p class=note>Dataset {html.escape(dataset[0])}: every checkpoint on the same images; octave bins (one "
+            "per power of two and sign), counts on a log axis.</p>")  # fmt: skip
+    return note + _img(figures.activation_distributions(hist, ctx.colors), "activation distributions")
+
+
+def _trajectories(ctx: Context) -> str:
+    dist = pairwise_distance(ctx.results)
+    ckpts = scan(ctx.results, "checkpoints").select("checkpoint_id", "run", "epoch").collect().drop_nulls("epoch")
+    to_base = dist.filter(pl.col("reference_id") == ctx.reference_id).join(ckpts, on="checkpoint_id")
+    other = ckpts.rename({"checkpoint_id": "reference_id", "run": "ref_run", "epoch": "ref_epoch"})
+    steps = dist.join(ckpts, on="checkpoint_id").join(other, on="reference_id").filter(
+        (pl.col("run") == pl.col("ref_run")) & (pl.col("ref_epoch") < pl.col("epoch"))
+    ).sort("ref_epoch").group_by("checkpoint_id", maintain_order=True).last()  # fmt: skip
+    points = (
+        to_base.select("run", "epoch", pl.col("rel_l2").alias("to_base"))
+        .join(steps.select("run", "epoch", pl.col("rel_l2").alias("step")), on=["run", "epoch"], how="full",
+              coalesce=True)
+    )  # fmt: skip
+    if points["epoch"].n_unique() < 2:
+        return "<p class=note>One epoch per run: no trajectory (study snapshots or --trajectory give them).</p>"
+    metrics = scan(ctx.results, "train_metrics").collect() if "train_metrics" in ctx.present else pl.DataFrame(
+        schema={"run": pl.String, "epoch": pl.Int32, "metrics/mAP50-95(B)": pl.Float64}
+    )  # fmt: skip
+    return _img(figures.trajectories(points, metrics, ctx.colors), "trajectories")
+
+
 # (table that must exist, section id, title, how to draw it), in page order
 SECTIONS: list[tuple[str, str, str, Callable[[Context], str]]] = [
     ("errors", "errors", "Errors", _errors),
@@ -308,7 +380,10 @@ SECTIONS: list[tuple[str, str, str, Callable[[Context], str]]] = [
      lambda ctx: _table(freeze_table(ctx))),
     ("weight_divergence", "divergence", "Weight divergence per layer", _divergence),
     ("weight_hist", "distributions", "Weight distributions per layer", _distributions),
+    ("weight_hist", "parameter-distributions", "Parameter distributions and the difference view", _parameters),
+    ("weight_divergence", "trajectories", "Trajectories: distance to the base and step per epoch", _trajectories),
     ("channel_stats", "dead-units", "Dead units", _dead),
+    ("activation_hist", "activation-distributions", "Activation distributions", _activation_distributions),
     ("feature_maps", "feature-maps", "Feature maps", _maps),
     ("similarity", "similarity", "Representation similarity (CKA)", _similarity),
     ("train_metrics", "training", "Training curves and final mAP", _training),

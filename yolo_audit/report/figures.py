@@ -193,3 +193,117 @@ def depth_curves(runs: pl.DataFrame) -> bytes:
     axes[0, 0].legend(fontsize=7, frameon=False)
     fig.tight_layout()
     return _png(fig)
+
+
+def trajectories(points: pl.DataFrame, metrics: pl.DataFrame, colors: Palette) -> bytes:
+    """Per run, against epoch: relative L2 distance to the base and the step from the previous epoch; mAP50-95 of
+    the run (results.csv) on a second axis of the first panel."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.6))
+    twin = axes[0].twinx()
+    for (run,), part in points.sort("epoch").group_by("run", maintain_order=True):
+        color = colors.get(run)
+        base = part.drop_nulls("to_base")
+        axes[0].plot(base["epoch"], base["to_base"], marker="o", ms=3, color=color, label=run)
+        step = part.drop_nulls("step")
+        axes[1].plot(step["epoch"], step["step"], marker="o", ms=3, color=color, label=run)
+        curve = metrics.filter(pl.col("run") == run).sort("epoch")
+        if curve.height:
+            twin.plot(curve["epoch"], curve["metrics/mAP50-95(B)"], ls="--", lw=1, color=color)
+    axes[0].set_title("distance to the base (solid) and mAP50-95 (dashed)", fontsize=9)
+    axes[0].set_ylabel("||W - W_base|| / ||W_base||")
+    twin.set_ylabel("mAP50-95")
+    axes[1].set_title("step from the previous epoch", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("epoch")
+    axes[0].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def activation_distributions(hist: pl.DataFrame, colors: Palette) -> bytes:
+    """Small multiples, one per module: the distribution of activations (octave bins, exact) of every checkpoint on
+    the same images, overlaid, counts on a log axis."""
+    modules = hist.select("layer", "module").unique().sort("layer", "module")["module"].to_list()
+    cols = 4
+    rows = math.ceil(len(modules) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.4 * rows), squeeze=False)
+    for ax, module in zip(axes.flat, modules, strict=False):
+        for (label,), part in hist.filter(pl.col("module") == module).sort("lo").group_by("label", maintain_order=True):
+            centre = np.where(part["lo"].to_numpy() < 0, part["hi"].to_numpy(), part["lo"].to_numpy()) * 1.41
+            ax.plot(centre, part["count"].to_numpy(), drawstyle="steps-mid", lw=1, color=colors.get(label), label=label)
+        ax.set_xscale("symlog", linthresh=1e-3)
+        ax.set_yscale("log")
+        ax.set_title(module, fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(modules) :]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.tight_layout()
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(labels), 5), fontsize=8,
+               frameon=False)  # fmt: skip
+    return _png(fig)
+
+
+ROLES = ("conv_weight", "conv_bias", "bn_weight", "bn_bias", "bn_running_mean", "bn_running_var")
+
+
+def parameter_distributions(hist: pl.DataFrame, colors: Palette) -> bytes:
+    """Rows: layers; columns: roles (conv weight and bias, BN gamma, beta, running mean and variance) of the layer's
+    first tensor of that role; every checkpoint overlaid on the shared bins."""
+    layers = sorted(hist["layer"].drop_nulls().unique().to_list())
+    roles = [r for r in ROLES if r in set(hist["role"].to_list())]
+    fig, axes = plt.subplots(len(layers), len(roles), figsize=(2.6 * len(roles), 1.6 * len(layers)), squeeze=False)
+    for r, layer in enumerate(layers):
+        for c, role in enumerate(roles):
+            ax = axes[r, c]
+            ax.tick_params(labelsize=5)
+            part = hist.filter((pl.col("layer") == layer) & (pl.col("role") == role))
+            if part.is_empty():
+                ax.axis("off")
+                continue
+            first = part["param"].min()
+            for (label,), one in (
+                part.filter(pl.col("param") == first).sort("bin").group_by("label", maintain_order=True)
+            ):
+                ax.plot((one["lo"] + one["hi"]).to_numpy() / 2, one["count"].to_numpy() / max(one["count"].sum(), 1),
+                        color=colors.get(label), lw=0.9, label=label)  # fmt: skip
+            if r == 0:
+                ax.set_title(role, fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"layer {layer}", fontsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.tight_layout()
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(len(labels), 5), fontsize=8,
+               frameon=False)  # fmt: skip
+    return _png(fig)
+
+
+def change_quantiles(q: pl.DataFrame, colors: Palette) -> bytes:
+    """The difference view: per layer, the distribution over output channels of the relative change
+    ||w_c - w_base,c|| / ||w_base,c|| (5th, 25th, 50th, 75th and 95th percentiles), one box per run."""
+    labels = q["label"].unique().sort().to_list()
+    layers = sorted(q["layer"].unique().to_list())
+    width = 0.8 / max(len(labels), 1)
+    fig, ax = plt.subplots(figsize=(12, 3.4))
+    for i, label in enumerate(labels):
+        part = q.filter(pl.col("label") == label)
+        for x, layer in enumerate(layers):
+            row = part.filter(pl.col("layer") == layer)
+            if row.is_empty():
+                continue
+            q05, q25, q50, q75, q95 = (row[c][0] for c in ("q05", "q25", "q50", "q75", "q95"))
+            pos = x + (i - (len(labels) - 1) / 2) * width
+            color = colors.get(label)
+            ax.vlines(pos, q05, q95, color=color, lw=0.8)
+            ax.add_patch(plt.Rectangle((pos - width / 2.5, q25), width / 1.25, max(q75 - q25, 1e-12), color=color,
+                                       alpha=0.6, label=label if x == 0 else None))  # fmt: skip
+            ax.hlines(q50, pos - width / 2.5, pos + width / 2.5, color="black", lw=0.8)
+    ax.set_xticks(range(len(layers)), [str(layer) for layer in layers], fontsize=7)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("relative change per output channel")
+    ax.set_title("Difference view: ||w_c - w_base,c|| / ||w_base,c|| over each layer's conv output channels "
+                 "(box 25-75%, whiskers 5-95%, line: median)", fontsize=9)  # fmt: skip
+    ax.set_yscale("symlog", linthresh=1e-4)
+    ax.legend(fontsize=7, ncol=4, frameon=False)
+    fig.tight_layout()
+    return _png(fig)

@@ -36,10 +36,12 @@ def print_weights_summary(summary: WeightsSummary, *, examples: bool = False, st
         if "layer_freeze" in store.tables(out):
             print("\nFreeze verification of each run's last checkpoint (layers per verdict; declared_mismatch counts"
                   " layers where train_args and the weights disagree):", file=stream)  # fmt: skip
+            frame = store.freeze_summary(out, reference_id=summary.reference_id, latest=True)
             print(
-                store.freeze_summary(out, reference_id=summary.reference_id, latest=True).drop("reference_id"),
-                file=stream,
-            )
+                frame.drop("reference_id") if summary.reference_id else frame, file=stream
+            )  # without one: say vs what
+    if "weight_divergence" in store.tables(out):
+        _print_pairwise(summary, stream)
     if summary.architectures > 1:
         print(f"\n{summary.architectures} different architectures among these checkpoints (arch_hash in the "
               "checkpoints table): statistics are per checkpoint; compare only within one architecture"
@@ -100,7 +102,16 @@ def print_activations_summary(summary: ActivationsSummary, *, stream: TextIO | N
 
 def print_similarity_summary(summary: SimilaritySummary, *, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
-    print(f"{summary.pairs} CKA rows over {summary.images} images in {summary.out}/similarity", file=stream)
+    if summary.by_group is not None:
+        with pl.Config(tbl_rows=60, tbl_cols=10, fmt_str_lengths=40, tbl_width_chars=200,
+                       tbl_hide_dataframe_shape=True, float_precision=3):  # fmt: skip
+            print(
+                "\nRepresentation similarity per pair: mean linear CKA of corresponding modules in the backbone, "
+                "neck and head (1 = the same representation), and the module where it is lowest:",
+                file=stream,
+            )
+            print(summary.by_group, file=stream)
+    print(f"\n{summary.pairs} CKA rows over {summary.images} images in {summary.out}/similarity", file=stream)
     _print_errors(summary.errors)
 
 
@@ -117,3 +128,31 @@ def print_rewind_summary(summary: RewindSummary, *, stream: TextIO | None = None
             print(rank_rewind(summary.out, top=3).collect(), file=stream)
     print(f"\n{summary.rows} rewind rows in {summary.out}/rewind", file=stream)
     _print_errors(summary.errors)
+
+
+def _print_pairwise(summary: WeightsSummary, stream: TextIO) -> None:
+    """The run x run distance matrix (relative L2 of all parameters) of the pairs this command compared."""
+    ids = {r.checkpoint_id for r in summary.analysed}
+    dist = store.pairwise_distance(summary.out).filter(
+        pl.col("checkpoint_id").is_in(list(ids)) & pl.col("reference_id").is_in(list(ids))
+    )
+    if dist.height < 2:
+        return
+    names = store.scan(summary.out, "checkpoints").select(
+        "checkpoint_id", pl.format("{}@{}", pl.col("run"), pl.col("epoch").fill_null(-1)).str.replace("@-1$", "")
+        .alias("name")
+    ).collect()  # fmt: skip
+    pairs = dist.join(names, on="checkpoint_id").join(names.rename({"checkpoint_id": "reference_id",
+                                                                    "name": "other"}), on="reference_id")  # fmt: skip
+    both = pl.concat(
+        [
+            pairs.select("name", "other", "rel_l2"),
+            pairs.select(pl.col("other").alias("name"), pl.col("name").alias("other"), "rel_l2"),
+        ]
+    ).unique(["name", "other"])
+    matrix = both.pivot(on="other", index="name", values="rel_l2", aggregate_function="first").sort("name")
+    with pl.Config(tbl_rows=40, tbl_cols=12, fmt_str_lengths=40, tbl_width_chars=220, tbl_hide_dataframe_shape=True,
+                   float_precision=4):  # fmt: skip
+        print("\nDistance between checkpoints (relative L2 of all parameters, ||A - B|| / ||B||; run@epoch):",
+              file=stream)  # fmt: skip
+        print(matrix.select("name", *sorted(c for c in matrix.columns if c != "name")), file=stream)

@@ -188,7 +188,11 @@ def dead_unit_summary(out: Where, dataset_id: str | None = None) -> pl.DataFrame
     if "checkpoints" in tables(out):
         runs = scan(out, "checkpoints").select("checkpoint_id", "run", "epoch")
         frame = runs.join(frame, on="checkpoint_id", how="inner")
-    return frame.sort("checkpoint_id").collect()
+    return (
+        frame.sort("run", "epoch", "checkpoint_id", nulls_last=True).collect()
+        if "checkpoints" in tables(out)
+        else frame.sort("checkpoint_id").collect()
+    )
 
 
 def _agreement(stats: pl.LazyFrame, weights: pl.LazyFrame) -> pl.LazyFrame:

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO, TypeVar
 
 from yolo_audit.env import prepare
@@ -84,6 +84,48 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 
 
+def short_name(path: str, parts: int = 3) -> str:
+    """A path's tail for progress lines (`ft_free/weights/last.pt`): unique where a bare file name is not."""
+    return "/".join(str(path).rstrip("/").split("/")[-parts:])
+
+
+@dataclass
+class Progress:
+    """One bar per stage, as Ultralytics users know it: done/total, failures, rate, ETA. On a terminal it redraws in
+    place; piped to a log it writes a line at every tenth of the work (never one per task)."""
+
+    stage: str
+    total: int
+    stream: TextIO
+    done: int = 0
+    failed: int = 0
+    started: float = field(default_factory=time.monotonic)
+    _printed: int = -1
+
+    def update(self, label: str, failed: bool) -> None:
+        tty = getattr(self.stream, "isatty", lambda: False)()
+        self.done += 1
+        self.failed += failed
+        if failed:
+            self._write(f"[{self.stage}] FAILED {label}", newline=True, redraw=tty)
+        tenth = 10 * self.done // max(self.total, 1)
+        if tty or tenth > self._printed or self.done == self.total:
+            self._printed = tenth
+            self._write(self.line(), newline=not tty or self.done == self.total, redraw=tty)
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        filled = int(20 * self.done / max(self.total, 1))
+        failed = f", {self.failed} failed" if self.failed else ""
+        return (f"[{self.stage}] [{'#' * filled}{'.' * (20 - filled)}] {self.done}/{self.total}{failed} "
+                f"{rate:.2f} it/s, {elapsed:.1f}s elapsed, ETA {eta:.1f}s")  # fmt: skip
+
+    def _write(self, text: str, *, newline: bool, redraw: bool) -> None:
+        print(("\r\033[K" if redraw else "") + text, end="\n" if newline else "", file=self.stream, flush=True)
+
+
 def run_tasks(
     tasks: Sequence[Task],
     *,
@@ -94,19 +136,17 @@ def run_tasks(
 ) -> list[Any]:
     """Run tasks on Ray, at most `max_in_flight` at once (default: twice the cluster's CPUs); results in task order.
 
-    Tasks are retried `retries` times if their worker dies. Progress: a line when a task is submitted and one with a
-    bar when it finishes (done or FAILED).
+    Tasks are retried `retries` times if their worker dies. Progress: one bar for the stage (see `Progress`) and a
+    line naming each task that failed.
     """
     import ray
 
-    stream = stream or sys.stderr
     remote = ray.remote(_run_in_worker)
     limit = max_in_flight or 2 * cluster_cpus()
     pending: dict[Any, int] = {}
     results: list[Any] = [None] * len(tasks)
     queue = list(enumerate(tasks))
-    done = 0
-    started = time.monotonic()
+    progress = Progress(stage, len(tasks), stream or sys.stderr)
     while queue or pending:
         while queue and len(pending) < limit:
             index, task = queue.pop(0)
@@ -114,25 +154,12 @@ def run_tasks(
                 num_cpus=task.num_cpus, num_gpus=task.num_gpus, max_retries=retries, name=f"{stage}:{task.label}"
             ).remote(task.fn, max(1, int(task.num_cpus)), *task.args, **(task.kwargs or {}))
             pending[ref] = index
-            print(f"[{stage}] submitted {task.label}", file=stream, flush=True)
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
             index = pending.pop(ref)
             results[index] = ray.get(ref)
-            done += 1
-            failed = bool(getattr(results[index], "errors", None))
-            print(
-                f"[{stage}] {_bar(done, len(tasks))} {done}/{len(tasks)} {'FAILED' if failed else 'done'} "
-                f"{tasks[index].label} ({time.monotonic() - started:.1f}s)",
-                file=stream,
-                flush=True,
-            )
+            progress.update(tasks[index].label, bool(getattr(results[index], "errors", None)))
     return results
-
-
-def _bar(done: int, total: int, width: int = 20) -> str:
-    filled = int(width * done / max(total, 1))
-    return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
 T = TypeVar("T", bound="Mergeable")

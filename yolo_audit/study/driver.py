@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -27,8 +26,8 @@ from yolo_audit.errors import AuditError
 from yolo_audit.results import files
 from yolo_audit.results.keys import run_key
 from yolo_audit.results.location import Location, exclusive, locate, upload_dir
-from yolo_audit.results.schema import columns
 from yolo_audit.results.store import scan, tables
+from yolo_audit.results.train_metrics import write_train_metrics
 from yolo_audit.runtime.tasks import Task, cluster_gpus, ray_session, run_tasks
 from yolo_audit.study.spec import Resources, Study, Synthetic
 from yolo_audit.study.training import SNAPSHOTS, TrainCfg, TrainResult, TrainSpec, describe, train_variant
@@ -45,6 +44,13 @@ class StudySummary:
     def ok(self) -> bool:
         runs_ok = all(r.status == "done" for r in self.trained)
         return runs_ok and all(a.ok for a in self.analyses.values())
+
+    def __repr__(self) -> str:
+        runs = ", ".join(f"{r.spec.run}: {r.status}" for r in self.trained)
+        return (
+            f"StudySummary(out={self.out.uri!r}, trained=[{runs}], skipped={self.skipped}, "
+            f"analyses={ {k: v for k, v in self.analyses.items()} })"
+        )
 
 
 @dataclass(frozen=True)
@@ -236,17 +242,7 @@ def write_run(out: Location, result: TrainResult, study_name: str) -> None:
         "seconds": result.seconds, "device": spec.device, "error": result.error,
     }  # fmt: skip
     files.write(out, "runs", run_key(spec.run), {k: [v] for k, v in row.items()})
-    names = [c for c in columns("train_metrics") if c not in ("run", "epoch")]
-    metrics = {
-        "run": [spec.run] * len(result.metrics),
-        "epoch": [int(m.get("epoch", i + 1)) for i, m in enumerate(result.metrics)],
-        **{n: [_clean(m.get(n)) for m in result.metrics] for n in names},
-    }
-    files.write(out, "train_metrics", run_key(spec.run), metrics)
-
-
-def _clean(value: float | None) -> float | None:
-    return None if value is None or not math.isfinite(value) else value
+    write_train_metrics(out, spec.run, result.metrics)
 
 
 def _reference(study: Study, layout: Layout, base_spec: TrainSpec | None) -> str | None:

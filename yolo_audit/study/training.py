@@ -8,7 +8,6 @@ fp32 safetensors snapshot of the EMA weights is written (Ultralytics' own checkp
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import shutil
@@ -21,6 +20,7 @@ from yolo_audit.env import prepare
 from yolo_audit.model.checkpoint import Checkpoint, save_safetensors
 from yolo_audit.model.freeze import freeze_argument, freeze_by_callback
 from yolo_audit.results.location import fetch_file, is_uri, local_dataset, locate, upload_dir
+from yolo_audit.results.train_metrics import read_results
 
 SNAPSHOTS = "snapshots"
 
@@ -143,21 +143,6 @@ def _train_args(spec: TrainSpec) -> dict[str, Any]:
     info["frozen_layers"] = list(spec.frozen_layers)
     return {**info, "name": spec.run, "freeze": freeze_argument(spec.strategy, spec.frozen_layers),
             "freeze_spec": spec.freeze}  # fmt: skip
-
-
-def read_results(path: Path) -> list[dict[str, float]]:
-    """Ultralytics' results.csv as rows of floats (every column, names as Ultralytics writes them)."""
-    if not path.exists():
-        return []
-    with path.open() as handle:
-        return [{k.strip(): _float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
-
-
-def _float(value: str) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _finite(value: float | None) -> bool:

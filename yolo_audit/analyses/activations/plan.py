@@ -26,7 +26,7 @@ from yolo_audit.results import files
 from yolo_audit.results.errors import ErrorRecord, clear_errors, write_errors
 from yolo_audit.results.keys import dataset_key
 from yolo_audit.results.location import Location, Where, exclusive, local_dataset, locate
-from yolo_audit.runtime.tasks import Task, cluster_cpus, cluster_gpus, ray_session, run_tasks, tree_merge
+from yolo_audit.runtime.tasks import Task, cluster_cpus, cluster_gpus, ray_session, run_tasks, short_name, tree_merge
 
 
 @dataclass
@@ -43,6 +43,12 @@ class ActivationsSummary:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    def __repr__(self) -> str:
+        return (
+            f"ActivationsSummary(out={self.out.uri!r}, dataset_id={self.dataset_id!r}, images={self.images}, "
+            f"checkpoints={len(self.checkpoint_ids)}, files={len(self.analysed)}, errors={len(self.errors)})"
+        )
 
 
 def analyze_activations(
@@ -71,7 +77,7 @@ def analyze_activations(
         parts = shards(images, n, batch=opts.batch)
         gpus = 1 if cluster_gpus() > 0 else 0
         tasks = [
-            Task(f"{Path(f).name}[{i}]", activations_shard, (f, part, opts),
+            Task(f"{short_name(f)}[{i}]", activations_shard, (f, part, opts),
                  {"first": i == 0, "maps": opts.maps if i == 0 else 0}, num_cpus=1, num_gpus=gpus)
             for f in checkpoints
             for i, part in enumerate(parts)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TextIO
 
 from yolo_audit.analyses import StudyInputs
@@ -18,7 +17,7 @@ from yolo_audit.results import files
 from yolo_audit.results.errors import ErrorRecord, clear_errors, write_errors
 from yolo_audit.results.keys import rewind_key
 from yolo_audit.results.location import Location, Where, exclusive, local_dataset, locate
-from yolo_audit.runtime.tasks import Task, cluster_gpus, ray_session, run_tasks
+from yolo_audit.runtime.tasks import Task, cluster_gpus, ray_session, run_tasks, short_name
 
 GROUPS = ("backbone", "neck", "head")
 
@@ -33,6 +32,9 @@ class RewindSummary:
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    def __repr__(self) -> str:
+        return f"RewindSummary(out={self.out.uri!r}, rows={self.rows}, errors={len(self.errors)})"
 
 
 def select_targets(profile: Profile, layers_with_tensors: list[int], layers: str, *, groups: bool,
@@ -89,7 +91,7 @@ def analyze_rewind(
         stream = stream or sys.stderr
 
         def tasks(jobs: list[tuple[str, Target]], stage: str) -> list[RewindResult]:
-            specs = [Task(f"{Path(p).name} {t.label}", rewind_task, (p, ref_uri, local, t, opts), num_gpus=gpus)
+            specs = [Task(f"{short_name(p)} {t.label}", rewind_task, (p, ref_uri, local, t, opts), num_gpus=gpus)
                      for p, t in jobs]  # fmt: skip
             return run_tasks(specs, stage=stage, stream=stream)
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from yolo_audit.analyses import StudyInputs
 from yolo_audit.analyses.images import dataset_id, list_images, shards
 from yolo_audit.analyses.similarity.job import SimilarityOptions, SimilarityResult, similarity_shard
 from yolo_audit.errors import AuditError
-from yolo_audit.model.checkpoint import find_checkpoints
+from yolo_audit.model.checkpoint import find_checkpoints, load_checkpoint
 from yolo_audit.model.keys import layer_of
+from yolo_audit.model.profile import Profile
 from yolo_audit.results import files
 from yolo_audit.results.errors import ErrorRecord, write_errors
 from yolo_audit.results.keys import similarity_key
@@ -34,10 +35,15 @@ class SimilaritySummary:
     images: int = 0
     pairs: int = 0
     errors: list[ErrorRecord] = field(default_factory=list)
+    by_group: Any = None  # polars DataFrame: per pair, mean CKA of backbone / neck / head and where it falls most
 
     @property
     def ok(self) -> bool:
         return not self.errors
+
+    def __repr__(self) -> str:
+        return (f"SimilaritySummary(out={self.out.uri!r}, images={self.images}, rows={self.pairs}, "
+                f"errors={len(self.errors)})")  # fmt: skip
 
 
 def analyze_similarity(
@@ -80,7 +86,36 @@ def analyze_similarity(
     summary.pairs = len(table["cka"])
     # with or without --cross-layer: one file per (dataset, checkpoints, pool), the latest run's
     files.write(out_loc, "similarity", similarity_key(summary.dataset_id, merged.ids, opts.pool), table)
+    profile = load_checkpoint(checkpoints[0], trust_pickle=opts.trust_pickle).profile
+    summary.by_group = _by_group(table, profile, {r["checkpoint_id"][0]: r["run"][0] for r in merged.rows})
     return summary
+
+
+def _by_group(table: dict[str, list], profile: Profile, names: dict[str, str | None]) -> Any:
+    """Per pair of checkpoints: mean CKA of corresponding modules in the backbone, neck and head, and the module where
+    CKA is lowest (where the two representations differ most)."""
+    import polars as pl
+
+    rows = pl.DataFrame(table).filter(
+        (pl.col("module_a") == pl.col("module_b")) & (pl.col("checkpoint_a") != pl.col("checkpoint_b"))
+    )
+    if rows.is_empty():
+        return None
+    label = {cid: name or cid[:8] for cid, name in names.items()}
+    rows = rows.with_columns(
+        pl.col("layer_a").map_elements(profile.group, return_dtype=pl.String).alias("group"),
+        pl.col("checkpoint_a").replace_strict(label, default=None).alias("a"),
+        pl.col("checkpoint_b").replace_strict(label, default=None).alias("b"),
+    )
+    means = rows.filter(pl.col("group").is_not_null()).pivot(on="group", index=["a", "b"], values="cka",
+                                                              aggregate_function="mean")  # fmt: skip
+    lowest = (
+        rows.drop_nulls("cka")
+        .sort("cka")
+        .group_by("a", "b", maintain_order=True)
+        .agg(pl.col("module_a").first().alias("lowest_module"), pl.col("cka").first().alias("lowest_cka"))
+    )
+    return means.join(lowest, on=["a", "b"], how="left").sort("a", "b")
 
 
 def similarity_table(merged: SimilarityResult, opts: SimilarityOptions, data_id: str) -> dict[str, list]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import combinations
-from pathlib import Path
 from typing import TextIO
 
 from yolo_audit.analyses import StudyInputs
@@ -26,7 +25,8 @@ from yolo_audit.model.checkpoint import find_checkpoints, load_checkpoint
 from yolo_audit.results.errors import ErrorRecord, write_errors
 from yolo_audit.results.files import check_writable, write_checkpoints
 from yolo_audit.results.location import Location, Where, exclusive, locate
-from yolo_audit.runtime.tasks import Task, ray_session, run_tasks
+from yolo_audit.results.train_metrics import record_beside
+from yolo_audit.runtime.tasks import Task, ray_session, run_tasks, short_name
 
 
 @dataclass
@@ -93,7 +93,7 @@ def analyze_weights(
         cache = ray.put(reference_cache(ref, opts, edges)) if ref is not None else None
         first = run_tasks(
             [
-                Task(Path(f).name, analyze_checkpoint, (f, out_dir), {
+                Task(short_name(f), analyze_checkpoint, (f, out_dir), {
                     "reference": ref_obj, "cache": cache, "edges": edges, "bins_id": summary.bins_id, "opts": opts,
                     **common,
                 }, num_cpus=cpus_per_task)
@@ -105,6 +105,7 @@ def analyze_weights(
         summary.analysed = [r for r in first if r.checkpoint_id is not None]
         summary.errors += [e for r in first for e in r.errors]
         write_checkpoints(out_dir, [r.checkpoint_row for r in first if r.checkpoint_row])
+        record_beside(out_dir, [(r.run, r.path) for r in first if r.checkpoint_id])  # results.csv of user runs
         loaded = distinct(
             [r for r in first if r.checkpoint_id is not None and not any(e.stage == "load" for e in r.errors)]
         )
@@ -113,7 +114,7 @@ def analyze_weights(
             summary.bins_id = pooled_bins_id([r.checkpoint_id for r in loaded if r.checkpoint_id])
             second = run_tasks(
                 [
-                    Task(Path(r.path).name, histogram_checkpoint, (r.path, out_dir), {
+                    Task(short_name(r.path), histogram_checkpoint, (r.path, out_dir), {
                         "edges": edges, "bins_id": summary.bins_id, "bins": opts.bins, **common,
                     }, num_cpus=cpus_per_task)
                     for r in loaded
@@ -126,7 +127,7 @@ def analyze_weights(
         pairs = _pairs(loaded, pairwise=pairwise, trajectory=trajectory, among=among)
         if pairs:
             third = run_tasks(
-                [Task(f"{Path(a).name} vs {Path(b).name}", compare_pair, (a, b, out_dir), {**common, "opts": opts},
+                [Task(f"{short_name(a)} vs {short_name(b)}", compare_pair, (a, b, out_dir), {**common, "opts": opts},
                       cpus_per_task)
                  for a, b in pairs],
                 stage="compare",
