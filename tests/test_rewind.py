@@ -60,6 +60,9 @@ def test_the_trained_head_is_what_the_domain_b_map_needs(study):
     assert ranked.filter(pl.col("run") == "head-s0")["layer"].to_list() == [22]
     page = write_report(out, study[0] / "r.html").read_text()
     assert '<section id="rewind">' in page and "head-s0: resetting layer 22 (head) to the base costs the most" in page
+    # "everything frozen is worse", explained: only the head moved, so only the head could adapt
+    assert "changed (layer 22); relative L2 distance to the base: backbone 0.00%, neck 0.00%" in page
+    assert "only the head could adapt to the new data" in page
 
 
 def test_groups_both_directions_and_a_rerun_gives_the_same_rows(study):

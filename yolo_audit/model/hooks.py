@@ -76,11 +76,12 @@ class Recorder:
     model: nn.Module
     depth: str = "modules"
     maps: int = 0  # feature maps of the first `maps` images seen
-    map_channels: int = 16
+    map_channels: dict[str, list[int]] | None = None  # which channels of which modules (default: the first 16)
     map_size: int = 32
     states: dict[str, ChannelState] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)
     feature_maps: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (images, channels, h, w) fp16
+    map_index: dict[str, list[int]] = field(default_factory=dict)  # name -> the channel of each map
     _take: int = 0
     _handles: list[Any] = field(default_factory=list)
 
@@ -97,7 +98,7 @@ class Recorder:
 
     def begin_batch(self, images: int) -> None:
         """Call before each forward: how many of this batch's first images still go into the feature maps."""
-        seen = next(iter(self.feature_maps.values())).shape[0] if self.feature_maps else 0
+        seen = max((m.shape[0] for m in self.feature_maps.values()), default=0)
         self._take = max(0, min(images, self.maps - seen))
 
     def _hook(self, name: str) -> Any:
@@ -112,10 +113,12 @@ class Recorder:
         if state is None:
             state = self.states[name] = ChannelState.empty(output.shape[1], output.device)
         state.update(output)
-        if self._take and output.dim() == 4:
+        wanted = list(range(min(16, output.shape[1]))) if self.map_channels is None else self.map_channels.get(name)
+        if self._take and output.dim() == 4 and wanted:
             small = nn.functional.adaptive_avg_pool2d(
-                output[: self._take, : self.map_channels].detach().float(),
+                output[: self._take, wanted].detach().float(),
                 (min(output.shape[2], self.map_size), min(output.shape[3], self.map_size)),
             ).to("cpu", torch.float16)
             old = self.feature_maps.get(name)
             self.feature_maps[name] = small if old is None else torch.cat([old, small])
+            self.map_index[name] = wanted

@@ -152,21 +152,38 @@ def _dead_on(stats: pl.DataFrame, ctx: Context) -> str:
 
 
 def _maps(ctx: Context) -> str:
-    maps = scan(ctx.results, "feature_maps").filter((pl.col("image") == 0) & (pl.col("channel") == 0)).collect()
-    maps = ctx.latest(maps, keep_reference=True)
-    top = maps.filter(pl.col("module") == pl.format("model.{}", pl.col("layer")))
-    if top.is_empty():  # --depth leaves: one module per layer, the first measured
-        top = maps.filter(pl.col("module") == pl.col("module").min().over("label", "layer"))
-    maps = top
-    if maps.is_empty():
-        return "<p class=note>No feature maps of the shown checkpoints.</p>"
-    layers = sorted(maps["layer"].unique().to_list())
-    chosen = [layers[round(i * (len(layers) - 1) / 7)] for i in range(8)] if len(layers) > 8 else layers
-    labels = maps["label"].unique().sort().to_list()
-    image = html.escape(str(maps["image_path"][0])) if maps.height else ""
-    return f"<p class=note>Image 0 ({image}), channel 0 of each module.</p>" + _img(
-        figures.feature_maps(maps, labels, sorted(set(chosen))), "feature maps"
+    """Per module, the channel whose maps differ most from the base's (relative L2 over the shown runs and images),
+    on two images, side by side on one colour scale."""
+    maps = ctx.latest(scan(ctx.results, "feature_maps").collect(), keep_reference=True)
+    maps = maps.filter(
+        pl.col("module").is_in(units(ctx.results).select("module").unique().collect()["module"].to_list())
     )
+    if maps.is_empty():
+        return "<p class=note>No feature maps of units of the shown checkpoints.</p>"
+    arrays = maps.with_columns(pl.col("values").list.eval(pl.element().cast(pl.Float64)))
+    base = arrays.filter(pl.col("label") == "base").select("module", "channel", "image", pl.col("values").alias("b"))
+    if base.is_empty():  # no base among the shown: the first label's maps stand in
+        first = arrays["label"].min()
+        base = arrays.filter(pl.col("label") == first).select("module", "channel", "image", pl.col("values").alias("b"))
+    change = (
+        arrays.join(base, on=["module", "channel", "image"])
+        .with_columns(
+            d=(pl.col("values") - pl.col("b")).list.eval(pl.element().pow(2)).list.sum().sqrt()
+            / pl.col("b").list.eval(pl.element().pow(2)).list.sum().sqrt().clip(1e-12)
+        )
+        .group_by("module", "channel").agg(pl.col("d").mean())
+        .sort("d", descending=True).group_by("module", maintain_order=True).first()
+        .join(maps.select("module", "layer").unique(), on="module").sort("layer", "module")
+    )  # fmt: skip
+    picked = change.rows(named=True)
+    if len(picked) > 6:
+        picked = [picked[round(i * (len(picked) - 1) / 5)] for i in range(6)]
+    images = sorted(maps["image"].unique().to_list())[:2]
+    rows = [(p["module"], p["channel"], image) for p in picked for image in images]
+    labels = maps["label"].unique().sort().to_list()
+    paths = maps.filter(pl.col("image").is_in(images)).select("image", "image_path").unique().sort("image")
+    note = "; ".join(f"image {i}: {html.escape(str(p))}" for i, p in paths.iter_rows())
+    return f"<p class=note>{note}. Units only.</p>" + _img(figures.feature_maps(maps, labels, rows), "feature maps")
 
 
 def _similarity(ctx: Context) -> str:

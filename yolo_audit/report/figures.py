@@ -96,23 +96,27 @@ def dead_units(per_layer: pl.DataFrame, colors: Palette) -> bytes:
     return _png(fig)
 
 
-def feature_maps(maps: pl.DataFrame, labels: list[str], layers: list[int]) -> bytes:
-    """Rows: layers; columns: checkpoints; each cell the same image's channel 0 map at that layer."""
-    fig, axes = plt.subplots(len(layers), len(labels), figsize=(1.7 * len(labels), 1.7 * len(layers)), squeeze=False)
-    for r, layer in enumerate(layers):
+def feature_maps(maps: pl.DataFrame, labels: list[str], rows: list[tuple[str, int, int]]) -> bytes:
+    """Rows: (module, channel, image); columns: checkpoints; one colour scale per row, shared by every checkpoint,
+    so a brighter map is a stronger activation."""
+    fig, axes = plt.subplots(len(rows), len(labels), figsize=(1.8 * len(labels), 1.8 * len(rows)), squeeze=False)
+    for r, (module, channel, image) in enumerate(rows):
+        cells = maps.filter((pl.col("module") == module) & (pl.col("channel") == channel) & (pl.col("image") == image))
+        arrays = {lab: np.asarray(v, dtype=float).reshape(h, w)
+                  for lab, v, h, w in cells.select("label", "values", "height", "width").iter_rows()}  # fmt: skip
+        lo = min((a.min() for a in arrays.values()), default=0.0)
+        hi = max((a.max() for a in arrays.values()), default=1.0)
         for c, label in enumerate(labels):
             ax = axes[r, c]
             ax.set_xticks([])
             ax.set_yticks([])
-            cell = maps.filter((pl.col("layer") == layer) & (pl.col("label") == label))
-            if cell.height:
-                h, w = cell["height"][0], cell["width"][0]
-                ax.imshow(np.asarray(cell["values"][0].to_list(), dtype=float).reshape(h, w), cmap="magma")
+            if label in arrays:
+                ax.imshow(arrays[label], cmap="magma", vmin=lo, vmax=hi)
             if r == 0:
                 ax.set_title(label, fontsize=7)
             if c == 0:
-                ax.set_ylabel(f"{cell['module'][0] if cell.height else layer}", fontsize=7)
-    fig.suptitle("Feature maps: the same image and channel, checkpoints side by side", fontsize=10)
+                ax.set_ylabel(f"{module}\nch {channel}, img {image}", fontsize=6)
+    fig.suptitle("Feature maps: the channels that changed most vs the base, one colour scale per row", fontsize=10)
     return _png(fig)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 
 from yolo_audit.report.figures import Palette, palette
-from yolo_audit.results.store import compact_ranges, is_last_of_run, layer_divergence, scan, units
+from yolo_audit.results.store import compact_ranges, is_last_of_run, layer_divergence, pairwise_distance, scan, units
 
 
 @dataclass
@@ -116,6 +116,8 @@ def findings(ctx: Context) -> list[str]:
                 layer, count = part.group_by("layer").len().sort("len", "layer", descending=[True, False]).row(0)
                 on = f" on dataset {dataset_id}" if several else ""
                 out.append(f"{label}: {part.height} {words} vs the base{on}, most in layer {layer} ({count}).")
+    if "layer_freeze" in ctx.present and ctx.reference_id:
+        out += _explain(ctx)
     if "rewind" in ctx.present and ctx.reference_id:
         out += _rewind_findings(ctx)
     if "runs" in ctx.present:
@@ -154,4 +156,62 @@ def _rewind_findings(ctx: Context) -> list[str]:
                            f"mAP50-95{exact}.")  # fmt: skip
             else:
                 out.append(f"{label}: no single layer's reset to the base lowers mAP50-95{exact}.")
+    return out
+
+
+def _explain(ctx: Context) -> list[str]:
+    """Per run, why it differs from the base, in one sentence a reader can check against the plots: how much of the
+    model could train, how far each group moved, BN drift under a freeze, and how CKA to the base falls with depth."""
+    freeze = ctx.latest(scan(ctx.results, "layer_freeze").filter(pl.col("reference_id") == ctx.reference_id).collect())
+    sizes = (
+        scan(ctx.results, "weight_stats").filter(pl.col("role").is_in(["conv_weight", "conv_bias", "bn_weight",
+                                                                       "bn_bias"]))
+        .group_by("checkpoint_id", "layer").agg(pl.col("numel").sum()).collect()
+    )  # fmt: skip
+    dist = pairwise_distance(ctx.results).filter(pl.col("reference_id") == ctx.reference_id)
+    cka = _cka_to_base(ctx)
+    out = []
+    for (label,), part in freeze.sort("label").group_by("label", maintain_order=True):
+        cid = part["checkpoint_id"][0]
+        sized = part.join(sizes, on=["checkpoint_id", "layer"], how="left").with_columns(pl.col("numel").fill_null(0))
+        total = max(int(sized["numel"].sum()), 1)
+        trained = sized.filter(pl.col("verdict") == "trained")
+        share = int(trained["numel"].sum()) / total
+        layers = compact_ranges(trained["layer"].to_list())
+        words = [f"{share:.0%} of its parameters changed ({_layers(layers) if layers else 'no layer'})"]
+        row = dist.filter(pl.col("checkpoint_id") == cid)
+        if row.height:
+            moved = [f"{g} {row[g][0]:.2%}" for g in ("backbone", "neck", "head") if row[g][0] is not None]
+            words.append("relative L2 distance to the base: " + ", ".join(moved))
+        drift = part.filter(pl.col("verdict") == "frozen_bn_drift")
+        if drift.height:
+            words.append(f"its frozen {_layers(compact_ranges(drift['layer'].to_list()))} kept their weights but not "
+                         "their BatchNorm statistics")  # fmt: skip
+        if cid in cka:
+            words.append(cka[cid])
+        if trained.height and set(trained["layer"].to_list()) == {int(part["layer"].max())} and not drift.height:
+            words.append("so its features are the base's up to the head: only the head could adapt to the new data")
+        out.append(f"{label}: " + "; ".join(words) + ".")
+    return out
+
+
+def _cka_to_base(ctx: Context) -> dict[str, str]:
+    """checkpoint -> how its CKA to the base (corresponding modules) falls with depth."""
+    if "similarity" not in ctx.present:
+        return {}
+    sim = scan(ctx.results, "similarity").filter(pl.col("module_a") == pl.col("module_b")).collect()
+    pairs = pl.concat([
+        sim.filter(pl.col("checkpoint_a") == ctx.reference_id).select(pl.col("checkpoint_b").alias("id"), "layer_a",
+                                                                      "module_a", "cka"),
+        sim.filter(pl.col("checkpoint_b") == ctx.reference_id).select(pl.col("checkpoint_a").alias("id"), "layer_a",
+                                                                      "module_a", "cka"),
+    ]).filter(pl.col("id") != ctx.reference_id).drop_nulls("cka")  # fmt: skip
+    out = {}
+    for (cid,), part in pairs.sort("layer_a", "module_a").group_by("id", maintain_order=True):
+        same = part.with_columns(ok=pl.col("cka") >= 0.99)["ok"].to_list()
+        kept = next((i for i, ok in enumerate(same) if not ok), len(same))
+        low = part.sort("cka").row(0, named=True)
+        where = (f"CKA to the base stays at 0.99 or above up to {part['module_a'][kept - 1]}" if kept else
+                 "CKA to the base is below 0.99 from the first layer")  # fmt: skip
+        out[cid] = f"{where}, lowest {low['cka']:.2f} at {low['module_a']}"
     return out

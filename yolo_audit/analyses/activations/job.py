@@ -28,7 +28,7 @@ class ActivationOptions:
     imgsz: int = 640
     batch: int = 8
     depth: str = "modules"
-    maps: int = 0  # feature maps of this many images (from the first shard)
+    maps: int = 0  # feature maps of this many images, of the channels that changed most
     tau: float = 0.025
     device: str = "auto"  # auto: CUDA when the task sees a GPU
     cfg: str | None = None
@@ -43,6 +43,7 @@ class ShardResult:
     states: dict[str, ChannelState] = field(default_factory=dict)
     kinds: dict[str, str] = field(default_factory=dict)  # module -> unit_kind
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    map_channels: dict[str, list[int]] = field(default_factory=dict)  # module -> the channel of each map
     images: int = 0
     failed_images: int = 0
     seconds: float = 0.0
@@ -60,17 +61,16 @@ class ShardResult:
         }
         return ShardResult(
             path=a.path, checkpoint_id=a.checkpoint_id or b.checkpoint_id, arch_hash=a.arch_hash or b.arch_hash,
-            states=states, kinds={**b.kinds, **a.kinds}, maps=a.maps or b.maps, images=a.images + b.images,
+            states=states, kinds={**b.kinds, **a.kinds}, maps=a.maps or b.maps,
+            map_channels=a.map_channels or b.map_channels, images=a.images + b.images,
             failed_images=a.failed_images + b.failed_images, seconds=a.seconds + b.seconds, device=a.device,
             errors=a.errors + b.errors, checkpoint_row=a.checkpoint_row or b.checkpoint_row,
         )  # fmt: skip
 
 
-def activations_shard(
-    path: str, images: list[str], opts: ActivationOptions, *, first: bool = False, maps: int = 0
-) -> ShardResult:
+def activations_shard(path: str, images: list[str], opts: ActivationOptions, *, first: bool = False) -> ShardResult:
     """Forward every batch of the shard through the checkpoint with hooks; states come back on the CPU. The first
-    shard also returns the checkpoint's `checkpoints` row and the feature maps of its first `maps` images."""
+    shard also returns the checkpoint's `checkpoints` row. (Feature maps are a second wave: `feature_maps_task`.)"""
     result = ShardResult(path=path)
     started = time.monotonic()
     try:
@@ -79,7 +79,7 @@ def activations_shard(
         result.checkpoint_row = checkpoint_table(ckpt) if first else None
         device = resolve_device(opts.device)
         model = build_module(ckpt, cfg=opts.cfg).to(device)
-        with torch.inference_mode(), Recorder(model, depth=opts.depth, maps=maps) as recorder:
+        with torch.inference_mode(), Recorder(model, depth=opts.depth) as recorder:
             for group in batches(images, opts.batch):
                 batch, failed = load_batch(group, opts.imgsz)
                 result.failed_images += failed
@@ -89,12 +89,50 @@ def activations_shard(
                     result.images += len(batch)
         result.states = {k: v.to("cpu") for k, v in recorder.states.items()}
         result.kinds = {k: v for k, v in recorder.kinds.items() if k in result.states}
-        result.maps = recorder.feature_maps
         result.device = str(device)
     except Exception as exc:  # noqa: BLE001 - an errors row; other checkpoints and shards go on
         result.errors.append(record(path, "activations", exc))
     result.seconds = time.monotonic() - started
     return result
+
+
+def feature_maps_task(
+    path: str, images: list[str], channels: dict[str, list[int]], opts: ActivationOptions
+) -> ShardResult:
+    """Feature maps of `images` (pooled to at most 32 x 32) for the chosen channels of each module."""
+    result = ShardResult(path=path)
+    try:
+        ckpt = load_checkpoint(path, trust_pickle=opts.trust_pickle)
+        device = resolve_device(opts.device)
+        model = build_module(ckpt, cfg=opts.cfg).to(device)
+        recorder = Recorder(model, depth=opts.depth, maps=len(images), map_channels=channels)
+        with torch.inference_mode(), recorder:
+            batch, _ = load_batch(images, opts.imgsz)
+            recorder.begin_batch(len(batch))
+            model(batch.to(device))
+        result.maps, result.map_channels = recorder.feature_maps, recorder.map_index
+    except Exception as exc:  # noqa: BLE001
+        result.errors.append(record(path, "feature_maps", exc))
+    return result
+
+
+def changed_channels(results: list[ShardResult], reference: ShardResult | None, k: int = 8) -> dict[str, list[int]]:
+    """Per unit module, the `k` channels whose mean activation moved most from the reference's, in units of the
+    reference's spread (|mean - mean_ref| / std_ref, the largest over the checkpoints); without a reference the `k`
+    most varying channels. What the report's feature maps show."""
+    out: dict[str, list[int]] = {}
+    first = reference or results[0]
+    for name, state in first.states.items():
+        if first.kinds.get(name) != "unit":
+            continue
+        base = state.compute()
+        if reference is None:
+            score = base["std"]
+        else:
+            moved = [(r.states[name].compute()["mean"] - base["mean"]).abs() for r in results if name in r.states]
+            score = torch.stack(moved).amax(0) / base["std"].clamp_min(1e-12) if moved else base["std"]
+        out[name] = sorted(torch.argsort(score, descending=True)[:k].tolist())
+    return out
 
 
 def dead_flags(result: ShardResult, tau: float) -> dict[tuple[str, int], bool]:
@@ -147,9 +185,11 @@ def _maps_table(result: ShardResult, ids: dict, images: list[str]) -> Columns:
     out: Columns = {}
     for name, maps in result.maps.items():
         n_img, n_ch, h, w = maps.shape
+        index = result.map_channels.get(name, list(range(n_ch)))
         rows = [(i, c) for i in range(n_img) for c in range(n_ch)]
         _extend(out, {**ids, "layer": layer_of(name), "module": name}, len(rows), {
-            "image": [i for i, _ in rows], "image_path": [images[i] for i, _ in rows], "channel": [c for _, c in rows],
+            "image": [i for i, _ in rows], "image_path": [images[i] for i, _ in rows],
+            "channel": [index[c] for _, c in rows],
             "height": [h] * len(rows), "width": [w] * len(rows),
             "values": [maps[i, c].float().reshape(-1).tolist() for i, c in rows],
         })  # fmt: skip

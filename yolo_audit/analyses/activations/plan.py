@@ -17,7 +17,9 @@ from yolo_audit.analyses.activations.job import (
     ActivationOptions,
     ShardResult,
     activations_shard,
+    changed_channels,
     dead_flags,
+    feature_maps_task,
     tables_for,
 )
 from yolo_audit.analyses.images import dataset_id, list_images, shards
@@ -77,15 +79,35 @@ def analyze_activations(
         parts = shards(images, n, batch=opts.batch)
         gpus = 1 if cluster_gpus() > 0 else 0
         tasks = [
-            Task(f"{short_name(f)}[{i}]", activations_shard, (f, part, opts),
-                 {"first": i == 0, "maps": opts.maps if i == 0 else 0}, num_cpus=1, num_gpus=gpus)
+            Task(f"{short_name(f)}[{i}]", activations_shard, (f, part, opts), {"first": i == 0}, num_cpus=1,
+                 num_gpus=gpus)
             for f in checkpoints
             for i, part in enumerate(parts)
         ]  # fmt: skip
         partial = run_tasks(tasks, stage="activations", stream=stream or sys.stderr)
         merged = tree_merge([partial[i * len(parts) : (i + 1) * len(parts)] for i in range(len(checkpoints))])
+        ref_index = checkpoints.index(ref_path) if ref_path else None
+        summary.errors += _add_maps(merged, ref_index, images[: opts.maps], opts, stream) if opts.maps else []
         _write(merged, checkpoints.index(ref_path) if ref_path else None, images, opts, summary)
     return summary
+
+
+def _add_maps(
+    merged: list[ShardResult], ref_index: int | None, images: list[str], opts: ActivationOptions, stream: TextIO | None
+) -> None:
+    """A second, small wave: feature maps of the first images for the channels that changed most vs the reference."""
+    ok = [r for r in merged if not r.errors and r.states]
+    if not ok:
+        return
+    ref = merged[ref_index] if ref_index is not None and not merged[ref_index].errors else None
+    channels = changed_channels([r for r in ok if r is not ref], ref)
+    tasks = [Task(f"{short_name(r.path)} maps", feature_maps_task, (r.path, images, channels, opts), num_cpus=1)
+             for r in ok]  # fmt: skip
+    errors: list[ErrorRecord] = []
+    for result, maps in zip(ok, run_tasks(tasks, stage="feature maps", stream=stream or sys.stderr), strict=True):
+        result.maps, result.map_channels = maps.maps, maps.map_channels
+        errors += maps.errors
+    return errors
 
 
 def _write(
@@ -110,7 +132,7 @@ def _write(
                 "reference's, so nothing was compared. Compare checkpoints of the same model"
             )))  # fmt: skip
             continue
-        clear_errors(out, result.path, ("activations", "align"))
+        clear_errors(out, result.path, ("activations", "align", "feature_maps"))
         key = dataset_key(result.checkpoint_id, summary.dataset_id)
         for table, cols in tables_for(result, summary.dataset_id, opts, images, reference_dead).items():
             if cols:  # no feature maps asked for: no file

@@ -54,7 +54,12 @@ TABLES: dict[str, list[Column]] = {
         MODULE_HOOKED,
         ("image", I32, "index of the image in the dataset's list (the first --maps images)"),
         ("image_path", S, "the image file"),
-        ("channel", I32, "channel (the first 16 of the module)"),
+        (
+            "channel",
+            I32,
+            "channel: per unit module the 8 whose mean activation moved most from the --reference's (in "
+            "units of its spread), or the 8 most varying without one",
+        ),
         ("height", I32, "map height after average pooling to at most 32x32"),
         ("width", I32, "map width"),
         ("values", pa.list_(pa.float32()), "height*width activations, row-major"),
