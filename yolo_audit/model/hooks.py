@@ -114,6 +114,7 @@ class Recorder:
             state = self.states[name] = ChannelState.empty(output.shape[1], output.device)
         state.update(output)
         wanted = list(range(min(16, output.shape[1]))) if self.map_channels is None else self.map_channels.get(name)
+        wanted = [c for c in wanted or [] if c < output.shape[1]]
         if self._take and output.dim() == 4 and wanted:
             small = nn.functional.adaptive_avg_pool2d(
                 output[: self._take, wanted].detach().float(),

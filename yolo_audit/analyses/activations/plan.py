@@ -94,15 +94,24 @@ def analyze_activations(
 
 def _add_maps(
     merged: list[ShardResult], ref_index: int | None, images: list[str], opts: ActivationOptions, stream: TextIO | None
-) -> None:
-    """A second, small wave: feature maps of the first images for the channels that changed most vs the reference."""
+) -> list[ErrorRecord]:
+    """A second, small wave: feature maps of the first images for the channels that changed most vs the reference
+    (without one, each checkpoint's own most varying channels). A failure here costs only the maps (an errors row);
+    the statistics are written all the same."""
     ok = [r for r in merged if not r.errors and r.states]
     if not ok:
-        return
+        return []
     ref = merged[ref_index] if ref_index is not None and not merged[ref_index].errors else None
-    channels = changed_channels([r for r in ok if r is not ref], ref)
-    tasks = [Task(f"{short_name(r.path)} maps", feature_maps_task, (r.path, images, channels, opts), num_cpus=1)
-             for r in ok]  # fmt: skip
+    shared = changed_channels([r for r in ok if r is not ref], ref) if ref is not None else None
+    tasks = [
+        Task(
+            f"{short_name(r.path)} maps",
+            feature_maps_task,
+            (r.path, images, shared if shared is not None else changed_channels([r], None), opts),
+            num_cpus=1,
+        )
+        for r in ok
+    ]  # fmt: skip  (without a reference each checkpoint's own most varying channels)
     errors: list[ErrorRecord] = []
     for result, maps in zip(ok, run_tasks(tasks, stage="feature maps", stream=stream or sys.stderr), strict=True):
         result.maps, result.map_channels = maps.maps, maps.map_channels
