@@ -391,6 +391,19 @@ def convert(
     typer.echo(str(written))
 
 
+cache_app = typer.Typer(no_args_is_help=True, help="The local cache of files fetched from URIs.")
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("clear")
+@_one_line_errors
+def cache_clear() -> None:
+    """Empty the fetch cache (~/.cache/yolo-audit/fetched; its size is bounded by YOLO_AUDIT_CACHE_MAX)."""
+    from yolo_audit.results.location import cache_root, trim_cache
+
+    typer.echo(f"removed {trim_cache(0) / 2**20:.1f} MiB from {cache_root()}")
+
+
 @app.command("schema")
 def schema_cmd() -> None:
     """Print every results table and column (Markdown), as documented in the README."""

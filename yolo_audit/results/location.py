@@ -121,6 +121,32 @@ def cache_root() -> Path:
     return cache_dir() / "fetched"
 
 
+def cache_limit() -> int:
+    """Bytes the fetch cache may hold (YOLO_AUDIT_CACHE_MAX, e.g. 20G; default 20 GiB)."""
+    raw = os.environ.get("YOLO_AUDIT_CACHE_MAX", "20G").strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(raw[-1:], 1)
+    try:
+        return int(float(raw.rstrip("KMGT")) * scale)
+    except ValueError:
+        raise AuditError(f"YOLO_AUDIT_CACHE_MAX={raw!r}: give a size such as 500M or 20G") from None
+
+
+def trim_cache(limit: int | None = None) -> int:
+    """Remove the least recently used fetched files until the cache holds at most `limit` bytes (0: everything);
+    returns the bytes removed."""
+    limit = cache_limit() if limit is None else limit
+    files = sorted((p for p in cache_root().rglob("*") if p.is_file()), key=lambda p: p.stat().st_atime)
+    total = sum(p.stat().st_size for p in files)
+    removed = 0
+    for path in files:
+        if total - removed <= limit:
+            break
+        size = path.stat().st_size
+        path.unlink(missing_ok=True)
+        removed += size
+    return removed
+
+
 def fetch_file(location: Where) -> Path:
     """A local path for a file: itself when local, else a cached download (keyed by URI and size)."""
     if not is_uri(location):
@@ -136,6 +162,9 @@ def fetch_file(location: Where) -> Path:
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
         tmp.write_bytes(loc.read_bytes())
         tmp.replace(target)
+        trim_cache(max(cache_limit(), target.stat().st_size))  # bounded, least recently used first; never this one
+    else:
+        os.utime(target)  # recently used
     return target
 
 

@@ -54,7 +54,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
             include_dashboard=False,
             logging_level="ERROR",
             log_to_driver=True,
-            runtime_env={"env_vars": {k: os.environ[k] for k in _FORWARDED if k in os.environ}},
+            runtime_env={"env_vars": forwarded_env()},
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         from yolo_audit.errors import AuditError
@@ -68,7 +68,15 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
         ray.shutdown()
 
 
-_FORWARDED = ("YOLO_OFFLINE", "YOLO_AUTOINSTALL", "YOLO_AUDIT_CACHE", "RAY_USAGE_STATS_ENABLED")
+FORWARDED_PREFIXES = ("YOLO_", "AWS_", "GOOGLE_", "GCS_", "AZURE_", "AZURE_STORAGE_", "HF_", "RAY_USAGE_STATS")
+FORWARDED = ("MPLCONFIGDIR", "MPLBACKEND")
+
+
+def forwarded_env() -> dict[str, str]:
+    """The driver's storage and Ultralytics settings every task needs: object-store credentials and endpoints
+    (AWS_*, GOOGLE_*, AZURE_*), Ultralytics' (YOLO_*) and ours (YOLO_AUDIT_*), so workers on other nodes read and
+    write what the driver does."""
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_PREFIXES) or k in FORWARDED}
 
 
 def cluster_cpus() -> int:

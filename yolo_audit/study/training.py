@@ -105,8 +105,10 @@ def train_variant(spec: TrainSpec) -> TrainResult:
     metrics = read_results(spec.folder / "results.csv")
     maps = [m["metrics/mAP50-95(B)"] for m in metrics if _finite(m.get("metrics/mAP50-95(B)"))]
     snaps = sorted(str(p) for p in (spec.folder / SNAPSHOTS).glob("*.safetensors"))
-    if spec.upload_to:
+    if spec.upload_to:  # the results live under the URI now: the staged copy only filled the node's disk
         upload_dir(spec.folder, spec.upload_to)
+        shutil.rmtree(spec.folder, ignore_errors=True)
+        snaps = [f"{spec.upload_to}/{SNAPSHOTS}/{Path(p).name}" for p in snaps]
     return TrainResult(spec, "done", time.monotonic() - started, max(maps) if maps else None, metrics, None, snaps)
 
 

@@ -1,0 +1,56 @@
+"""What a task runs with: exactly its CPUs' threads (torch, numba, OpenMP), the driver's storage and Ultralytics
+settings, and a bounded cache of fetched files."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+
+from typer.testing import CliRunner
+
+from yolo_audit.cli import app
+from yolo_audit.results import location
+from yolo_audit.runtime.tasks import Task, forwarded_env, run_tasks
+
+
+def test_a_task_runs_exactly_the_threads_of_its_cpus(ray_local):
+    def _threads() -> tuple[int, int, str]:  # defined here: Ray ships it by value, not by module name
+        import numba
+        import torch
+
+        return torch.get_num_threads(), numba.get_num_threads(), os.environ["OMP_NUM_THREADS"]
+
+    one, two = run_tasks([Task("one", _threads, num_cpus=1), Task("two", _threads, num_cpus=2)], stage="threads",
+                         stream=io.StringIO())  # fmt: skip
+    assert one == (1, 1, "1") and two == (2, 2, "2")  # numba's setter resets torch's: torch is set last
+
+
+def test_storage_and_ultralytics_settings_reach_the_tasks(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/k.json")
+    monkeypatch.setenv("YOLO_AUDIT_CACHE_MAX", "1G")
+    monkeypatch.setenv("UNRELATED_SECRET", "x")
+    env = forwarded_env()
+    assert {"AWS_ENDPOINT_URL", "AWS_SECRET_ACCESS_KEY", "GOOGLE_APPLICATION_CREDENTIALS", "YOLO_OFFLINE",
+            "YOLO_AUDIT_CACHE_MAX"} <= set(env) and "UNRELATED_SECRET" not in env  # fmt: skip
+
+
+def test_the_fetch_cache_is_bounded_least_recently_used_first_and_clears(tmp_path, monkeypatch):
+    monkeypatch.setenv("YOLO_AUDIT_CACHE", str(tmp_path / "cache"))
+    root = location.cache_root()
+    now = time.time()
+    for i in range(4):  # 1 MiB each, used one after another
+        path = root / f"k{i}" / "w.pt"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"x" * (1 << 20))
+        os.utime(path, (now - 100 + i, now - 100 + i))
+    assert location.trim_cache(int(2.5 * (1 << 20))) == 2 << 20
+    assert sorted(p.parent.name for p in root.rglob("*.pt")) == ["k2", "k3"]  # the two used last stay
+    monkeypatch.setenv("YOLO_AUDIT_CACHE_MAX", "1.5M")
+    assert location.cache_limit() == int(1.5 * (1 << 20))
+    out = CliRunner().invoke(app, ["cache", "clear"])
+    assert out.exit_code == 0 and "removed 2.0 MiB" in out.stdout and not list(root.rglob("*.pt"))
+    monkeypatch.setenv("YOLO_AUDIT_CACHE_MAX", "lots")
+    assert CliRunner().invoke(app, ["cache", "clear"]).exit_code == 0  # clearing ignores the bound
