@@ -109,3 +109,10 @@ def test_dead_criteria():
     assert dead["constant"].tolist() == [False, True, False, False]
     assert dead["never_positive"].tolist() == [False, False, False, True]
     assert dead["dormant_score"][2] == pytest.approx(0.01 / 0.7525)
+
+
+def test_streaming_states_share_one_protocol():
+    from yolo_audit.stats.cka import CKAState
+    from yolo_audit.stats.mergeable import Mergeable
+
+    assert isinstance(ChannelState.empty(3), Mergeable) and isinstance(CKAState.empty(2), Mergeable)

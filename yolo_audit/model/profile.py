@@ -65,10 +65,6 @@ class Profile:
             return None
         return "backbone" if layer < self.n_backbone else "neck"
 
-    def is_unit_module(self, layer: int) -> bool:
-        """Its output channels pass through the module's own nonlinearity (not copies of other layers' channels)."""
-        return self.module_types[layer] not in COPY_MODULES
-
 
 def _type_name(entry: Any) -> str:
     name = str(entry)

@@ -170,10 +170,12 @@ def run_tasks(
     return results
 
 
-T = TypeVar("T", bound="Mergeable")
+T = TypeVar("T", bound="Merges")
 
 
-class Mergeable(Protocol):
+class Merges(Protocol):
+    """A task's partial result that merges exactly with another (shards of one checkpoint, of one dataset)."""
+
     def merge(self: T, other: T) -> T: ...
 
 

@@ -4,11 +4,12 @@ shards merge exactly, in any grouping."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 S = TypeVar("S", bound="Mergeable")
 
 
+@runtime_checkable
 class Mergeable(Protocol):
     def update(self, batch: Any) -> None: ...
 
