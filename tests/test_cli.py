@@ -161,3 +161,21 @@ def test_make_data_command(tmp_path):
     assert result.exit_code == 0 and (tmp_path / "d" / "data.yaml").exists()
     result = runner.invoke(app, ["make-data", str(tmp_path / "e"), "--domain", "C"])
     assert result.exit_code == 1 and "unknown domain 'C'" in result.stderr
+
+
+def test_user_errors_are_one_line(tmp_path, model):
+    """An Ultralytics dataset name offline, a yaml without the split, a report --out that is a folder, and rank
+    dead-units on a store without activations: one line each, exit code 1, no traceback."""
+    ckpt = save(model, tmp_path / "a.pt")
+    out = runner.invoke(app, ["activations", str(ckpt), "--data", "coco128.yaml", "--out", str(tmp_path / "o")])
+    assert out.exit_code == 1 and "looked in" in out.stderr and "Traceback" not in out.stderr
+    (tmp_path / "noval.yaml").write_text("path: .\ntrain: images\nnames: {0: a}\n")
+    out = runner.invoke(app, ["activations", str(ckpt), "--data", str(tmp_path / "noval.yaml"), "--out", str(tmp_path)])
+    assert out.exit_code == 1 and "has no `val` split; use --split with one of ['train']" in out.stderr
+    files.write(locate(tmp_path / "r"), "errors", "k", {"path": ["x"], "stage": ["s"], "error_type": ["E"],
+                                                       "message": ["m"]})  # fmt: skip
+    out = runner.invoke(app, ["report", "--results", str(tmp_path / "r"), "--out", str(tmp_path)])
+    assert out.exit_code == 1 and "is a folder; pass the report's file name" in out.stderr
+    out = runner.invoke(app, ["rank", "dead-units", "--results", str(tmp_path / "r")])
+    assert out.exit_code == 1 and "run `yolo-audit activations" in out.stderr
+    assert all(len(line.splitlines()) == 1 for line in [out.stderr.strip()])
