@@ -37,6 +37,17 @@ def list_images(data: str | Path, *, split: str = "val", max_images: int | None 
     return found[:max_images] if max_images else found
 
 
+def packaged_dataset(name: str) -> Path | None:
+    """The dataset yaml Ultralytics ships under this name (coco128.yaml, ...), without importing Ultralytics."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or spec.origin is None or "/" in name:
+        return None
+    path = Path(spec.origin).parent / "cfg" / "datasets" / name
+    return path if path.is_file() else None
+
+
 def resolve_dataset(data: str) -> str:
     """A dataset named the way `yolo train data=coco128.yaml` names it: Ultralytics' packaged yaml, whose images it
     downloads where online; offline, one line saying where it looked. Paths come back unchanged."""
@@ -49,8 +60,8 @@ def resolve_dataset(data: str) -> str:
     prepare()
     from ultralytics.utils import SETTINGS
 
-    packaged = Path(__import__("ultralytics").__file__).parent / "cfg" / "datasets" / data
-    if not packaged.is_file():
+    packaged = packaged_dataset(data)
+    if packaged is None:
         return data  # not an Ultralytics name either: the caller's "no such dataset yaml" names it
     config = yaml.safe_load(packaged.read_text()) or {}
     root = Path(SETTINGS["datasets_dir"]) / str(config.get("path", Path(data).stem))

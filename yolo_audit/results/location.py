@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -131,17 +132,26 @@ def cache_limit() -> int:
         raise AuditError(f"YOLO_AUDIT_CACHE_MAX={raw!r}: give a size such as 500M or 20G") from None
 
 
-def trim_cache(limit: int | None = None) -> int:
-    """Remove the least recently used fetched files until the cache holds at most `limit` bytes (0: everything);
-    returns the bytes removed."""
+def trim_cache(limit: int | None = None, *, keep: Path | None = None) -> int:
+    """Remove the least recently used fetched files until the cache holds at most `limit` bytes (0: everything; never
+    `keep`, the file just fetched); returns the bytes removed. Safe while other tasks fetch: their hidden temp files
+    are left alone and files that vanish meanwhile are skipped."""
     limit = cache_limit() if limit is None else limit
-    files = sorted((p for p in cache_root().rglob("*") if p.is_file()), key=lambda p: p.stat().st_atime)
-    total = sum(p.stat().st_size for p in files)
+    entries = []
+    for path in cache_root().rglob("*"):
+        if path.name.startswith(".") or path == keep:
+            continue
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISREG(info.st_mode):
+            entries.append((info.st_atime, info.st_size, path))
+    total = sum(size for _, size, _ in entries) + (keep.stat().st_size if keep is not None and keep.exists() else 0)
     removed = 0
-    for path in files:
+    for _, size, path in sorted(entries):
         if total - removed <= limit:
             break
-        size = path.stat().st_size
         path.unlink(missing_ok=True)
         removed += size
     return removed
@@ -162,7 +172,7 @@ def fetch_file(location: Where) -> Path:
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
         tmp.write_bytes(loc.read_bytes())
         tmp.replace(target)
-        trim_cache(max(cache_limit(), target.stat().st_size))  # bounded, least recently used first; never this one
+        trim_cache(keep=target)  # bounded, least recently used first
     else:
         os.utime(target)  # recently used
     return target

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from yolo_audit.analyses import ANALYSES
+from yolo_audit.analyses.images import packaged_dataset
 from yolo_audit.errors import AuditError
 from yolo_audit.model.freeze import STRATEGIES, resolve_freeze
 from yolo_audit.model.profile import Profile, profile_for_model
@@ -199,18 +200,9 @@ def _data(raw: Any, base: Path, key: str) -> str | Synthetic:
     path = (base / value) if not Path(value).is_absolute() else Path(value)
     if path.exists():
         return str(path.resolve())
-    if "/" not in value and _packaged_dataset(value):
+    if packaged_dataset(value) is not None:
         return value
     raise AuditError(f"{key}: dataset yaml {value!r} not found; give a path or an Ultralytics dataset name")
-
-
-def _packaged_dataset(name: str) -> bool:
-    import importlib.util
-
-    spec = importlib.util.find_spec("ultralytics")
-    if spec is None or spec.origin is None:
-        return False
-    return (Path(spec.origin).parent / "cfg" / "datasets" / name).exists()
 
 
 def _names(cls: type) -> set[str]:
