@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import polars as pl
@@ -20,6 +21,12 @@ class Context:
     reference_id: str | None
     labels: pl.DataFrame  # checkpoint_id, label, run, epoch
     colors: Palette
+
+    @cached_property
+    def distances(self) -> pl.DataFrame:
+        """Relative L2 distances of every compared pair (`store.pairwise_distance`), read once per report: the
+        findings, the pairwise section and the trajectories all use it."""
+        return pairwise_distance(self.results)
 
     @classmethod
     def load(cls, results: str | Path, present: list[str]) -> Context:
@@ -168,7 +175,7 @@ def _explain(ctx: Context) -> list[str]:
                                                                        "bn_bias"]))
         .group_by("checkpoint_id", "layer").agg(pl.col("numel").sum()).collect()
     )  # fmt: skip
-    dist = pairwise_distance(ctx.results).filter(pl.col("reference_id") == ctx.reference_id)
+    dist = ctx.distances.filter(pl.col("reference_id") == ctx.reference_id)
     cka = _cka_to_base(ctx)
     out = []
     for (label,), part in freeze.sort("label").group_by("label", maintain_order=True):

@@ -12,7 +12,7 @@ from yolo_audit.report import figures
 from yolo_audit.report.findings import Context, freeze_table
 from yolo_audit.report.markup import img as _img
 from yolo_audit.report.markup import table as _table
-from yolo_audit.results.store import layer_divergence, pairwise_distance, scan, tables, units
+from yolo_audit.results.store import layer_divergence, scan, tables, units
 
 
 def _divergence(ctx: Context) -> str:
@@ -237,7 +237,7 @@ def _rewind(ctx: Context) -> str:
 
 def _pairwise(ctx: Context) -> str:
     """Distance between every pair of shown checkpoints (each run's last one, and the base) that was compared."""
-    dist = pairwise_distance(ctx.results)
+    dist = ctx.distances
     names = ctx.labels.select("checkpoint_id", "label")
     pairs = dist.join(names, on="checkpoint_id").join(
         names.rename({"checkpoint_id": "reference_id", "label": "other"}), on="reference_id"
@@ -307,7 +307,7 @@ def _activation_distributions(ctx: Context) -> str:
 
 
 def _trajectories(ctx: Context) -> str:
-    dist = pairwise_distance(ctx.results)
+    dist = ctx.distances
     ckpts = scan(ctx.results, "checkpoints").select("checkpoint_id", "run", "epoch").collect().drop_nulls("epoch")
     to_base = dist.filter(pl.col("reference_id") == ctx.reference_id).join(ckpts, on="checkpoint_id")
     other = ckpts.rename({"checkpoint_id": "reference_id", "run": "ref_run", "epoch": "ref_epoch"})

@@ -16,6 +16,7 @@ from yolo_audit.errors import AuditError
 from yolo_audit.model.build import build_module
 from yolo_audit.model.checkpoint import checkpoint_table, load_checkpoint
 from yolo_audit.model.hooks import select_modules
+from yolo_audit.model.keys import layer_of
 from yolo_audit.results.errors import ErrorRecord, record
 from yolo_audit.runtime.devices import resolve_device
 from yolo_audit.stats.cka import MIN_BATCH, CKAState
@@ -40,6 +41,7 @@ class SimilarityResult:
     skipped_images: int = 0
     rows: list[dict[str, list]] = field(default_factory=list)  # checkpoints rows (first shard)
     errors: list[ErrorRecord] = field(default_factory=list)
+    groups: dict[str, str | None] = field(default_factory=dict)  # module -> backbone / neck / head (the profile's)
 
     def merge(self, other: SimilarityResult) -> SimilarityResult:
         a, b = self, other
@@ -47,7 +49,7 @@ class SimilarityResult:
         modules = a.modules if a.state is not None or b.state is None else b.modules  # the measured side's
         return SimilarityResult(
             a.ids or b.ids, modules or a.modules or b.modules, state, a.skipped_images + b.skipped_images,
-            a.rows or b.rows, a.errors + [e for e in b.errors if e not in a.errors],
+            a.rows or b.rows, a.errors + [e for e in b.errors if e not in a.errors], a.groups or b.groups,
         )  # fmt: skip
 
 
@@ -79,7 +81,9 @@ def similarity_shard(
                     path=path,
                     stage="align",
                 )
-            arch = arch or (ckpt.arch_hash, path)
+            if arch is None:
+                arch = (ckpt.arch_hash, path)
+                profile = ckpt.profile
             if first:
                 result.rows.append(checkpoint_table(ckpt))
             if ckpt.checkpoint_id in result.ids:  # the same tensors under another name: one checkpoint
@@ -91,6 +95,7 @@ def similarity_shard(
     if not models:
         return result
     names = list(select_modules(models[0], "modules"))
+    result.groups = {n: profile.group(layer_of(n)) for n in names}
     with torch.inference_mode():
         for group in batches(images, opts.batch):
             batch, failed = load_batch(group, opts.imgsz)

@@ -16,9 +16,8 @@ from yolo_audit.analyses import StudyInputs
 from yolo_audit.analyses.images import dataset_id, list_images, shards
 from yolo_audit.analyses.similarity.job import SimilarityOptions, SimilarityResult, similarity_shard
 from yolo_audit.errors import AuditError
-from yolo_audit.model.checkpoint import find_checkpoints, load_checkpoint
+from yolo_audit.model.checkpoint import find_checkpoints
 from yolo_audit.model.keys import layer_of
-from yolo_audit.model.profile import Profile
 from yolo_audit.results import files
 from yolo_audit.results.errors import ErrorRecord, write_errors
 from yolo_audit.results.keys import similarity_key
@@ -86,12 +85,11 @@ def analyze_similarity(
     summary.pairs = len(table["cka"])
     # with or without --cross-layer: one file per (dataset, checkpoints, pool), the latest run's
     files.write(out_loc, "similarity", similarity_key(summary.dataset_id, merged.ids, opts.pool), table)
-    profile = load_checkpoint(checkpoints[0], trust_pickle=opts.trust_pickle).profile
-    summary.by_group = _by_group(table, profile, {r["checkpoint_id"][0]: r["run"][0] for r in merged.rows})
+    summary.by_group = _by_group(table, merged.groups, {r["checkpoint_id"][0]: r["run"][0] for r in merged.rows})
     return summary
 
 
-def _by_group(table: dict[str, list], profile: Profile, names: dict[str, str | None]) -> Any:
+def _by_group(table: dict[str, list], groups: dict[str, str | None], names: dict[str, str | None]) -> Any:
     """Per pair of checkpoints: mean CKA of corresponding modules in the backbone, neck and head, and the module where
     CKA is lowest (where the two representations differ most)."""
     import polars as pl
@@ -103,7 +101,7 @@ def _by_group(table: dict[str, list], profile: Profile, names: dict[str, str | N
         return None
     label = {cid: name or cid[:8] for cid, name in names.items()}
     rows = rows.with_columns(
-        pl.col("layer_a").map_elements(profile.group, return_dtype=pl.String).alias("group"),
+        pl.col("module_a").replace_strict(groups, default=None, return_dtype=pl.String).alias("group"),
         pl.col("checkpoint_a").replace_strict(label, default=None).alias("a"),
         pl.col("checkpoint_b").replace_strict(label, default=None).alias("b"),
     )
