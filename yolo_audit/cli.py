@@ -21,6 +21,17 @@ Address = Annotated[
 NumCpus = Annotated[
     int | None, typer.Option("--num-cpus", min=1, help="CPUs for the embedded local Ray (default: all).")
 ]
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="auto: in this process unless --address is given (no Ray start-up); ray: Ray tasks (embedded when no "
+        "--address); local: in this process.",
+    ),
+]
+Force = Annotated[
+    bool, typer.Option("--force", help="Recompute what an earlier run already wrote for the same files and options.")
+]
 TrustPickle = Annotated[
     bool,
     typer.Option(
@@ -74,6 +85,7 @@ def weights(
     ] = False,
     address: Address = None,
     num_cpus: NumCpus = None,
+    engine: EngineOpt = "auto",
     trust_pickle: TrustPickle = False,
     bins: Annotated[int, typer.Option("--bins", min=2, max=4096, help="Histogram bins per parameter.")] = 64,
     near_zero: Annotated[
@@ -85,6 +97,7 @@ def weights(
     alpha: Annotated[
         bool, typer.Option("--alpha", help="Also WeightWatcher's power-law alpha per conv (~1 s per yolov8s).")
     ] = False,
+    force: Force = False,
 ) -> None:
     """Weight & bias statistics, divergence and freeze verification of checkpoints, written as Parquet."""
     from yolo_audit.analyses.weights.columns import WeightOptions
@@ -94,7 +107,7 @@ def weights(
     opts = WeightOptions(near_zero=near_zero, gamma_eps=gamma_eps, bins=bins, alpha=alpha)
     summary = analyze_weights(
         list(checkpoints), _at(out), reference=reference, pairwise=pairwise, trajectory=trajectory, address=address,
-        num_cpus=num_cpus, opts=opts, trust_pickle=trust_pickle,
+        num_cpus=num_cpus, engine=engine, opts=opts, trust_pickle=trust_pickle, force=force,
     )  # fmt: skip
     print_weights_summary(summary)
     if not summary.ok:
@@ -124,6 +137,7 @@ def activations(
     shards: Annotated[int | None, typer.Option("--shards", min=1, help="Data shards per checkpoint.")] = None,
     address: Address = None,
     num_cpus: NumCpus = None,
+    engine: EngineOpt = "auto",
     trust_pickle: TrustPickle = False,
 ) -> None:
     """Per-channel activation statistics and dead units over a dataset, written as Parquet."""
@@ -138,7 +152,7 @@ def activations(
     )
     summary = analyze_activations(
         list(checkpoints), data, _at(out), reference=reference, opts=opts, max_images=max_images, split=split,
-        shards_per_checkpoint=shards, address=address, num_cpus=num_cpus,
+        shards_per_checkpoint=shards, address=address, num_cpus=num_cpus, engine=engine,
     )  # fmt: skip
     print_activations_summary(summary)
     if not summary.ok:
@@ -164,6 +178,7 @@ def similarity(
     device: Device = "auto",
     address: Address = None,
     num_cpus: NumCpus = None,
+    engine: EngineOpt = "auto",
     trust_pickle: TrustPickle = False,
 ) -> None:
     """Representation similarity (linear CKA) between checkpoints, layer by layer."""
@@ -173,7 +188,7 @@ def similarity(
     opts = SimilarityOptions(imgsz=imgsz, batch=batch, pool=pool, cross_layer=cross_layer, device=device, cfg=cfg,
                              trust_pickle=trust_pickle)  # fmt: skip
     summary = analyze_similarity(list(checkpoints), data, _at(out), opts=opts, max_images=max_images, split=split,
-                                 address=address, num_cpus=num_cpus)  # fmt: skip
+                                 address=address, num_cpus=num_cpus, engine=engine)  # fmt: skip
     print_similarity_summary(summary)
     if not summary.ok:
         raise typer.Exit(1)
@@ -197,6 +212,7 @@ def rewind(
     device: Device = "auto",
     address: Address = None,
     num_cpus: NumCpus = None,
+    engine: EngineOpt = "auto",
     trust_pickle: TrustPickle = False,
 ) -> None:
     """Which layers the accuracy needs: reset each layer to the reference and re-measure mAP (layer rewinding)."""
@@ -206,7 +222,8 @@ def rewind(
 
     opts = RewindOptions(imgsz=imgsz, batch=batch, split=split, device=device, trust_pickle=trust_pickle)
     summary = analyze_rewind(list(checkpoints), reference, data, _at(out), layers=layers, groups=groups,
-                             into_reference=into_reference, opts=opts, address=address, num_cpus=num_cpus)  # fmt: skip
+                             into_reference=into_reference, opts=opts, address=address, num_cpus=num_cpus,
+                             engine=engine)  # fmt: skip
     print_rewind_summary(summary)
     if not summary.ok:
         raise typer.Exit(1)
@@ -310,6 +327,18 @@ def report(
     from yolo_audit.report import write_report
 
     typer.echo(str(write_report(_at(results), out)))
+
+
+@app.command()
+@_one_line_errors
+def compact(results: Results) -> None:
+    """Merge each table's per-task files into one large file (readers never see a row twice or miss one; run it while
+    no other command writes there). Rankings, queries and reports on thousands of checkpoints read far fewer files."""
+    from yolo_audit.results.compact import compact as compact_results
+
+    merged = compact_results(_at(results))
+    done = ", ".join(f"{t} ({n} files)" for t, n in merged.items()) or "nothing to merge"
+    typer.echo(f"compacted {results}: {done}")
 
 
 cache_app = typer.Typer(no_args_is_help=True, help="The local cache of files fetched from URIs.")

@@ -10,9 +10,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from yolo_audit.errors import AuditError
-from yolo_audit.report.findings import Context, findings
-from yolo_audit.report.markup import bullets
-from yolo_audit.report.sections import SECTIONS
 from yolo_audit.results.store import tables
 
 CSS = """
@@ -28,6 +25,11 @@ document.body.dataset.imagesLoaded=ok.length;document.body.dataset.sections=docu
 
 def write_report(results: str | Path, out: str | Path) -> Path:
     """Write the report for a results folder; return its path."""
+    # matplotlib loads here, not when the terminal printers import this package (~1 s of every command)
+    from yolo_audit.report.findings import Context, findings
+    from yolo_audit.report.markup import bullets
+    from yolo_audit.report.sections import SECTIONS
+
     target = Path(out)
     if target.is_dir() or str(out).endswith("/"):
         raise AuditError("is a folder; pass the report's file name, e.g. --out report.html", path=str(out))

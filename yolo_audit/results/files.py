@@ -16,6 +16,8 @@ import pyarrow.parquet as pq
 
 from yolo_audit.errors import AuditError
 from yolo_audit.results import keys
+from yolo_audit.results.compact import read_key, view
+from yolo_audit.results.ledger import note_written
 from yolo_audit.results.location import Location
 from yolo_audit.results.schema import TABLES, columns, schema
 
@@ -55,6 +57,7 @@ def write(out: Location, table: str, key: str, data: Mapping[str, Sequence[Any]]
             path=target.uri.rsplit("/", 1)[0],
             stage="write",
         ) from exc
+    note_written(table, key)
     return target.uri
 
 
@@ -67,8 +70,8 @@ def write_checkpoints(out: Location, rows: Sequence[Mapping[str, Sequence[Any]]]
         row = {k: v[0] for k, v in cols.items()}
         cid = row["checkpoint_id"]
         if cid not in merged:
-            target = table_file(out, "checkpoints", keys.checkpoint_key(cid))
-            merged[cid] = pq.read_table(pa.BufferReader(target.read_bytes())).to_pylist()[0] if target.exists() else row
+            recorded = read_key(out, "checkpoints", keys.checkpoint_key(cid))
+            merged[cid] = recorded.to_pylist()[0] if recorded is not None and recorded.num_rows else row
         old = merged[cid]
         epochs = [e for e in (old["epoch"], row["epoch"]) if e is not None]
         merged[cid] = {**row, **{k: v for k, v in old.items() if v is not None}, "epoch": max(epochs, default=None),
@@ -78,8 +81,13 @@ def write_checkpoints(out: Location, rows: Sequence[Mapping[str, Sequence[Any]]]
 
 
 def remove(out: Location, table: str, key: str) -> None:
-    """Drop the rows a key wrote earlier (e.g. a stale `errors` row once the checkpoint loads)."""
-    table_file(out, table, key).delete()
+    """Drop the rows a key wrote earlier (e.g. a stale `errors` row once the checkpoint loads). Rows inside a compacted
+    file are dropped by an empty file of that key (see `compact`)."""
+    v, name = view(out.child(table)), f"{keys.check(key)}.parquet"
+    if name in v.sources or name in v.overridden:
+        write(out, table, key, {c: [] for c in columns(table)})
+    else:
+        table_file(out, table, key).delete()
 
 
 def purge(out: Location, checkpoint_ids: set[str]) -> int:
@@ -93,13 +101,14 @@ def purge(out: Location, checkpoint_ids: set[str]) -> int:
         id_columns = [c for c in columns(table) if c in ID_COLUMNS]
         if not id_columns:
             continue
-        for item in out.child(table).files(".parquet"):
-            named = keys.named_checkpoints(item.name.removesuffix(".parquet"))
+        for name in sorted(view(out.child(table)).names):
+            key = name.removesuffix(".parquet")
+            named = keys.named_checkpoints(key)
             if named is None:
-                frame = pq.read_table(pa.BufferReader(item.read_bytes()), columns=id_columns)
-                named = {v for c in id_columns for v in frame[c].to_pylist()}
+                frame = read_key(out, table, key)
+                named = {v for c in id_columns for v in frame[c].to_pylist()} if frame is not None else set()
             if named & checkpoint_ids:
-                item.delete()
+                remove(out, table, key)
                 removed += 1
     return removed
 

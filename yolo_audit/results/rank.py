@@ -66,11 +66,23 @@ def rank_divergence(out: Where, *, by: str = "layer", top: int = 20) -> pl.LazyF
     if by not in DIVERGENCE_BY:
         raise AuditError(f"--by must be one of {', '.join(DIVERGENCE_BY)}")
     if by == "param":
-        frame = scan(out, "weight_divergence").sort("rel_diff", descending=True, nulls_last=True).head(top)
+        frame = (
+            scan(out, "weight_divergence")
+            .sort(
+                ["rel_diff", "checkpoint_id", "reference_id", "param"],
+                descending=[True, False, False, False],
+                nulls_last=True,
+            )
+            .head(top)
+        )  # ties (frozen tensors: 0.0) in a fixed order, however the files are laid out
         return _with_runs(frame, out)
     layers = layer_divergence(out)
     if by == "layer":
-        return layers.sort("rel_l2", descending=True, nulls_last=True).head(top)
+        return layers.sort(
+            ["rel_l2", "checkpoint_id", "reference_id", "layer"],
+            descending=[True, False, False, False],
+            nulls_last=True,
+        ).head(top)
     return (
         layers.group_by("checkpoint_id", "reference_id", "run", "epoch")
         .agg(
@@ -78,7 +90,7 @@ def rank_divergence(out: Where, *, by: str = "layer", top: int = 20) -> pl.LazyF
             pl.col("rel_l2").max().alias("max_rel_l2"),
             pl.col("layer").sort_by("rel_l2", descending=True).first().alias("most_moved_layer"),
         )  # fmt: skip
-        .sort("mean_rel_l2", descending=True, nulls_last=True)
+        .sort(["mean_rel_l2", "checkpoint_id", "reference_id"], descending=[True, False, False], nulls_last=True)
         .head(top)
     )
 
@@ -97,7 +109,9 @@ def rank_drift(out: Where, *, top: int = 20) -> pl.LazyFrame:
     )
     drift = scan(out, "layer_freeze").filter(pl.col("verdict") == "frozen_bn_drift")
     ranked = drift.join(bn, on=["checkpoint_id", "reference_id", "layer"], how="left").sort(
-        "max_bn_stat_rel_diff", descending=True, nulls_last=True
+        ["max_bn_stat_rel_diff", "checkpoint_id", "reference_id", "layer"],
+        descending=[True, False, False, False],
+        nulls_last=True,
     )
     cols = ["checkpoint_id", "reference_id", "layer", "declared_frozen", "max_bn_stat_rel_diff", "max_bn_abs_diff"]
     return _with_runs(ranked.select(cols).head(top), out)

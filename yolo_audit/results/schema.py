@@ -78,6 +78,21 @@ _STUDY_AND_ERRORS: dict[str, list[Column]] = {
         ("error_type", S, "exception class"),
         ("message", S, "one-line explanation with what to do"),
     ],
+    "ledger": [
+        (
+            "done_key",
+            S,
+            "hash of a finished task's inputs (file URIs, sizes, mtimes), options and yolo-audit version",
+        ),
+        ("task", S, "weights:analyze, weights:histogram, weights:compare, activations or similarity"),
+        (
+            "files",
+            pa.list_(S),
+            "result files the task wrote (`table/key.parquet`): reruns skip it while all exist",
+        ),
+        ("result", S, "what the task reported to its driver, as JSON (bookkeeping, not results)"),
+        ("written_at", F64, "when the task finished (Unix seconds)"),
+    ],
 }
 
 TABLES: dict[str, list[Column]] = {

@@ -7,6 +7,7 @@ import polars as pl
 from yolo_audit.errors import AuditError
 from yolo_audit.model.freeze import declared_mismatch
 from yolo_audit.results import schema
+from yolo_audit.results.compact import view
 from yolo_audit.results.location import Where, locate
 
 PARAM_ROLES = ("conv_weight", "conv_bias", "bn_weight", "bn_bias")
@@ -38,9 +39,19 @@ def scan(out: Where, table: str) -> pl.LazyFrame:
     if table not in schema.TABLES:
         raise AuditError(f"unknown table {table!r}; tables are {', '.join(schema.TABLES)}")
     root = locate(out)
-    if not root.child(table).files(".parquet"):
+    v = view(root.child(table))
+    if not v.names:
         raise AuditError(f"no {table} table here; run `yolo-audit weights ... --out {out}` first", path=str(out))
-    return pl.scan_parquet(f"{root.uri}/{table}/*.parquet")
+    if not v.compacted:
+        return pl.scan_parquet(f"{root.uri}/{table}/*.parquet")
+    frames = [pl.scan_parquet(v.uris(v.plain))] if v.plain else []
+    for name, drops in v.compacted.items():  # rows of files rewritten since compaction come from those files
+        frame = pl.scan_parquet(v.folder.child(name).uri)
+        if drops:
+            row = pl.int_range(pl.len())
+            frame = frame.filter(~pl.any_horizontal([row.is_between(a, a + n - 1) for a, n in drops]))
+        frames.append(frame)
+    return pl.concat(frames, how="diagonal_relaxed")
 
 
 def open_results(out: Where) -> dict[str, pl.LazyFrame]:

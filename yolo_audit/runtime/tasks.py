@@ -13,10 +13,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar
 
 from yolo_audit.env import prepare
 from yolo_audit.runtime.devices import set_threads
+
+if TYPE_CHECKING:
+    from yolo_audit.results.ledger import Ledger
 
 
 @dataclass(frozen=True)
@@ -29,23 +32,94 @@ class Task:
     kwargs: dict[str, Any] | None = None
     num_cpus: float = 1
     num_gpus: float = 0
+    done_key: str | None = None  # with `revive`: skipped when a ledger records this key (see results.ledger)
+    revive: Callable[[dict[str, Any]], Any] | None = None  # the recorded JSON back into the task's result
 
 
-def _run_in_worker(fn: Callable[..., Any], threads: int, *args: Any, **kwargs: Any) -> Any:
-    """What a Ray worker executes: the offline environment, torch threads = the task's CPUs, then the plain function."""
+def _run_in_worker(fn: Callable[..., Any], threads: int, *args: Any, **kwargs: Any) -> tuple[Any, list[str]]:
+    """What a Ray worker executes: the offline environment, torch threads = the task's CPUs, then the plain function;
+    returns its result and the result files it wrote."""
     prepare()
     set_threads(threads)
-    return fn(*args, **kwargs)
+    return _recorded(fn, *args, **kwargs)
+
+
+def _recorded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, list[str]]:
+    from yolo_audit.results.ledger import recording
+
+    with recording() as written:
+        result = fn(*args, **kwargs)
+    return result, list(written)
+
+
+ENGINES = ("auto", "local", "ray")
+
+
+@dataclass
+class Engine:
+    """Where this command's tasks run. `local`: one after another in this process, each with every CPU's threads (no
+    start-up: a small local job costs what a hand-written script does). `ray`: remote Ray tasks, on an embedded local
+    Ray or the cluster at `--address`."""
+
+    kind: str
+    cpus: int
+
+
+_engine: Engine | None = None
+
+
+def _ray_running() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+def choose_engine(address: str | None, engine: str = "auto") -> str:
+    """`auto`: Ray when an address is given or a Ray is already running here (a study, a notebook, a test); in process
+    otherwise. `YOLO_AUDIT_ENGINE` overrides `auto` (e.g. `ray` to use an embedded Ray for every command)."""
+    from yolo_audit.errors import AuditError
+
+    if engine == "auto":
+        engine = os.environ.get("YOLO_AUDIT_ENGINE", "auto") or "auto"
+    if engine not in ENGINES:
+        raise AuditError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    if engine == "local" and address is not None:
+        raise AuditError("--engine local runs in this process; drop --address or use --engine ray")
+    if engine == "auto":
+        return "ray" if address is not None or _ray_running() else "local"
+    return engine
 
 
 @contextmanager
-def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[None]:
-    """Connect to `address` (a cluster, e.g. ray://head:10001 or auto) or start an embedded local Ray."""
+def ray_session(
+    address: str | None = None, *, num_cpus: int | None = None, engine: str = "auto", stream: TextIO | None = None
+) -> Iterator[None]:
+    """Run this block's tasks in process (`local`) or on Ray: connect to `address` (a cluster, e.g. ray://head:10001
+    or auto) or start an embedded local Ray; an already initialised Ray is reused as is."""
+    global _engine
     prepare()
+    kind = choose_engine(address, engine)
+    if _engine is not None:  # nested (an analysis inside a study): the outer engine stays
+        yield
+        return
+    if kind == "local":
+        cpus = num_cpus or os.cpu_count() or 1
+        before = torch_threads()
+        set_threads(cpus)
+        _engine = Engine("local", cpus)
+        try:
+            yield
+        finally:
+            _engine = None
+            set_threads(before)
+        return
     import ray
 
     if ray.is_initialized():
-        yield
+        _engine = Engine("ray", cluster_cpus())
+        try:
+            yield
+        finally:
+            _engine = None
         return
     try:
         ray.init(
@@ -53,7 +127,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
             num_cpus=num_cpus if address is None else None,
             include_dashboard=False,
             logging_level="ERROR",
-            log_to_driver=True,
+            log_to_driver=False,
             runtime_env={"env_vars": forwarded_env()},
         )
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -62,10 +136,42 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
         raise AuditError(
             f"cannot start or reach Ray ({str(exc).splitlines()[0]}); check --address", path=address
         ) from exc
+    _engine = Engine("ray", cluster_cpus())
+    print(f"[ray] {ray_logs()}", file=stream or sys.stderr)
     try:
         yield
     finally:
+        _engine = None
         ray.shutdown()
+
+
+def ray_logs() -> str:
+    """Where Ray keeps its own logs (they stay out of this command's output: workers' output is not forwarded)."""
+    try:
+        from ray._private import worker
+
+        return f"Ray's own logs: {worker._global_node.get_session_dir_path()}/logs"  # no public accessor
+    except Exception:  # noqa: BLE001 - only a hint
+        return "Ray's own logs: /tmp/ray/session_latest/logs"
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def in_process() -> bool:
+    return _engine is not None and _engine.kind == "local"
+
+
+def put(obj: Any) -> Any:
+    """Share a large input among tasks: Ray's object store, or the object itself in process."""
+    if in_process():
+        return obj
+    import ray
+
+    return ray.put(obj)
 
 
 FORWARDED_PREFIXES = ("YOLO_", "AWS_", "GOOGLE_", "GCS_", "AZURE_", "AZURE_STORAGE_", "HF_", "RAY_USAGE_STATS")
@@ -80,13 +186,20 @@ def forwarded_env() -> dict[str, str]:
 
 
 def cluster_cpus() -> int:
+    """Tasks that can run at once: the cluster's CPUs; in process 1 (that task has every CPU's threads)."""
+    if in_process():
+        return 1
     import ray
 
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
 def cluster_gpus() -> float:
-    """GPUs the cluster has right now (0 on a CPU-only machine)."""
+    """GPUs the cluster has right now (0 on a CPU-only machine); in process, the GPUs torch sees."""
+    if in_process():
+        import torch
+
+        return float(torch.cuda.device_count())
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0))
@@ -141,20 +254,46 @@ def run_tasks(
     max_in_flight: int | None = None,
     retries: int = 2,
     stream: TextIO | None = None,
+    ledger: Ledger | None = None,
 ) -> list[Any]:
-    """Run tasks on Ray, at most `max_in_flight` at once (default: twice the cluster's CPUs); results in task order.
+    """Run tasks (on Ray, or in process; see `ray_session`), at most `max_in_flight` at once (default: twice the
+    cluster's CPUs); results in task order.
 
-    Tasks are retried `retries` times if their worker dies. Progress: one bar for the stage (see `Progress`) and a
-    line naming each task that failed.
+    With a `ledger`, tasks it records as done are not run (their recorded result is returned) and finished ones are
+    added to it. Ray tasks are retried `retries` times if their worker dies. Progress: one bar for the stage (see
+    `Progress`) and a line naming each task that failed.
     """
+    out = stream or sys.stderr
+    results: list[Any] = [None] * len(tasks)
+    queue: list[tuple[int, Task]] = []
+    for index, task in enumerate(tasks):
+        found = ledger.lookup(task.done_key) if ledger is not None and task.revive is not None else None
+        if found is not None and task.revive is not None:
+            results[index] = task.revive(found)
+        else:
+            queue.append((index, task))
+    if len(queue) < len(tasks):
+        print(f"[{stage}] {len(tasks) - len(queue)} of {len(tasks)} already done (same files and options; --force "
+              "recomputes)", file=out)  # fmt: skip
+    if not queue:
+        return results
+    progress = Progress(stage, len(queue), out)
+
+    def finished(index: int, value: tuple[Any, list[str]]) -> None:
+        results[index], written = value
+        if ledger is not None:
+            ledger.add(tasks[index].done_key, stage, written, results[index])
+        progress.update(tasks[index].label, bool(getattr(results[index], "errors", None)))
+
+    if in_process():
+        for index, task in queue:
+            finished(index, _recorded(task.fn, *task.args, **(task.kwargs or {})))
+        return results
     import ray
 
     remote = ray.remote(_run_in_worker)
     limit = max_in_flight or 2 * cluster_cpus()
     pending: dict[Any, int] = {}
-    results: list[Any] = [None] * len(tasks)
-    queue = list(enumerate(tasks))
-    progress = Progress(stage, len(tasks), stream or sys.stderr)
     while queue or pending:
         while queue and len(pending) < limit:
             index, task = queue.pop(0)
@@ -165,8 +304,7 @@ def run_tasks(
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
             index = pending.pop(ref)
-            results[index] = ray.get(ref)
-            progress.update(tasks[index].label, bool(getattr(results[index], "errors", None)))
+            finished(index, ray.get(ref))
     return results
 
 
@@ -186,6 +324,10 @@ def _merge(a: T, b: T) -> T:
 def tree_merge(groups: list[list[T]]) -> list[T]:
     """Merge each group's partial results pairwise in Ray tasks (log2 rounds, all groups at once); one per group."""
     if all(len(g) == 1 for g in groups):
+        return [g[0] for g in groups]
+    if in_process():  # the same pairs in the same order as on Ray: results are equal bit for bit
+        while any(len(g) > 1 for g in groups):
+            groups = [[_merge(*g[i : i + 2]) if i + 1 < len(g) else g[i] for i in range(0, len(g), 2)] for g in groups]
         return [g[0] for g in groups]
     import ray
 

@@ -24,6 +24,7 @@ from yolo_audit.analyses import ANALYSES, StudyInputs, Summary
 from yolo_audit.env import cache_dir
 from yolo_audit.errors import AuditError
 from yolo_audit.results import files
+from yolo_audit.results.compact import compact
 from yolo_audit.results.keys import run_key
 from yolo_audit.results.location import Location, exclusive, locate, upload_dir
 from yolo_audit.results.store import scan, tables
@@ -158,7 +159,7 @@ def run_study(
     pre_data = dataset_path(study.pretrain_data, layout) if study.pretrain_data is not None else data
     base_spec, specs = plan(study, layout, data=data, pretrain_data=pre_data)
     summary = StudySummary(out=layout.out)
-    with exclusive(layout.out), ray_session(address):
+    with exclusive(layout.out), ray_session(address, engine="ray"):
         gpus = cluster_gpus() > 0
         if base_spec is not None:
             _train_all([base_spec], study, layout, gpus, summary, stream)
@@ -169,6 +170,8 @@ def run_study(
             inputs = _inputs(study, layout, specs, base_spec, data, stream)
             for name in study.analyses:
                 summary.analyses[name] = ANALYSES[name].run_in_study(inputs)
+        merged = compact(layout.out)  # thousands of per-task files become a few per table
+        print(f"[study] compacted {sum(merged.values())} result files into {len(merged)}", file=stream)
     return summary
 
 

@@ -65,6 +65,7 @@ def analyze_activations(
     shards_per_checkpoint: int | None = None,
     address: str | None = None,
     num_cpus: int | None = None,
+    engine: str = "auto",
     stream: TextIO | None = None,
 ) -> ActivationsSummary:
     opts = opts or ActivationOptions()
@@ -73,7 +74,7 @@ def analyze_activations(
     ref_path = locate(reference).uri if reference is not None else None
     images = list_images(local_dataset(str(data)), split=split, max_images=max_images)
     summary = ActivationsSummary(out=out_loc, dataset_id=dataset_id(images, opts.imgsz), images=len(images))
-    with exclusive(out_loc), ray_session(address, num_cpus=num_cpus):
+    with exclusive(out_loc), ray_session(address, num_cpus=num_cpus, engine=engine):
         n_batches = -(-len(images) // max(opts.batch, 1))
         n = shards_per_checkpoint or max(1, min(n_batches, cluster_cpus() // len(checkpoints)))
         parts = shards(images, n, batch=opts.batch)

@@ -73,6 +73,7 @@ def analyze_rewind(
     opts: RewindOptions | None = None,
     address: str | None = None,
     num_cpus: int | None = None,
+    engine: str = "auto",
     stream: TextIO | None = None,
 ) -> RewindSummary:
     opts = opts or RewindOptions()
@@ -86,7 +87,7 @@ def analyze_rewind(
     ref = load_checkpoint(ref_uri, trust_pickle=opts.trust_pickle)
     present = sorted({i.layer for i in ref.keys.values() if i.layer is not None})
     targets = select_targets(ref.profile, present, layers, groups=groups, into_reference=into_reference)
-    with exclusive(out_loc), ray_session(address, num_cpus=num_cpus):
+    with exclusive(out_loc), ray_session(address, num_cpus=num_cpus, engine=engine):
         gpus = 1 if cluster_gpus() > 0 else 0
         stream = stream or sys.stderr
 

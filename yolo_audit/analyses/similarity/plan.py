@@ -56,6 +56,7 @@ def analyze_similarity(
     shards_per_run: int | None = None,
     address: str | None = None,
     num_cpus: int | None = None,
+    engine: str = "auto",
     stream: TextIO | None = None,
 ) -> SimilaritySummary:
     opts = opts or SimilarityOptions()
@@ -67,7 +68,7 @@ def analyze_similarity(
     checkpoints = find_checkpoints(list(paths))
     images = list_images(local_dataset(str(data)), split=split, max_images=max_images)
     summary = SimilaritySummary(out=out_loc, dataset_id=dataset_id(images, opts.imgsz), images=len(images))
-    with exclusive(out_loc), ray_session(address, num_cpus=num_cpus):
+    with exclusive(out_loc), ray_session(address, num_cpus=num_cpus, engine=engine):
         gpus = 1 if cluster_gpus() > 0 else 0
         parts = [p for p in shards(images, shards_per_run or cluster_cpus(), batch=opts.batch) if p]
         tasks = [Task(f"shard {i}", similarity_shard, (checkpoints, part, opts), {"first": i == 0}, num_cpus=1,

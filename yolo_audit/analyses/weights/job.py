@@ -22,7 +22,7 @@ from yolo_audit.model.checkpoint import Checkpoint, checkpoint_table, load_check
 from yolo_audit.results import files
 from yolo_audit.results.errors import ErrorRecord, clear_errors, record
 from yolo_audit.results.keys import comparison_key, hist_key
-from yolo_audit.results.location import Location
+from yolo_audit.results.location import Location, locate
 
 STAGES = ("load", "weights", "histogram", "divergence", "align")
 
@@ -65,7 +65,8 @@ def analyze_checkpoint(
     result = TaskResult(path=path)
     stage = "load"
     try:
-        ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
+        same = reference is not None and locate(reference.path).uri == locate(path).uri
+        ckpt = reference if same and reference is not None else load_checkpoint(path, trust_pickle=trust_pickle)
         result.checkpoint_id, result.run, result.epoch = ckpt.checkpoint_id, ckpt.run, ckpt.epoch
         result.arch_hash, result.checkpoint_row = ckpt.arch_hash, checkpoint_table(ckpt)
         clear_errors(out, path, STAGES)

@@ -1,8 +1,8 @@
 """Driver of `yolo-audit weights`: find checkpoints, plan the Ray tasks, fan out, collect errors.
 
 Waves: (1) one task per checkpoint: statistics, and divergence vs the reference when there is one (the reference is
-loaded once here and `ray.put`); (2) histograms on pooled bins when no reference fixes them; (3) one task per pair for
-`--pairwise` and `--trajectory`.
+loaded once here and shared through Ray's object store); (2) histograms on pooled bins when no reference fixes them;
+(3) one task per pair for `--pairwise` and `--trajectory`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from yolo_audit.errors import AuditError
 from yolo_audit.model.checkpoint import find_checkpoints, load_checkpoint
 from yolo_audit.results.errors import ErrorRecord, write_errors
 from yolo_audit.results.files import check_writable, write_checkpoints
+from yolo_audit.results.ledger import Ledger, done_key, fingerprint
 from yolo_audit.results.location import Location, Where, exclusive, locate
 from yolo_audit.results.train_metrics import record_beside
-from yolo_audit.runtime.tasks import Task, ray_session, run_tasks, short_name
+from yolo_audit.runtime.tasks import Task, put, ray_session, run_tasks, short_name
 
 
 @dataclass
@@ -69,58 +70,71 @@ def analyze_weights(
     pairwise_among: list[str] | None = None,
     address: str | None = None,
     num_cpus: int | None = None,
+    engine: str = "auto",
     cpus_per_task: float = 1,
     opts: WeightOptions | None = None,
     trust_pickle: bool = False,
+    force: bool = False,
     stream: TextIO | None = None,
 ) -> WeightsSummary:
     """Analyse every checkpoint under `paths` into Parquet tables under `out` (see the README's schema).
-    `pairwise_among`: compare every pair of just these files (a study: each run's last snapshot and the base)."""
+    `pairwise_among`: compare every pair of just these files (a study: each run's last snapshot and the base).
+    Tasks already done for the same files and options are skipped (see `results.ledger`) unless `force`."""
     opts = opts or WeightOptions()
     out_dir = check_writable(locate(out))
     files = find_checkpoints(list(paths), reference=reference)
-    ref = load_checkpoint(reference, trust_pickle=trust_pickle) if reference is not None else None
     if len(files) < 2 and (pairwise or trajectory):
         raise AuditError("pairwise and trajectory comparisons need at least two checkpoints", path=str(paths[0]))
+    common = {"trust_pickle": trust_pickle}
+    prints = {f: fingerprint(f) for f in files}
+    ref_print = fingerprint(reference) if reference is not None else None
+    ledger = Ledger(out_dir, force=force)
+    keys = {f: done_key("weights:analyze", prints[f], ref_print, opts) for f in files}
+    # the reference is loaded only when some checkpoint still needs it (a rerun with nothing new costs start-up only)
+    needed = reference is not None and any(ledger.lookup(k) is None for k in keys.values())
+    ref = load_checkpoint(reference, trust_pickle=trust_pickle) if needed and reference is not None else None
     summary = WeightsSummary(out=out_dir, reference_id=ref.checkpoint_id if ref else None)
     edges = shared_edges([tensor_stats_ranges(ref)]) if ref is not None else None
     summary.bins_id = f"ref-{ref.checkpoint_id}" if ref is not None else None
-    common = {"trust_pickle": trust_pickle}
-    with exclusive(out_dir), ray_session(address, num_cpus=num_cpus):
-        import ray
-
-        ref_obj = ray.put(ref) if ref is not None else None
-        cache = ray.put(reference_cache(ref, opts, edges)) if ref is not None else None
+    with exclusive(out_dir), ray_session(address, num_cpus=num_cpus, engine=engine):
+        ref_obj = put(ref) if ref is not None else None
+        cache = put(reference_cache(ref, opts, edges)) if ref is not None else None
         first = run_tasks(
             [
                 Task(short_name(f), analyze_checkpoint, (f, out_dir), {
                     "reference": ref_obj, "cache": cache, "edges": edges, "bins_id": summary.bins_id, "opts": opts,
                     **common,
-                }, num_cpus=cpus_per_task)
+                }, num_cpus=cpus_per_task, done_key=keys[f], revive=_revive)
                 for f in files
             ],
             stage="weights",
             stream=stream,
+            ledger=ledger,
         )  # fmt: skip
         summary.analysed = [r for r in first if r.checkpoint_id is not None]
+        if reference is not None and ref is None:  # every task was done before: the reference's id is recorded
+            summary.reference_id = next((r.checkpoint_id for r in first if r.path == locate(reference).uri), None)
+            summary.bins_id = f"ref-{summary.reference_id}"
         summary.errors += [e for r in first for e in r.errors]
         write_checkpoints(out_dir, [r.checkpoint_row for r in first if r.checkpoint_row])
         record_beside(out_dir, [(r.run, r.path) for r in first if r.checkpoint_id])  # results.csv of user runs
         loaded = distinct(
             [r for r in first if r.checkpoint_id is not None and not any(e.stage == "load" for e in r.errors)]
         )
-        if edges is None and loaded:
+        if reference is None and loaded:
             edges = shared_edges([r.ranges for r in loaded])
             summary.bins_id = pooled_bins_id([r.checkpoint_id for r in loaded if r.checkpoint_id])
             second = run_tasks(
                 [
                     Task(short_name(r.path), histogram_checkpoint, (r.path, out_dir), {
                         "edges": edges, "bins_id": summary.bins_id, "bins": opts.bins, **common,
-                    }, num_cpus=cpus_per_task)
+                    }, num_cpus=cpus_per_task, revive=_revive,
+                         done_key=done_key("weights:histogram", prints[r.path], summary.bins_id, opts.bins))
                     for r in loaded
                 ],
                 stage="histograms",
                 stream=stream,
+                ledger=ledger,
             )  # fmt: skip
             summary.errors += [e for r in second for e in r.errors]
         among = {locate(p).uri for p in pairwise_among} if pairwise_among else None
@@ -128,14 +142,22 @@ def analyze_weights(
         if pairs:
             third = run_tasks(
                 [Task(f"{short_name(a)} vs {short_name(b)}", compare_pair, (a, b, out_dir), {**common, "opts": opts},
-                      cpus_per_task)
+                      cpus_per_task, revive=_revive,
+                      done_key=done_key("weights:compare", prints[a], prints[b], opts.near_zero))
                  for a, b in pairs],
                 stage="compare",
                 stream=stream,
+                ledger=ledger,
             )  # fmt: skip
             summary.errors += [e for r in third for e in r.errors]
         write_errors(out_dir, summary.errors)
+        ledger.save()
     return summary
+
+
+def _revive(data: dict) -> TaskResult:
+    """A task's result as the ledger recorded it (JSON: tuples came back as lists)."""
+    return TaskResult(**{**data, "errors": []})
 
 
 def distinct(results: list[TaskResult]) -> list[TaskResult]:
