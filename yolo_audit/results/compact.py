@@ -46,6 +46,7 @@ class View:
     sources: dict[str, tuple[str, Source]] = field(default_factory=dict)  # covered file -> (compacted file, where)
     infos: dict[str, pafs.FileInfo] = field(default_factory=dict)
     overridden: set[str] = field(default_factory=set)  # covered by a compacted file, then rewritten
+    stale: list[Source] = field(default_factory=list)  # files a compaction covers but has not deleted yet
 
     @property
     def names(self) -> set[str]:
@@ -85,6 +86,7 @@ def view(folder: Location) -> View:
     manifests = {c: manifest(folder, c) for c in compacted}
     superseded = {s.name for srcs in manifests.values() for s in srcs
                   if s.start < 0 and s.name in infos and not _rewritten(infos[s.name], s)}  # fmt: skip
+    v.stale = [s for srcs in manifests.values() for s in srcs if s.start < 0 and s.name in superseded]
     for c in compacted:
         if c in superseded:
             continue
@@ -97,6 +99,8 @@ def view(folder: Location) -> View:
                 v.overridden.add(s.name)
             else:
                 v.sources[s.name] = (c, s)
+                if s.name in infos:
+                    v.stale.append(s)
     v.plain = sorted(n for n in infos if not n.startswith(PREFIX) and n not in v.sources)
     return v
 
@@ -126,7 +130,8 @@ def compact_table(out: Location, table: str, schema: pa.Schema) -> int:
     """Merge a table's files into one compacted file; returns how many files it merged (0: nothing to do)."""
     v = view(out.child(table))
     if len(v.plain) + len(v.compacted) <= 1 and not any(v.compacted.values()):
-        return 0
+        _delete_covered(v.folder, v.stale)  # an interrupted compaction's leftovers
+        return len(v.stale)
     pieces: list[pa.Table] = []
     sources: list[Source] = []
     rows = 0
@@ -153,11 +158,16 @@ def compact_table(out: Location, table: str, schema: pa.Schema) -> int:
     sink = pa.BufferOutputStream()
     pq.write_table(merged, sink, compression="zstd", row_group_size=1 << 20)
     v.folder.child(f"{PREFIX}{uuid.uuid4().hex[:16]}.parquet").write_bytes(sink.getvalue().to_pybytes())
-    for s in sources:  # the compacted file is in place: what it covers can go (unless rewritten meanwhile)
-        now = v.folder.fs.get_file_info(v.folder.child(s.name).path)
-        if now.type == pafs.FileType.File and not _rewritten(now, s):
-            v.folder.fs.delete_file(now.path)
+    _delete_covered(v.folder, sources)
     return len(v.plain) + len(v.compacted)
+
+
+def _delete_covered(folder: Location, sources: list[Source]) -> None:
+    """The compacted file is in place: what it covers can go (unless rewritten meanwhile)."""
+    for s in sources:
+        now = folder.fs.get_file_info(folder.child(s.name).path)
+        if now.type == pafs.FileType.File and not _rewritten(now, s):
+            folder.fs.delete_file(now.path)
 
 
 def compact(out: Location) -> dict[str, int]:

@@ -66,18 +66,21 @@ def write_checkpoints(out: Location, rows: Sequence[Mapping[str, Sequence[Any]]]
     with what is already recorded: aliases are the union of every path seen, the epoch the highest known, the first
     recorded path stays. Drivers call this once per command (under the results lock), never tasks."""
     merged: dict[str, dict[str, Any]] = {}
+    recorded: dict[str, dict[str, Any] | None] = {}
     for cols in rows:
         row = {k: v[0] for k, v in cols.items()}
         cid = row["checkpoint_id"]
         if cid not in merged:
-            recorded = read_key(out, "checkpoints", keys.checkpoint_key(cid))
-            merged[cid] = recorded.to_pylist()[0] if recorded is not None and recorded.num_rows else row
+            table = read_key(out, "checkpoints", keys.checkpoint_key(cid))
+            recorded[cid] = table.to_pylist()[0] if table is not None and table.num_rows else None
+            merged[cid] = recorded[cid] or row
         old = merged[cid]
         epochs = [e for e in (old["epoch"], row["epoch"]) if e is not None]
         merged[cid] = {**row, **{k: v for k, v in old.items() if v is not None}, "epoch": max(epochs, default=None),
                        "aliases": sorted({*(old["aliases"] or []), *(row["aliases"] or [])})}  # fmt: skip
     for cid, row in merged.items():
-        write(out, "checkpoints", keys.checkpoint_key(cid), {k: [v] for k, v in row.items()})
+        if row != recorded[cid]:  # unchanged rows are not rewritten (a rerun with nothing new writes nothing)
+            write(out, "checkpoints", keys.checkpoint_key(cid), {k: [v] for k, v in row.items()})
 
 
 def remove(out: Location, table: str, key: str) -> None:

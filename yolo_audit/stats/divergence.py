@@ -74,7 +74,7 @@ def divergence(
             known = (norms[0][i] ** 2, norms[1][i] ** 2) if norms is not None else None
             sums[i] = _big_sums(current[i], reference[i], scratch, known)
     for i in (i for i in range(k) if identical[i]):
-        b_sq = norms[1][i] ** 2 if norms is not None else float(reference[i].double().square().sum())
+        b_sq = norms[1][i] ** 2 if norms is not None else _sum_sq(reference[i])
         sums[i] = torch.tensor([0.0, b_sq, b_sq, b_sq, 0.0, 0.0], dtype=torch.float64)
     cols: Columns = {name: [] for name in DIVERGENCE_STATS}
     for i, (d2, a2, b2, dot, max_abs, max_b) in enumerate(sums.tolist()):
@@ -86,11 +86,22 @@ def divergence(
         cols["rel_diff"].append(l2 / b_norm if b_norm > 0 and not near else None)
         cols["reason"].append(NEAR_ZERO_REASON if near else None)
         cols["rms_diff"].append(l2 / math.sqrt(n) if n else None)
-        cols["cosine"].append(max(-1.0, min(1.0, dot / (a_norm * b_norm))) if a_norm > 0 and b_norm > 0 else None)
+        cosine = None
+        if a_norm > 0 and b_norm > 0:  # identical tensors: exactly 1 (the ratio of rounded norms may say 1 - 2e-16)
+            cosine = 1.0 if identical[i] else max(-1.0, min(1.0, dot / (a_norm * b_norm)))
+        cols["cosine"].append(cosine)
         cols["max_abs_diff"].append(max_abs)
         cols["max_abs_steps"].append(0.0 if identical[i] else max_abs / step if step else None)
         cols["identical"].append(identical[i])
     return cols
+
+
+def _sum_sq(t: torch.Tensor) -> float:
+    """sum t^2 in float64, the same for any number of threads (fixed-chunk numba when available)."""
+    flat = t.reshape(-1)
+    if exact.available() and flat.dtype == torch.float32 and flat.numel():
+        return exact.pair_sums(flat.contiguous().numpy(), flat.contiguous().numpy())[2]
+    return float(flat.double().square().sum())
 
 
 def _big_sums(
