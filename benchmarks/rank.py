@@ -1,7 +1,7 @@
 """Benchmark: the dead-unit ranking over 10 million `channel_stats` rows, ours (Polars, lazy) vs DuckDB, same files.
 
 Builds a synthetic store laid out as the project writes it (one Parquet file per checkpoint, 1,000 checkpoints x
-10,000 channels, through `schema.write`), then alternates `yolo_audit.rank.rank_dead_units(by="layer")` with the same
+10,000 channels, through `results.files.write`), then alternates `yolo_audit.results.rank.rank_dead_units(by="layer")` with the same
 query in DuckDB SQL, `--repeats` times; medians compared, results checked equal. Also times two lower bounds for
 any Polars formulation of this ranking on the same files (a row count, which only opens the 1,000 files, and the
 group-by on the three keys with nothing but a row count per group), so the gap to DuckDB can be read off the output.
@@ -32,7 +32,8 @@ from per_layer order by newly_dead desc, dead desc, checkpoint_id, dataset_id, l
 
 
 def build(root: Path, checkpoints: int, channels: int) -> None:
-    from yolo_audit import schema
+    from yolo_audit.results import files
+    from yolo_audit.results.location import locate
 
     rng = np.random.default_rng(0)
     layers = np.repeat(np.arange(23, dtype=np.int32), -(-channels // 23))[:channels]
@@ -47,7 +48,7 @@ def build(root: Path, checkpoints: int, channels: int) -> None:
             "constant": rng.random(channels) < 0.002, "never_positive": rng.random(channels) < 0.01,
             "newly_dead": rng.random(channels) < 0.001, "tau": np.full(channels, 0.025),
         }  # fmt: skip
-        schema.write(root, "channel_stats", f"{i:016x}-{'d' * 16}", cols)
+        files.write(locate(root), "channel_stats", f"{i:016x}-{'d' * 16}", cols)
 
 
 def main() -> None:

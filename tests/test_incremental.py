@@ -194,3 +194,31 @@ def test_compact_command(ckpts, tmp_path):
     assert "weight_stats (3 files)" in result.output
     again = CliRunner().invoke(app, ["compact", "--results", str(out)])
     assert "nothing to merge" in again.output
+
+
+def test_activations_rerun_skips_and_force_recomputes(ckpts, tmp_path):
+    from yolo_audit.analyses.activations.job import ActivationOptions
+    from yolo_audit.analyses.activations.plan import analyze_activations
+    from yolo_audit.study.synth import make_dataset
+
+    root, base, runs = ckpts
+    data = make_dataset(tmp_path / "data", images=4, imgsz=64, seed=3)
+    opts = ActivationOptions(imgsz=64, batch=2, maps=1)
+    out = tmp_path / "out"
+
+    def run(force=False):
+        stream = io.StringIO()
+        summary = analyze_activations([runs[1]], data, out, reference=base, opts=opts, engine="local", force=force,
+                                      stream=stream)  # fmt: skip
+        assert summary.ok, summary.errors
+        return summary, stream.getvalue()
+
+    first, _ = run()
+    before = _mtimes(out)
+    again, log = run()
+    assert "already done" in log and _mtimes(out) == before
+    assert again.checkpoint_ids == first.checkpoint_ids and again.analysed == first.analysed
+    _, log = run(force=True)
+    assert "already done" not in log
+    after = _mtimes(out)
+    assert all(after[k] != before[k] for k in before if k.startswith("channel_stats/"))

@@ -139,6 +139,7 @@ def activations(
     num_cpus: NumCpus = None,
     engine: EngineOpt = "auto",
     trust_pickle: TrustPickle = False,
+    force: Force = False,
 ) -> None:
     """Per-channel activation statistics and dead units over a dataset, written as Parquet."""
     from yolo_audit.analyses.activations.job import ActivationOptions
@@ -152,7 +153,7 @@ def activations(
     )
     summary = analyze_activations(
         list(checkpoints), data, _at(out), reference=reference, opts=opts, max_images=max_images, split=split,
-        shards_per_checkpoint=shards, address=address, num_cpus=num_cpus, engine=engine,
+        shards_per_checkpoint=shards, address=address, num_cpus=num_cpus, engine=engine, force=force,
     )  # fmt: skip
     print_activations_summary(summary)
     if not summary.ok:

@@ -27,6 +27,7 @@ from yolo_audit.model.checkpoint import find_checkpoints
 from yolo_audit.results import files
 from yolo_audit.results.errors import ErrorRecord, clear_errors, write_errors
 from yolo_audit.results.keys import dataset_key
+from yolo_audit.results.ledger import Ledger, done_key, fingerprint, recording
 from yolo_audit.results.location import Location, Where, exclusive, local_dataset, locate
 from yolo_audit.runtime.tasks import Task, cluster_cpus, cluster_gpus, ray_session, run_tasks, short_name, tree_merge
 
@@ -66,15 +67,28 @@ def analyze_activations(
     address: str | None = None,
     num_cpus: int | None = None,
     engine: str = "auto",
+    force: bool = False,
     stream: TextIO | None = None,
 ) -> ActivationsSummary:
+    """Channel statistics of every checkpoint over the images (see the README). A rerun with the same files, images
+    and options skips the whole command (see `results.ledger`) unless `force`: the reference's statistics and the
+    feature maps' channels tie the checkpoints of one command together."""
     opts = opts or ActivationOptions()
     out_loc = files.check_writable(locate(out))
     checkpoints = find_checkpoints(list(paths), reference=reference)
     ref_path = locate(reference).uri if reference is not None else None
     images = list_images(local_dataset(str(data)), split=split, max_images=max_images)
     summary = ActivationsSummary(out=out_loc, dataset_id=dataset_id(images, opts.imgsz), images=len(images))
-    with exclusive(out_loc), ray_session(address, num_cpus=num_cpus, engine=engine):
+    ledger = Ledger(out_loc, force=force)
+    key = done_key("activations", [fingerprint(c) for c in checkpoints], ref_path, summary.dataset_id, opts)
+    done = ledger.lookup(key)
+    if done is not None:
+        print("[activations] already done for these files, images and options (--force recomputes)",
+              file=stream or sys.stderr)  # fmt: skip
+        summary.analysed, summary.checkpoint_ids = done["analysed"], set(done["checkpoint_ids"])
+        summary.failed_images, summary.architectures = done["failed_images"], done["architectures"]
+        return summary
+    with exclusive(out_loc), ray_session(address, num_cpus=num_cpus, engine=engine), recording() as written:
         n_batches = -(-len(images) // max(opts.batch, 1))
         n = shards_per_checkpoint or max(1, min(n_batches, cluster_cpus() // len(checkpoints)))
         parts = shards(images, n, batch=opts.batch)
@@ -90,6 +104,11 @@ def analyze_activations(
         ref_index = checkpoints.index(ref_path) if ref_path else None
         summary.errors += _add_maps(merged, ref_index, images[: opts.maps], opts, stream) if opts.maps else []
         _write(merged, checkpoints.index(ref_path) if ref_path else None, images, opts, summary)
+        if summary.ok:
+            ledger.add(key, "activations", written, {
+                "analysed": summary.analysed, "checkpoint_ids": sorted(summary.checkpoint_ids),
+                "failed_images": summary.failed_images, "architectures": summary.architectures})  # fmt: skip
+            ledger.save()
     return summary
 
 

@@ -1,0 +1,102 @@
+"""Benchmark: a small local job end to end, as users run it, against the hand-written script it replaces.
+
+Builds a base and N perturbed YOLOv8s checkpoints (Ultralytics' fp16 layout), then, alternating the two (median of
+--repeats, whole processes, fresh results folder each time):
+- `yolo-audit weights CKPTS --reference BASE --out OUT` (no --address: in process, no Ray start-up)
+- `python benchmarks/handwritten_weights.py BASE CKPTS...` (torch.load, per-tensor stats, a histogram, L2 and
+  relative difference to the base)
+It also times an unchanged rerun of the same command (everything skipped) against start-up alone (importing what
+the command imports), and records the peak memory of the whole command (all its processes).
+Last line: {"benchmark": "small_jobs", "ratio_3": ..., "ratio_20": ..., ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+VENV_BIN = Path(sys.executable).parent
+MEASURE = (
+    "import resource, subprocess, sys, time\n"
+    "t = time.perf_counter(); rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+    "stderr=subprocess.DEVNULL).returncode\n"
+    "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)\n"
+)
+
+
+def measure(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GB, the largest process; in-process runs have one) of a command."""
+    out = subprocess.run([sys.executable, "-c", MEASURE, *cmd], capture_output=True, text=True, check=True).stdout
+    seconds, rss_kb, rc = out.split()
+    assert rc == "0", cmd
+    return float(seconds), int(rss_kb) / 2**20
+
+
+def build(root: Path, n: int, model: str) -> tuple[Path, list[Path]]:
+    from yolo_audit.env import prepare
+
+    prepare()
+    from yolo_audit.model.synthetic import build_model, perturb, save_ultralytics
+
+    net = build_model(model, seed=0)
+    base = save_ultralytics(net, root / "base.pt", train_args={"name": "base"}, epoch=-1, key="model")
+    paths = []
+    for i in range(n):
+        perturb(net, range(10, 23), scale=0.01, seed=i)
+        paths.append(save_ultralytics(net, root / "ckpts" / f"epoch{i + 1}.pt", train_args={"name": "r"},
+                                      epoch=i + 1, key="ema"))  # fmt: skip
+    return base, paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="yolov8s.yaml")
+    parser.add_argument("--sizes", default="3,20")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    result: dict[str, object] = {"benchmark": "small_jobs", "goal_3": 1.2, "goal_20": 1.0, "goal_peak_gb": 1.5}
+    audit = str(VENV_BIN / "yolo-audit")
+    for n in (int(s) for s in args.sizes.split(",")):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            base, ckpts = build(root, n, args.model)
+            ours, script, peaks = [], [], []
+            for r in range(args.repeats):
+                out = root / f"out{r}"
+                seconds, peak = measure([audit, "weights", str(root / "ckpts"), "--reference", str(base), "--out",
+                                         str(out)])  # fmt: skip
+                ours.append(seconds)
+                peaks.append(peak)
+                script.append(measure([sys.executable, str(HERE / "handwritten_weights.py"), str(base),
+                                       *map(str, ckpts)])[0])  # fmt: skip
+                if r < args.repeats - 1:
+                    shutil.rmtree(out)
+            rerun = [measure([audit, "weights", str(root / "ckpts"), "--reference", str(base), "--out",
+                              str(root / f"out{args.repeats - 1}")])[0] for _ in range(args.repeats)]  # fmt: skip
+            startup = [measure([sys.executable, "-c", "import yolo_audit.cli, yolo_audit.analyses.weights.plan, "
+                                "yolo_audit.report.text, ultralytics.nn.tasks"])[0]
+                       for _ in range(args.repeats)]  # fmt: skip
+        a, b = statistics.median(ours), statistics.median(script)
+        print(f"{n} checkpoints of {args.model}: yolo-audit weights {a:.2f} s (peak {max(peaks):.2f} GB), "
+              f"hand-written script {b:.2f} s, ratio {a / b:.2f}; unchanged rerun {statistics.median(rerun):.2f} s, "
+              f"start-up alone {statistics.median(startup):.2f} s")  # fmt: skip
+        result[f"ratio_{n}"] = round(a / b, 3)
+        result[f"seconds_{n}"] = round(a, 2)
+        result[f"script_seconds_{n}"] = round(b, 2)
+        result[f"peak_gb_{n}"] = round(max(peaks), 2)
+        result[f"rerun_seconds_{n}"] = round(statistics.median(rerun), 2)
+        result[f"startup_seconds_{n}"] = round(statistics.median(startup), 2)
+        time.sleep(0.1)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
