@@ -1,10 +1,11 @@
 """Benchmark: the dead-unit ranking over 10 million `channel_stats` rows, ours (Polars, lazy) vs DuckDB, same files.
 
 Builds a synthetic store laid out as the project writes it (one Parquet file per checkpoint, 1,000 checkpoints x
-10,000 channels, through `results.files.write`), then alternates `yolo_audit.results.rank.rank_dead_units(by="layer")` with the same
-query in DuckDB SQL, `--repeats` times; medians compared, results checked equal. Also times two lower bounds for
-any Polars formulation of this ranking on the same files (a row count, which only opens the 1,000 files, and the
-group-by on the three keys with nothing but a row count per group), so the gap to DuckDB can be read off the output.
+10,000 channels, through `results.files.write`), then alternates `rank_dead_units(by="layer")` with the same query
+in DuckDB SQL, `--repeats` times; medians compared, results checked equal. Also times two lower bounds for any Polars
+formulation of this ranking on the same files (a row count, which only opens the 1,000 files, and the group-by on the
+three keys with nothing but a row count per group), so the gap to DuckDB can be read off the output. Not updated for
+the `dead`, `unit_kind` and `revived` columns added since (the SQL still counts never_positive as dead).
 Last line: {"benchmark": "rank", "seconds": S, "ratio": ours_over_duckdb, "goal": 1.0}.
 """
 
