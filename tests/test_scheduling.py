@@ -30,9 +30,9 @@ def where(spec=None):
     return {"node": ctx.get_node_id(), "gpus": ray.get_gpu_ids(), "device": getattr(spec, "device", None)}
 
 specs = [TrainSpec(run=f"r{i}", variant="v", model="m", data="d", project="/tmp") for i in range(3)]
-gpu = run_tasks(train_tasks(specs, Resources(cpus_per_task=1, gpus_per_task=1), gpus=True, fn=where), stage="gpu")
+gpu = run_tasks(train_tasks(specs, Resources(cpus_per_task=1, gpus_per_task=1), gpus=1, fn=where), stage="gpu")
 cpu = run_tasks([Task(f"c{i}", where, num_cpus=1) for i in range(8)], stage="cpu")
-plain = train_tasks(specs, Resources(), gpus=False, fn=where)
+plain = train_tasks(specs, Resources(), gpus=0, fn=where)
 print(json.dumps({
     "gpu_node": gpu_node.node_id, "gpu": gpu, "cpu": cpu,
     "cpu_only_plan": [[t.num_gpus, t.args[0].device] for t in plain],
@@ -52,3 +52,51 @@ def test_gpu_tasks_go_to_the_gpu_node_and_cpu_tasks_run_anywhere():
     assert len({r["node"] for r in result["cpu"]}) == 2  # CPU tasks use both nodes
     assert all(not r["gpus"] for r in result["cpu"])
     assert result["cpu_only_plan"] == [[0, "cpu"]] * 3
+
+
+PROBE = r"""
+import json, time
+import ray
+from ray.cluster_utils import Cluster
+from yolo_audit.errors import AuditError
+from yolo_audit.runtime.tasks import require_resources, run_tasks
+from yolo_audit.study.driver import gpus_to_ask, train_tasks
+from yolo_audit.study.spec import Resources
+from yolo_audit.study.training import TrainSpec
+
+def error(fn):
+    try:
+        fn()
+    except AuditError as exc:
+        return str(exc)
+    return None
+
+def where(spec=None):
+    ctx = ray.get_runtime_context()
+    return {"node": ctx.get_node_id(), "gpus": ray.get_gpu_ids(), "device": getattr(spec, "device", None)}
+
+out = {}
+# a CPU-only cluster: an explicit GPU request waits, then fails in one line; unset asks for none
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+ray.init(address=cluster.address, logging_level="ERROR")
+out["explicit"] = gpus_to_ask(Resources(gpus_per_task=1))
+out["unset"] = gpus_to_ask(Resources())
+out["cpu_only"] = gpus_to_ask(Resources(gpus_per_task=1), cpu_only=True)
+start = time.monotonic()
+out["timeout"] = error(lambda: require_resources(1, 1, timeout=3, embedded=False))
+out["waited"] = time.monotonic() - start
+out["embedded"] = error(lambda: require_resources(1, 1, timeout=600, embedded=True))
+ray.shutdown()
+print(json.dumps(out))
+"""
+
+
+def test_gpu_requests_are_explicit_and_fail_in_one_line():
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (r["explicit"], r["unset"], r["cpu_only"]) == (1, 0, 0)
+    assert "no node took a task asking for 1 CPU and 1 GPU within 3 s" in r["timeout"] and "--cpu-only" in r["timeout"]
+    assert 3 <= r["waited"] < 60
+    assert "set resources.gpus_per_task: 0" in r["embedded"]

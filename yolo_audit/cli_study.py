@@ -20,9 +20,16 @@ def study(
     out: Annotated[str | None, typer.Option("--out", help="Results folder or URI (default: the file's `out`).")] = None,
     address: Address = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, print the task plan and resources.")] = False,
+    cpu_only: Annotated[
+        bool, typer.Option("--cpu-only", help="Train on CPUs whatever resources.gpus_per_task says.")
+    ] = False,
+    schedule_timeout: Annotated[
+        float,
+        typer.Option("--schedule-timeout", min=1, help="Seconds to wait for a node that can take a training task."),
+    ] = 600,
 ) -> None:
     """Train freeze-depth variants as Ray tasks, then analyse every epoch snapshot."""
-    _run_study(file, out, address, dry_run)
+    _run_study(file, out, address, dry_run, cpu_only=cpu_only, schedule_timeout=schedule_timeout)
 
 
 @app.command()
@@ -37,12 +44,22 @@ def demo(
     _run_study(WORKFLOWS / "demo.yaml", out, address, False, examples=True)
 
 
-def _run_study(file: Path, out: str | None, address: str | None, dry_run: bool, *, examples: bool = False) -> None:
+def _run_study(
+    file: Path,
+    out: str | None,
+    address: str | None,
+    dry_run: bool,
+    *,
+    examples: bool = False,
+    cpu_only: bool = False,
+    schedule_timeout: float = 600,
+) -> None:
     from yolo_audit.report.text import print_study_summary
     from yolo_audit.study.driver import run_study
     from yolo_audit.study.spec import load_study
 
-    summary = run_study(load_study(file, out=out), address=address, dry_run=dry_run)
+    summary = run_study(load_study(file, out=out), address=address, dry_run=dry_run, cpu_only=cpu_only,
+                        schedule_timeout=schedule_timeout)  # fmt: skip
     if not dry_run:
         print_study_summary(summary, examples=examples)
     if examples and not summary.out.is_remote:

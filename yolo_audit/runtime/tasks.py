@@ -205,6 +205,41 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 
 
+def _probe() -> dict[str, Any]:
+    import ray
+    import torch
+
+    return {"node": ray.get_runtime_context().get_node_id(), "cuda": torch.cuda.is_available(),
+            "torch": torch.__version__}  # fmt: skip
+
+
+def require_resources(num_cpus: float, num_gpus: float, *, timeout: float, embedded: bool) -> None:
+    """Fail with one line, before any real work, when no node can run a task asking for these resources: at once on
+    an embedded Ray (nothing will ever join it), else after `timeout` seconds of waiting (an autoscaler may launch such
+    a node meanwhile: the probe's request is what makes it do so). A node that advertises a GPU without CUDA fails too.
+    """
+    import ray
+
+    from yolo_audit.errors import AuditError
+
+    have = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+    ask = f"{num_cpus:g} CPU and {num_gpus:g} GPU"
+    if embedded and (have.get("GPU", 0) < num_gpus or have.get("CPU", 0) < num_cpus):
+        raise AuditError(f"training tasks ask for {ask} but this machine has {have}; set resources.gpus_per_task: 0 "
+                         "in the study file or pass --cpu-only")  # fmt: skip
+    ref = ray.remote(_probe).options(num_cpus=num_cpus, num_gpus=num_gpus, name="resource-probe").remote()
+    ready, _ = ray.wait([ref], timeout=timeout)
+    if not ready:
+        ray.cancel(ref, force=True)
+        raise AuditError(f"no node took a task asking for {ask} within {timeout:g} s (the cluster has {have} now); add "
+                         "such nodes (cluster.yaml), lower resources.gpus_per_task, raise --schedule-timeout or pass "
+                         "--cpu-only")  # fmt: skip
+    info = ray.get(ref)
+    if num_gpus and not info["cuda"]:
+        raise AuditError(f"node {info['node'][:12]} advertises a GPU but torch {info['torch']} sees no CUDA there; "
+                         "install a CUDA build of torch on GPU nodes or pass --cpu-only")  # fmt: skip
+
+
 def short_name(path: str, parts: int = 3) -> str:
     """A path's tail for progress lines (`ft_free/weights/last.pt`): unique where a bare file name is not."""
     return "/".join(str(path).rstrip("/").split("/")[-parts:])

@@ -29,7 +29,7 @@ from yolo_audit.results.keys import run_key
 from yolo_audit.results.location import Location, exclusive, locate, upload_dir
 from yolo_audit.results.store import scan, tables
 from yolo_audit.results.train_metrics import write_train_metrics
-from yolo_audit.runtime.tasks import Task, cluster_gpus, ray_session, run_tasks
+from yolo_audit.runtime.tasks import Task, cluster_gpus, ray_session, require_resources, run_tasks
 from yolo_audit.study.spec import Resources, Study, Synthetic
 from yolo_audit.study.training import SNAPSHOTS, TrainCfg, TrainResult, TrainSpec, describe, train_variant
 
@@ -148,8 +148,17 @@ def plan(
 
 
 def run_study(
-    study: Study, *, address: str | None = None, dry_run: bool = False, stream: TextIO | None = None
+    study: Study,
+    *,
+    address: str | None = None,
+    dry_run: bool = False,
+    cpu_only: bool = False,
+    schedule_timeout: float = 600.0,
+    stream: TextIO | None = None,
 ) -> StudySummary:
+    """Train the study's runs as Ray tasks, then run its analyses. Training tasks ask for `resources.gpus_per_task`
+    GPUs whenever the file sets it (an autoscaler launches GPU nodes for them), where the cluster has GPUs when it is
+    not set, and none with `cpu_only`; a request no node takes within `schedule_timeout` seconds fails in one line."""
     stream = stream or sys.stderr
     if dry_run:
         print_plan(study, Layout.for_out(locate(study.out)), stream)
@@ -160,7 +169,9 @@ def run_study(
     base_spec, specs = plan(study, layout, data=data, pretrain_data=pre_data)
     summary = StudySummary(out=layout.out)
     with exclusive(layout.out), ray_session(address, engine="ray"):
-        gpus = cluster_gpus() > 0
+        gpus = gpus_to_ask(study.resources, cpu_only=cpu_only)
+        if gpus:
+            require_resources(study.resources.cpus_per_task, gpus, timeout=schedule_timeout, embedded=address is None)
         if base_spec is not None:
             _train_all([base_spec], study, layout, gpus, summary, stream)
             if not all(r.status == "done" for r in summary.trained) and base_spec.run not in summary.skipped:
@@ -192,7 +203,7 @@ def _inputs(
 
 
 def _train_all(
-    specs: list[TrainSpec], study: Study, layout: Layout, gpus: bool, summary: StudySummary, stream: TextIO
+    specs: list[TrainSpec], study: Study, layout: Layout, gpus: float, summary: StudySummary, stream: TextIO
 ) -> None:
     out = layout.out
     done = finished_runs(layout)
@@ -207,13 +218,24 @@ def _train_all(
         print(f"[train] {describe(result)}", file=stream)
 
 
+def gpus_to_ask(res: Resources, *, cpu_only: bool = False) -> float:
+    """GPUs per training task: none with --cpu-only; `gpus_per_task` whenever the study file sets it; else 1 where the
+    cluster has GPUs now."""
+    if cpu_only:
+        return 0
+    if res.gpus_per_task is not None:
+        return res.gpus_per_task
+    return 1 if cluster_gpus() > 0 else 0
+
+
 def train_tasks(
-    specs: list[TrainSpec], res: Resources, *, gpus: bool, fn: Callable[[TrainSpec], object] = train_variant
+    specs: list[TrainSpec], res: Resources, *, gpus: float, fn: Callable[[TrainSpec], object] = train_variant
 ) -> list[Task]:
-    """One task per run: `gpus_per_task` GPUs (device 0 inside the task) where the cluster has GPUs, else CPUs only."""
+    """One task per run asking for `gpus` GPUs (device 0 inside the task: Ray sets CUDA_VISIBLE_DEVICES to the GPUs it
+    gave) and `cpus_per_task` CPUs; `gpus` 0: CPUs only."""
     return [
-        Task(s.run, fn, (replace(s, device="0" if gpus else "cpu"),), None,
-             num_cpus=res.cpus_per_task, num_gpus=res.gpus_per_task if gpus else 0)
+        Task(s.run, fn, (replace(s, device="0" if gpus else "cpu"),), None, num_cpus=res.cpus_per_task,
+             num_gpus=float(gpus))
         for s in specs
     ]  # fmt: skip
 
@@ -272,7 +294,8 @@ def print_plan(study: Study, layout: Layout, stream: TextIO) -> None:
         print(
             f"  train {spec.run:<28} freeze={spec.freeze:<10} layers={layers:<24} strategy={spec.strategy:<11} "
             f"epochs={spec.epochs} imgsz={spec.imgsz} batch={spec.batch} "
-            f"resources: {res.cpus_per_task} CPU, {res.gpus_per_task} GPU where the cluster has GPUs",
+            f"resources: {res.cpus_per_task} CPU, "
+            f"{f'{res.gpus_per_task:g} GPU' if res.gpus_per_task is not None else '1 GPU where the cluster has GPUs'}",
             file=stream,
         )
     print(

@@ -40,7 +40,7 @@ class Variant:
 @dataclass(frozen=True)
 class Resources:
     cpus_per_task: float = 1
-    gpus_per_task: float = 1  # used only where the cluster has GPUs
+    gpus_per_task: float | None = None  # None: 1 where the cluster has GPUs when the study starts; a number: always
 
 
 @dataclass(frozen=True)
