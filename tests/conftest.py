@@ -24,7 +24,7 @@ def ray_local():
     """One embedded Ray for the whole session (starting Ray costs ~3 s); analyze_weights reuses it."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")  # never another Ray here
     yield ray
     ray.shutdown()
 

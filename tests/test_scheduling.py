@@ -87,6 +87,7 @@ out["timeout"] = error(lambda: require_resources(1, 1, timeout=3, embedded=False
 out["waited"] = time.monotonic() - start
 out["embedded"] = error(lambda: require_resources(1, 1, timeout=600, embedded=True))
 ray.shutdown()
+cluster.shutdown()
 print(json.dumps(out))
 """
 

@@ -123,7 +123,7 @@ def ray_session(
         return
     try:
         ray.init(
-            address=address,
+            address=address or "local",  # embedded: a new local Ray, never one that happens to run on this machine
             num_cpus=num_cpus if address is None else None,
             include_dashboard=False,
             logging_level="ERROR",
