@@ -67,7 +67,7 @@ def test_tables_and_checkpoint_rows(study):
     assert study["summary"].ok
     t = _frames(study["out"])
     assert set(t) == {"checkpoints", "weight_stats", "weight_hist", "channel_weights", "weight_divergence",
-                      "channel_divergence", "layer_freeze"}  # fmt: skip
+                      "channel_divergence", "layer_freeze", "ledger"}  # fmt: skip
     assert t["checkpoints"].height == 5
     for table, frame in t.items():
         assert frame.columns == schema.columns(table)
