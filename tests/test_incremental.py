@@ -222,3 +222,29 @@ def test_activations_rerun_skips_and_force_recomputes(ckpts, tmp_path):
     assert "already done" not in log
     after = _mtimes(out)
     assert all(after[k] != before[k] for k in before if k.startswith("channel_stats/"))
+
+
+def test_similarity_rerun_skips_and_force_recomputes(ckpts, tmp_path):
+    from yolo_audit.analyses.similarity.plan import SimilarityOptions, analyze_similarity
+    from yolo_audit.study.synth import make_dataset
+
+    root, base, runs = ckpts
+    data = make_dataset(tmp_path / "data", images=8, imgsz=64, seed=4)
+    opts = SimilarityOptions(imgsz=64, batch=4)
+    out = tmp_path / "out"
+
+    def run(force=False):
+        stream = io.StringIO()
+        summary = analyze_similarity([base, *runs], data, out, opts=opts, split="train", engine="local", force=force,
+                                     stream=stream)  # fmt: skip
+        assert summary.ok, summary.errors
+        return summary, stream.getvalue()
+
+    first, _ = run()
+    before = _mtimes(out)
+    again, log = run()
+    assert "already done" in log and _mtimes(out) == before
+    assert again.pairs == first.pairs and again.by_group.equals(first.by_group)
+    _, log = run(force=True)
+    assert "already done" not in log
+    assert all(v != before[k] for k, v in _mtimes(out).items() if k.startswith("similarity/"))

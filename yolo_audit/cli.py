@@ -180,6 +180,7 @@ def similarity(
     address: Address = None,
     num_cpus: NumCpus = None,
     engine: EngineOpt = "auto",
+    force: Force = False,
     trust_pickle: TrustPickle = False,
 ) -> None:
     """Representation similarity (linear CKA) between checkpoints, layer by layer."""
@@ -189,7 +190,7 @@ def similarity(
     opts = SimilarityOptions(imgsz=imgsz, batch=batch, pool=pool, cross_layer=cross_layer, device=device, cfg=cfg,
                              trust_pickle=trust_pickle)  # fmt: skip
     summary = analyze_similarity(list(checkpoints), data, _at(out), opts=opts, max_images=max_images, split=split,
-                                 address=address, num_cpus=num_cpus, engine=engine)  # fmt: skip
+                                 address=address, num_cpus=num_cpus, engine=engine, force=force)  # fmt: skip
     print_similarity_summary(summary)
     if not summary.ok:
         raise typer.Exit(1)

@@ -19,8 +19,10 @@ from yolo_audit.errors import AuditError
 from yolo_audit.model.checkpoint import find_checkpoints
 from yolo_audit.model.keys import layer_of
 from yolo_audit.results import files
+from yolo_audit.results.compact import read_key
 from yolo_audit.results.errors import ErrorRecord, write_errors
 from yolo_audit.results.keys import similarity_key
+from yolo_audit.results.ledger import Ledger, done_key, fingerprint, recording
 from yolo_audit.results.location import Location, Where, exclusive, local_dataset, locate
 from yolo_audit.results.schema import columns
 from yolo_audit.runtime.tasks import Task, cluster_cpus, cluster_gpus, ray_session, run_tasks, tree_merge
@@ -57,6 +59,7 @@ def analyze_similarity(
     address: str | None = None,
     num_cpus: int | None = None,
     engine: str = "auto",
+    force: bool = False,
     stream: TextIO | None = None,
 ) -> SimilaritySummary:
     opts = opts or SimilarityOptions()
@@ -68,25 +71,41 @@ def analyze_similarity(
     checkpoints = find_checkpoints(list(paths))
     images = list_images(local_dataset(str(data)), split=split, max_images=max_images)
     summary = SimilaritySummary(out=out_loc, dataset_id=dataset_id(images, opts.imgsz), images=len(images))
-    with exclusive(out_loc), ray_session(address, num_cpus=num_cpus, engine=engine):
+    ledger = Ledger(out_loc, force=force)
+    key = done_key("similarity", [fingerprint(c) for c in checkpoints], summary.dataset_id, opts)
+    done = ledger.lookup(key)
+    if done is not None:
+        print("[similarity] already done for these files, images and options (--force recomputes)",
+              file=stream or sys.stderr)  # fmt: skip
+        table = read_key(out_loc, "similarity", done["file"])
+        summary.pairs = done["pairs"]
+        summary.by_group = _by_group(table.to_pydict(), done["groups"], done["names"]) if table is not None else None
+        return summary
+    with exclusive(out_loc), ray_session(address, num_cpus=num_cpus, engine=engine), recording() as written:
         gpus = 1 if cluster_gpus() > 0 else 0
         parts = [p for p in shards(images, shards_per_run or cluster_cpus(), batch=opts.batch) if p]
         tasks = [Task(f"shard {i}", similarity_shard, (checkpoints, part, opts), {"first": i == 0}, num_cpus=1,
                       num_gpus=gpus) for i, part in enumerate(parts)]  # fmt: skip
         results = run_tasks(tasks, stage="similarity", stream=stream or sys.stderr)
         (merged,) = tree_merge([results])
-    summary.errors = merged.errors
-    write_errors(out_loc, summary.errors)
-    if not merged.ids:
-        raise AuditError("no checkpoint could be run; see the errors", path=str(paths[0]))
-    if merged.state is None:  # no batch of 4 readable images anywhere: every row says so
-        merged.state = CKAState.empty(len(merged.ids) * len(merged.modules))
-    files.write_checkpoints(out_loc, merged.rows)
-    table = similarity_table(merged, opts, summary.dataset_id)
-    summary.pairs = len(table["cka"])
-    # with or without --cross-layer: one file per (dataset, checkpoints, pool), the latest run's
-    files.write(out_loc, "similarity", similarity_key(summary.dataset_id, merged.ids, opts.pool), table)
-    summary.by_group = _by_group(table, merged.groups, {r["checkpoint_id"][0]: r["run"][0] for r in merged.rows})
+        summary.errors = merged.errors
+        write_errors(out_loc, summary.errors)
+        if not merged.ids:
+            raise AuditError("no checkpoint could be run; see the errors", path=str(paths[0]))
+        if merged.state is None:  # no batch of 4 readable images anywhere: every row says so
+            merged.state = CKAState.empty(len(merged.ids) * len(merged.modules))
+        files.write_checkpoints(out_loc, merged.rows)
+        table = similarity_table(merged, opts, summary.dataset_id)
+        summary.pairs = len(table["cka"])
+        # with or without --cross-layer: one file per (dataset, checkpoints, pool), the latest run's
+        file_key = similarity_key(summary.dataset_id, merged.ids, opts.pool)
+        files.write(out_loc, "similarity", file_key, table)
+        names = {r["checkpoint_id"][0]: r["run"][0] for r in merged.rows}
+        summary.by_group = _by_group(table, merged.groups, names)
+        if summary.ok:
+            ledger.add(key, "similarity", written, {"file": file_key, "pairs": summary.pairs, "groups": merged.groups,
+                                                    "names": names})  # fmt: skip
+            ledger.save()
     return summary
 
 
