@@ -7,7 +7,9 @@ Builds a base and N perturbed YOLOv8s checkpoints (Ultralytics' fp16 layout), th
   relative difference to the base)
 It also times an unchanged rerun of the same command (everything skipped) against start-up alone (importing what
 the command imports), and records the peak memory of the whole command (all its processes).
-Last line: {"benchmark": "small_jobs", "ratio_3": ..., "ratio_20": ..., ...}.
+Then `similarity` of 5 checkpoints and `activations` of 3 (yolov8s, --images synthetic images at --imgsz): the
+command end to end (a fresh process) against the same analysis in a warm process (imports done, run once before).
+Last line: {"benchmark": "small_jobs", "ratio_3": ..., "ratio_20": ..., "similarity_e2e_over_in_process": ...}.
 """
 
 from __future__ import annotations
@@ -56,15 +58,65 @@ def build(root: Path, n: int, model: str) -> tuple[Path, list[Path]]:
     return base, paths
 
 
+WARM = r"""
+import io, sys, time
+from yolo_audit.env import prepare
+prepare()
+from yolo_audit.analyses.activations.job import ActivationOptions
+from yolo_audit.analyses.activations.plan import analyze_activations
+from yolo_audit.analyses.similarity.plan import SimilarityOptions, analyze_similarity
+kind, data, out, imgsz, *ckpts = sys.argv[1:]
+imgsz = int(imgsz)
+def run(target):
+    if kind == "similarity":
+        analyze_similarity(ckpts, data, target, opts=SimilarityOptions(imgsz=imgsz, batch=8), split="train",
+                           force=True, stream=io.StringIO())
+    else:
+        analyze_activations(ckpts, data, target, opts=ActivationOptions(imgsz=imgsz, batch=8), split="train",
+                            force=True, stream=io.StringIO())
+run(out + "-warm")
+t = time.perf_counter()
+run(out)
+print(time.perf_counter() - t)
+"""
+
+
+def images_vs_warm(root: Path, ckpts: list[Path], images: int, imgsz: int, repeats: int) -> dict[str, float]:
+    """`similarity` (5 checkpoints) and `activations` (3): the CLI end to end vs the same call in a warm process."""
+    from yolo_audit.study.synth import make_dataset
+
+    data = make_dataset(root / "data", images=images, imgsz=imgsz, seed=5)
+    audit = str(VENV_BIN / "yolo-audit")
+    out: dict[str, float] = {}
+    for kind, chosen in (("similarity", ckpts[:5]), ("activations", ckpts[:3])):
+        e2e, warm = [], []
+        for r in range(repeats):
+            target = root / f"{kind}-{r}"
+            e2e.append(measure([audit, kind, *map(str, chosen), "--data", str(data), "--split", "train", "--imgsz",
+                                str(imgsz), "--batch", "8", "--out", str(target)])[0])  # fmt: skip
+            warm.append(float(subprocess.run([sys.executable, "-c", WARM, kind, str(data), str(root / f"w{kind}{r}"),
+                                              str(imgsz), *map(str, chosen)], capture_output=True, text=True,
+                                             check=True).stdout.split()[-1]))  # fmt: skip
+        a, b = statistics.median(e2e), statistics.median(warm)
+        print(f"{kind} of {len(chosen)} checkpoints, {images} images at {imgsz}: end to end {a:.2f} s, in a warm "
+              f"process {b:.2f} s, ratio {a / b:.2f}")  # fmt: skip
+        out[f"{kind}_e2e_seconds"], out[f"{kind}_in_process_seconds"] = round(a, 2), round(b, 2)
+        out[f"{kind}_e2e_over_in_process"] = round(a / b, 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="yolov8s.yaml")
     parser.add_argument("--sizes", default="3,20")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--skip-weights", action="store_true")
     args = parser.parse_args()
     result: dict[str, object] = {"benchmark": "small_jobs", "goal_3": 1.2, "goal_20": 1.0, "goal_peak_gb": 1.5}
     audit = str(VENV_BIN / "yolo-audit")
-    for n in (int(s) for s in args.sizes.split(",")):
+    for n in [] if args.skip_weights else (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
             base, ckpts = build(root, n, args.model)
@@ -95,6 +147,11 @@ def main() -> None:
         result[f"rerun_seconds_{n}"] = round(statistics.median(rerun), 2)
         result[f"startup_seconds_{n}"] = round(statistics.median(startup), 2)
         time.sleep(0.1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        _, ckpts = build(root, 5, args.model)
+        result.update(images_vs_warm(root, ckpts, args.images, args.imgsz, args.repeats))
+    result["goal_similarity_e2e_over_in_process"] = 1.5
     print(json.dumps(result))
 
 

@@ -88,11 +88,27 @@ out["waited"] = time.monotonic() - start
 out["embedded"] = error(lambda: require_resources(1, 1, timeout=600, embedded=True))
 ray.shutdown()
 cluster.shutdown()
+# a GPU node joins while the request waits (what an autoscaler does for it): the probe lands there and, fake GPUs
+# having no CUDA, fails in one line; training tasks then land on that node with device 0
+import threading
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+ray.init(address=cluster.address, logging_level="ERROR")
+out["gpus_before"] = ray.cluster_resources().get("GPU", 0)
+probe = threading.Thread(target=lambda: out.update(no_cuda=error(
+    lambda: require_resources(1, 1, timeout=60, embedded=False))))
+probe.start()
+time.sleep(2)
+out["gpu_node"] = cluster.add_node(num_cpus=2, num_gpus=1).node_id
+probe.join(70)
+specs = [TrainSpec(run=f"r{i}", variant="v", model="m", data="d", project="/tmp") for i in range(2)]
+out["train"] = run_tasks(train_tasks(specs, Resources(gpus_per_task=1), gpus=1, fn=where), stage="train")
+ray.shutdown()
+cluster.shutdown()
 print(json.dumps(out))
 """
 
 
-def test_gpu_requests_are_explicit_and_fail_in_one_line():
+def test_gpu_requests_wait_for_a_gpu_node_or_fail_in_one_line():
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -101,3 +117,6 @@ def test_gpu_requests_are_explicit_and_fail_in_one_line():
     assert "no node took a task asking for 1 CPU and 1 GPU within 3 s" in r["timeout"] and "--cpu-only" in r["timeout"]
     assert 3 <= r["waited"] < 60
     assert "set resources.gpus_per_task: 0" in r["embedded"]
+    assert r["gpus_before"] == 0  # the GPU node joined while the request waited
+    assert "advertises a GPU but torch" in r["no_cuda"] and "--cpu-only" in r["no_cuda"]
+    assert all(t["gpus"] and t["device"] == "0" and t["node"] == r["gpu_node"] for t in r["train"])

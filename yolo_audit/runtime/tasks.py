@@ -121,6 +121,7 @@ def ray_session(
         finally:
             _engine = None
         return
+    os.environ.setdefault("RAY_SCHEDULER_EVENTS", "0")  # no autoscaler chatter in our output: require_resources says it
     try:
         ray.init(
             address=address or "local",  # embedded: a new local Ray, never one that happens to run on this machine
@@ -236,8 +237,10 @@ def require_resources(num_cpus: float, num_gpus: float, *, timeout: float, embed
                          "--cpu-only")  # fmt: skip
     info = ray.get(ref)
     if num_gpus and not info["cuda"]:
-        raise AuditError(f"node {info['node'][:12]} advertises a GPU but torch {info['torch']} sees no CUDA there; "
-                         "install a CUDA build of torch on GPU nodes or pass --cpu-only")  # fmt: skip
+        raise AuditError(
+            f"node {info['node'][:12]} advertises a GPU but torch {info['torch']} sees no CUDA device there (no NVIDIA "
+            "driver, or a CPU-only torch); fix the GPU nodes or pass --cpu-only"
+        )
 
 
 def short_name(path: str, parts: int = 3) -> str:

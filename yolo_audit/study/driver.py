@@ -168,7 +168,7 @@ def run_study(
     pre_data = dataset_path(study.pretrain_data, layout) if study.pretrain_data is not None else data
     base_spec, specs = plan(study, layout, data=data, pretrain_data=pre_data)
     summary = StudySummary(out=layout.out)
-    with exclusive(layout.out), ray_session(address, engine="ray"):
+    with exclusive(layout.out), ray_session(address, engine="ray", stream=stream):
         gpus = gpus_to_ask(study.resources, cpu_only=cpu_only)
         if gpus:
             require_resources(study.resources.cpus_per_task, gpus, timeout=schedule_timeout, embedded=address is None)
