@@ -98,10 +98,20 @@ probe = threading.Thread(target=lambda: out.update(no_cuda=error(
     lambda: require_resources(1, 1, timeout=60, embedded=False))))
 probe.start()
 time.sleep(2)
-out["gpu_node"] = cluster.add_node(num_cpus=2, num_gpus=1).node_id
+gpu = cluster.add_node(num_cpus=2, num_gpus=1)
+out["gpu_node"] = gpu.node_id
 probe.join(70)
 specs = [TrainSpec(run=f"r{i}", variant="v", model="m", data="d", project="/tmp") for i in range(2)]
 out["train"] = run_tasks(train_tasks(specs, Resources(gpus_per_task=1), gpus=1, fn=where), stage="train")
+# the only GPU node dies while GPU tasks run: the retried tasks can run nowhere, and the stage says so in bounded time
+def slow(spec=None):
+    time.sleep(6)
+    return where(spec)
+threading.Timer(1.5, lambda: cluster.remove_node(gpu, allow_graceful=False)).start()
+start = time.monotonic()
+out["lost"] = error(lambda: run_tasks(train_tasks(specs, Resources(gpus_per_task=1), gpus=1, fn=slow), stage="train",
+                                      retries=2, schedule_timeout=3))
+out["lost_after"] = time.monotonic() - start
 ray.shutdown()
 cluster.shutdown()
 print(json.dumps(out))
@@ -120,3 +130,5 @@ def test_gpu_requests_wait_for_a_gpu_node_or_fail_in_one_line():
     assert r["gpus_before"] == 0  # the GPU node joined while the request waited
     assert "advertises a GPU but torch" in r["no_cuda"] and "--cpu-only" in r["no_cuda"]
     assert all(t["gpus"] and t["device"] == "0" and t["node"] == r["gpu_node"] for t in r["train"])
+    assert "[train] 2 task(s) asking for 1 CPU and 1 GPU waited 3 s and no live node" in r["lost"]
+    assert r["lost_after"] < 60  # not forever

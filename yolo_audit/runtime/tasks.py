@@ -293,13 +293,15 @@ def run_tasks(
     retries: int = 2,
     stream: TextIO | None = None,
     ledger: Ledger | None = None,
+    schedule_timeout: float | None = None,
 ) -> list[Any]:
     """Run tasks (on Ray, or in process; see `ray_session`), at most `max_in_flight` at once (default: twice the
     cluster's CPUs); results in task order.
 
     With a `ledger`, tasks it records as done are not run (their recorded result is returned) and finished ones are
-    added to it. Ray tasks are retried `retries` times if their worker dies. Progress: one bar for the stage (see
-    `Progress`) and a line naming each task that failed.
+    added to it. Ray tasks are retried `retries` times if their worker dies. With `schedule_timeout`, pending tasks
+    that no live node can run (the only GPU node died) fail the stage in one line after that many seconds instead of
+    waiting forever. Progress: one bar for the stage (see `Progress`) and a line naming each task that failed.
     """
     out = stream or sys.stderr
     results: list[Any] = [None] * len(tasks)
@@ -332,6 +334,7 @@ def run_tasks(
     remote = ray.remote(_run_in_worker)
     limit = max_in_flight or 2 * cluster_cpus()
     pending: dict[Any, int] = {}
+    stuck: float | None = None
     while queue or pending:
         while queue and len(pending) < limit:
             index, task = queue.pop(0)
@@ -339,11 +342,34 @@ def run_tasks(
                 num_cpus=task.num_cpus, num_gpus=task.num_gpus, max_retries=retries, name=f"{stage}:{task.label}"
             ).remote(task.fn, max(1, int(task.num_cpus)), *task.args, **(task.kwargs or {}))
             pending[ref] = index
-        ready, _ = ray.wait(list(pending), num_returns=1)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=None if schedule_timeout is None else 2.0)
+        if not ready and schedule_timeout is not None:
+            stuck = _check_schedulable([tasks[i] for i in pending.values()], stuck, schedule_timeout, stage)
         for ref in ready:
+            stuck = None
             index = pending.pop(ref)
             finished(index, ray.get(ref))
     return results
+
+
+def _check_schedulable(waiting: list[Task], since: float | None, timeout: float, stage: str) -> float | None:
+    """None while some live node could run every waiting task; else when that started. Past `timeout`: one line."""
+    import ray
+
+    from yolo_audit.errors import AuditError
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    blocked = [t for t in waiting
+               if not any(r.get("CPU", 0) >= t.num_cpus and r.get("GPU", 0) >= t.num_gpus for r in nodes)]  # fmt: skip
+    if not blocked:
+        return None
+    since = since or time.monotonic()
+    if time.monotonic() - since > timeout:
+        need = f"{blocked[0].num_cpus:g} CPU and {blocked[0].num_gpus:g} GPU"
+        raise AuditError(f"[{stage}] {len(blocked)} task(s) asking for {need} waited {timeout:g} s and no live node "
+                         "can run them (a node was lost?); add such nodes, raise --schedule-timeout or pass "
+                         "--cpu-only; finished work is kept and a rerun resumes")  # fmt: skip
+    return since
 
 
 T = TypeVar("T", bound="Merges")

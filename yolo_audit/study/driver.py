@@ -173,10 +173,10 @@ def run_study(
         if gpus:
             require_resources(study.resources.cpus_per_task, gpus, timeout=schedule_timeout, embedded=address is None)
         if base_spec is not None:
-            _train_all([base_spec], study, layout, gpus, summary, stream)
+            _train_all([base_spec], study, layout, gpus, summary, stream, schedule_timeout)
             if not all(r.status == "done" for r in summary.trained) and base_spec.run not in summary.skipped:
                 raise AuditError("pretraining the base failed; see the runs table", path=layout.out.uri)
-        _train_all(specs, study, layout, gpus, summary, stream)
+        _train_all(specs, study, layout, gpus, summary, stream, schedule_timeout)
         if study.analyses:
             inputs = _inputs(study, layout, specs, base_spec, data, stream)
             for name in study.analyses:
@@ -203,7 +203,13 @@ def _inputs(
 
 
 def _train_all(
-    specs: list[TrainSpec], study: Study, layout: Layout, gpus: float, summary: StudySummary, stream: TextIO
+    specs: list[TrainSpec],
+    study: Study,
+    layout: Layout,
+    gpus: float,
+    summary: StudySummary,
+    stream: TextIO,
+    schedule_timeout: float | None = None,
 ) -> None:
     out = layout.out
     done = finished_runs(layout)
@@ -212,7 +218,8 @@ def _train_all(
     for run in (s.run for s in specs if s.run in done):
         print(f"[train] skip {run}: finished in an earlier run of this study", file=stream)
     _forget(layout, [s.run for s in todo])
-    for result in run_tasks(train_tasks(todo, study.resources, gpus=gpus), stage="train", stream=stream, retries=1):
+    tasks = train_tasks(todo, study.resources, gpus=gpus)
+    for result in run_tasks(tasks, stage="train", stream=stream, retries=1, schedule_timeout=schedule_timeout):
         write_run(out, result, study.name)
         summary.trained.append(result)
         print(f"[train] {describe(result)}", file=stream)
