@@ -78,6 +78,11 @@ def test_groups_both_directions_and_a_rerun_gives_the_same_rows(study):
         assert summary.ok and summary.rows == 6
         frames.append(_rows(tmp / run).drop("seconds").sort("direction", "group"))
     assert frames[0].equals(frames[1])
+    stream = io.StringIO()  # the same command again on the same folder: skipped, rows untouched
+    again = analyze_rewind([snap], base, str(data), tmp / "two", groups=True, into_reference=True, opts=opts,
+                           stream=stream)  # fmt: skip
+    assert "[rewind] already done" in stream.getvalue() and again.rows == 6
+    assert _rows(tmp / "two").drop("seconds").sort("direction", "group").equals(frames[1])
     g = frames[0]
     rewind = dict(g.filter(pl.col("direction") == "rewind").select("group", "delta_map50_95").iter_rows())
     into = dict(g.filter(pl.col("direction") == "into_reference").select("group", "delta_map50_95").iter_rows())

@@ -59,7 +59,8 @@ import json, time
 import ray
 from ray.cluster_utils import Cluster
 from yolo_audit.errors import AuditError
-from yolo_audit.runtime.tasks import require_resources, run_tasks
+from yolo_audit.runtime.resources import require_resources
+from yolo_audit.runtime.tasks import run_tasks
 from yolo_audit.study.driver import gpus_to_ask, train_tasks
 from yolo_audit.study.spec import Resources
 from yolo_audit.study.training import TrainSpec

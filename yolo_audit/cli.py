@@ -215,6 +215,7 @@ def rewind(
     address: Address = None,
     num_cpus: NumCpus = None,
     engine: EngineOpt = "auto",
+    force: Force = False,
     trust_pickle: TrustPickle = False,
 ) -> None:
     """Which layers the accuracy needs: reset each layer to the reference and re-measure mAP (layer rewinding)."""
@@ -225,7 +226,7 @@ def rewind(
     opts = RewindOptions(imgsz=imgsz, batch=batch, split=split, device=device, trust_pickle=trust_pickle)
     summary = analyze_rewind(list(checkpoints), reference, data, _at(out), layers=layers, groups=groups,
                              into_reference=into_reference, opts=opts, address=address, num_cpus=num_cpus,
-                             engine=engine)  # fmt: skip
+                             engine=engine, force=force)  # fmt: skip
     print_rewind_summary(summary)
     if not summary.ok:
         raise typer.Exit(1)

@@ -29,7 +29,8 @@ from yolo_audit.results.keys import run_key
 from yolo_audit.results.location import Location, exclusive, locate, upload_dir
 from yolo_audit.results.store import scan, tables
 from yolo_audit.results.train_metrics import write_train_metrics
-from yolo_audit.runtime.tasks import Task, cluster_gpus, ray_session, require_resources, run_tasks
+from yolo_audit.runtime.resources import require_resources
+from yolo_audit.runtime.tasks import Task, cluster_gpus, ray_session, run_tasks
 from yolo_audit.study.spec import Resources, Study, Synthetic
 from yolo_audit.study.training import SNAPSHOTS, TrainCfg, TrainResult, TrainSpec, describe, train_variant
 

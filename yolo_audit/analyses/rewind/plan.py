@@ -16,6 +16,7 @@ from yolo_audit.model.profile import Profile
 from yolo_audit.results import files
 from yolo_audit.results.errors import ErrorRecord, clear_errors, write_errors
 from yolo_audit.results.keys import rewind_key
+from yolo_audit.results.ledger import Ledger, done_key, fingerprint, recording
 from yolo_audit.results.location import Location, Where, exclusive, local_dataset, locate
 from yolo_audit.runtime.tasks import Task, cluster_gpus, ray_session, run_tasks, short_name
 
@@ -74,6 +75,7 @@ def analyze_rewind(
     address: str | None = None,
     num_cpus: int | None = None,
     engine: str = "auto",
+    force: bool = False,
     stream: TextIO | None = None,
 ) -> RewindSummary:
     opts = opts or RewindOptions()
@@ -84,10 +86,18 @@ def analyze_rewind(
     if not str(local).endswith((".yaml", ".yml")):
         raise AuditError("rewind validates with labels: pass a dataset yaml (images alone have no boxes)", path=data)
     summary = RewindSummary(out=out_loc, dataset_id=dataset_id(list_images(local, split=opts.split), opts.imgsz))
+    ledger = Ledger(out_loc, force=force)
+    prints = [fingerprint(p) for p in [ref_uri, *checkpoints]]
+    key = done_key("rewind", prints, summary.dataset_id, layers, groups, into_reference, opts)
+    done = ledger.lookup(key)
+    if done is not None:
+        print("[rewind] already done for these files, data and options (--force recomputes)", file=stream or sys.stderr)
+        summary.rows = done["rows"]
+        return summary
     ref = load_checkpoint(ref_uri, trust_pickle=opts.trust_pickle)
     present = sorted({i.layer for i in ref.keys.values() if i.layer is not None})
     targets = select_targets(ref.profile, present, layers, groups=groups, into_reference=into_reference)
-    with exclusive(out_loc), ray_session(address, num_cpus=num_cpus, engine=engine):
+    with exclusive(out_loc), ray_session(address, num_cpus=num_cpus, engine=engine), recording() as written:
         gpus = 1 if cluster_gpus() > 0 else 0
         stream = stream or sys.stderr
 
@@ -103,11 +113,22 @@ def analyze_rewind(
         )
         base = {r.path: r for r in baselines}
         swaps = tasks([(p, t) for p in checkpoints for t in targets if not base[p].errors], "rewind")
-    summary.errors += [e for r in baselines + swaps for e in r.errors]
-    ref_base = base.get(ref_uri)
-    files.write_checkpoints(
-        out_loc, [checkpoint_table(ref)] + [r.checkpoint_row for r in baselines if r.checkpoint_row]
-    )
+        summary.errors += [e for r in baselines + swaps for e in r.errors]
+        files.write_checkpoints(
+            out_loc, [checkpoint_table(ref)] + [r.checkpoint_row for r in baselines if r.checkpoint_row]
+        )
+        _write_rows(swaps, base, base.get(ref_uri), summary)
+        write_errors(out_loc, summary.errors)
+        if summary.ok:
+            ledger.add(key, "rewind", written, {"rows": summary.rows})
+            ledger.save()
+    return summary
+
+
+def _write_rows(
+    swaps: list[RewindResult], base: dict[str, RewindResult], ref_base: RewindResult | None, summary: RewindSummary
+) -> None:
+    """One `rewind` row per successful swap: its mAP against its own baseline's."""
     for result in swaps:
         if result.errors:
             continue
@@ -122,11 +143,9 @@ def analyze_rewind(
             "delta_map50_95": result.map50_95 - own.map50_95, "seconds": result.seconds,
         }  # fmt: skip
         key = rewind_key(result.checkpoint_id, result.reference_id, summary.dataset_id, t.label)
-        files.write(out_loc, "rewind", key, {k: [v] for k, v in row.items()})
-        clear_errors(out_loc, result.path, ("rewind",))
+        files.write(summary.out, "rewind", key, {k: [v] for k, v in row.items()})
+        clear_errors(summary.out, result.path, ("rewind",))
         summary.rows += 1
-    write_errors(out_loc, summary.errors)
-    return summary
 
 
 def in_study(inputs: StudyInputs) -> RewindSummary:
