@@ -110,16 +110,29 @@ def present(out: Location, tables: set[str]) -> set[str]:
     return {f"{t}/{n}" for t in tables for n in view(out.child(t)).names}
 
 
+class KeyReader:
+    """The rows of keys of one table, from their own files or from the compacted files that cover them: one listing
+    for any number of keys, each compacted file read once."""
+
+    def __init__(self, out: Location, table: str) -> None:
+        self.view = view(out.child(table))
+        self._whole: dict[str, pa.Table] = {}
+
+    def get(self, key: str) -> pa.Table | None:
+        name = f"{key}.parquet"
+        if name in self.view.plain:
+            return _read(self.view.folder, name)
+        if name in self.view.sources:
+            compacted, source = self.view.sources[name]
+            if compacted not in self._whole:
+                self._whole[compacted] = _read(self.view.folder, compacted)
+            return self._whole[compacted].slice(source.start, source.length)
+        return None
+
+
 def read_key(out: Location, table: str, key: str) -> pa.Table | None:
     """The rows a key's file holds (from the file itself or from the compacted file that covers it), or None."""
-    v = view(out.child(table))
-    name = f"{key}.parquet"
-    if name in v.plain:
-        return pq.read_table(pa.BufferReader(v.folder.child(name).read_bytes()))
-    if name in v.sources:
-        compacted, source = v.sources[name]
-        return _read(v.folder, compacted).slice(source.start, source.length)
-    return None
+    return KeyReader(out, table).get(key)
 
 
 def _read(folder: Location, name: str) -> pa.Table:

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from yolo_audit.errors import AuditError
 from yolo_audit.results import keys
-from yolo_audit.results.compact import read_key, view
+from yolo_audit.results.compact import KeyReader, view
 from yolo_audit.results.ledger import note_written
 from yolo_audit.results.location import Location
 from yolo_audit.results.schema import TABLES, columns, schema
@@ -67,11 +67,12 @@ def write_checkpoints(out: Location, rows: Sequence[Mapping[str, Sequence[Any]]]
     recorded path stays. Drivers call this once per command (under the results lock), never tasks."""
     merged: dict[str, dict[str, Any]] = {}
     recorded: dict[str, dict[str, Any] | None] = {}
+    reader = KeyReader(out, "checkpoints") if rows else None
     for cols in rows:
         row = {k: v[0] for k, v in cols.items()}
         cid = row["checkpoint_id"]
-        if cid not in merged:
-            table = read_key(out, "checkpoints", keys.checkpoint_key(cid))
+        if cid not in merged and reader is not None:
+            table = reader.get(keys.checkpoint_key(cid))
             recorded[cid] = table.to_pylist()[0] if table is not None and table.num_rows else None
             merged[cid] = recorded[cid] or row
         old = merged[cid]
@@ -104,11 +105,12 @@ def purge(out: Location, checkpoint_ids: set[str]) -> int:
         id_columns = [c for c in columns(table) if c in ID_COLUMNS]
         if not id_columns:
             continue
-        for name in sorted(view(out.child(table)).names):
+        reader = KeyReader(out, table)
+        for name in sorted(reader.view.names):
             key = name.removesuffix(".parquet")
             named = keys.named_checkpoints(key)
             if named is None:
-                frame = read_key(out, table, key)
+                frame = reader.get(key)
                 named = {v for c in id_columns for v in frame[c].to_pylist()} if frame is not None else set()
             if named & checkpoint_ids:
                 remove(out, table, key)
