@@ -92,3 +92,5 @@ def test_study_on_two_nodes_to_s3_survives_losing_a_node(tmp_path):
     assert r["runs"] == [["base", "done"], ["head-s0", "done"], ["none-s0", "done"]]
     assert r["ids"]  # every checkpoint trained on the cluster is bit-identical to the local run's
     assert all(r["equal"].values()), r["equal"]
+    noise = [line for line in proc.stderr.splitlines() if any(w in line for w in ("raylet", "(autoscaler", "WARNING"))]
+    assert not noise, noise[:5]  # losing a node prints none of Ray's state dumps into the driver's output
