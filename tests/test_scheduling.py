@@ -133,3 +133,69 @@ def test_gpu_requests_wait_for_a_gpu_node_or_fail_in_one_line():
     assert all(t["gpus"] and t["device"] == "0" and t["node"] == r["gpu_node"] for t in r["train"])
     assert "[train] 2 task(s) asking for 1 CPU and 1 GPU waited 3 s and no live node" in r["lost"]
     assert r["lost_after"] < 60  # not forever
+
+
+AUTOSCALED = r"""
+import json, os, socket, subprocess, sys, tempfile, time
+from pathlib import Path
+import ray
+from yolo_audit.errors import AuditError
+from yolo_audit.runtime.resources import require_resources
+from yolo_audit.runtime.tasks import run_tasks
+from yolo_audit.study.driver import train_tasks
+from yolo_audit.study.spec import Resources
+from yolo_audit.study.training import TrainSpec
+
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+tmp = Path(tempfile.mkdtemp(prefix="ya-", dir="/tmp"))  # short: Ray's unix socket paths live below it
+# Ray's fake multi-node provider: the monitor launches "nodes" as local processes; a CPU head, a GPU type from zero
+config = {
+    "cluster_name": "fake", "max_workers": 1, "upscaling_speed": 1.0, "idle_timeout_minutes": 5,
+    "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                 "disable_launch_config_check": True, "gcs_address": f"127.0.0.1:{port}"},
+    "available_node_types": {
+        "ray.head.default": {"resources": {"CPU": 2}, "node_config": {}, "max_workers": 0},
+        "gpu_worker": {"resources": {"CPU": 2, "GPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 1},
+    },
+    "head_node_type": "ray.head.default", "auth": {}, "docker": {}, "initialization_commands": [],
+    "setup_commands": [], "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
+    "worker_start_ray_commands": [], "file_mounts": {}, "cluster_synced_files": [],
+    "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
+}
+(tmp / "cluster.json").write_text(json.dumps(config))
+env = {**os.environ, "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_FAKE_CLUSTER": "1"}
+subprocess.check_call([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2",
+                       f"--temp-dir={tmp}", f"--autoscaling-config={tmp / 'cluster.json'}",
+                       "--include-dashboard=false"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+out = {}
+try:
+    ray.init(address=f"127.0.0.1:{port}", logging_level="ERROR")
+    out["head"] = ray.get_runtime_context().get_node_id()
+    out["gpus_before"] = ray.cluster_resources().get("GPU", 0)
+    try:
+        require_resources(1, 1, timeout=120, embedded=False)
+    except AuditError as exc:
+        out["probe"] = str(exc)
+    out["gpus_after"] = ray.cluster_resources().get("GPU", 0)
+    def where(spec=None):
+        return {"node": ray.get_runtime_context().get_node_id(), "gpus": ray.get_gpu_ids(), "device": spec.device}
+    specs = [TrainSpec(run=f"r{i}", variant="v", model="m", data="d", project="/tmp") for i in range(2)]
+    out["train"] = run_tasks(train_tasks(specs, Resources(gpus_per_task=1), gpus=1, fn=where), stage="train")
+    ray.shutdown()
+finally:  # only this cluster's processes (`ray stop` would stop every Ray on the machine)
+    subprocess.run(["pkill", "-9", "-f", str(tmp)])
+    subprocess.run(["rm", "-rf", str(tmp)])
+print(json.dumps(out))
+"""
+
+
+def test_autoscaler_launches_the_gpu_node_training_asks_for():
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-c", AUTOSCALED], capture_output=True, text=True, timeout=200, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["gpus_before"] == 0 and r["gpus_after"] == 1  # min_workers 0: launched for the request
+    assert "advertises a GPU but torch" in r["probe"]  # the probe ran there (fake GPUs have no CUDA)
+    assert all(t["node"] != r["head"] and t["gpus"] and t["device"] == "0" for t in r["train"])
