@@ -194,6 +194,9 @@ def test_compact_command(ckpts, tmp_path):
     assert "weight_stats (3 files)" in result.output
     again = CliRunner().invoke(app, ["compact", "--results", str(out)])
     assert "nothing to merge" in again.output
+    missing = CliRunner().invoke(app, ["compact", "--results", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1 and "no results here" in missing.output
+    assert not (tmp_path / "nowhere").exists()  # nothing created
 
 
 def test_activations_rerun_skips_and_force_recomputes(ckpts, tmp_path):

@@ -186,9 +186,12 @@ def _delete_covered(folder: Location, sources: list[Source]) -> None:
 def compact(out: Location) -> dict[str, int]:
     """Compact every table under `out` (holding the results folder's lock, so no command of ours writes meanwhile);
     returns files merged per table."""
+    from yolo_audit.errors import AuditError
     from yolo_audit.results.location import exclusive
     from yolo_audit.results.schema import TABLES, schema
 
+    if not any(out.child(t).is_dir() for t in TABLES):
+        raise AuditError("no results here; pass the --out of an earlier command", path=out.uri)
     merged = {}
     with exclusive(out):
         for table in TABLES:
