@@ -199,7 +199,7 @@ def test_compact_command(ckpts, tmp_path):
     assert not (tmp_path / "nowhere").exists()  # nothing created
 
 
-def test_activations_rerun_skips_and_force_recomputes(ckpts, tmp_path):
+def test_activations_rerun_skips_per_checkpoint_and_force_recomputes(ckpts, tmp_path):
     from yolo_audit.analyses.activations.job import ActivationOptions
     from yolo_audit.analyses.activations.plan import analyze_activations
     from yolo_audit.study.synth import make_dataset
@@ -209,22 +209,37 @@ def test_activations_rerun_skips_and_force_recomputes(ckpts, tmp_path):
     opts = ActivationOptions(imgsz=64, batch=2, maps=1)
     out = tmp_path / "out"
 
-    def run(force=False):
+    def run(paths, force=False):
         stream = io.StringIO()
-        summary = analyze_activations([runs[1]], data, out, reference=base, opts=opts, engine="local", force=force,
+        summary = analyze_activations(paths, data, out, reference=base, opts=opts, engine="local", force=force,
                                       stream=stream)  # fmt: skip
         assert summary.ok, summary.errors
         return summary, stream.getvalue()
 
-    first, _ = run()
+    first, _ = run([runs[1]])
     before = _mtimes(out)
-    again, log = run()
-    assert "already done" in log and _mtimes(out) == before
-    assert again.checkpoint_ids == first.checkpoint_ids and again.analysed == first.analysed
-    _, log = run(force=True)
-    assert "already done" not in log
+    again, log = run([runs[1]])
+    assert "2 of 2 already done" in log and _mtimes(out) == before  # nothing measured, nothing written
+    assert again.checkpoint_ids == first.checkpoint_ids and sorted(again.analysed) == sorted(first.analysed)
+    # a new checkpoint: only it (and the reference, whose statistics give newly_dead) is measured
+    more, log = run([runs[0], runs[1]])
+    assert "2 of 3 already done" in log and len(more.checkpoint_ids) == 3
     after = _mtimes(out)
-    assert all(after[k] != before[k] for k in before if k.startswith("channel_stats/"))
+    ids = {str(Path(p)): cid for p, cid in zip([runs[0], runs[1]], _ids(out, [runs[0], runs[1]]), strict=True)}
+    old = [k for k in before if ids[str(runs[1])] in k]
+    assert old and all(after[k] == before[k] for k in old)  # the skipped checkpoint's files are untouched
+    maps = scan(out, "feature_maps").collect()
+    channels = maps.group_by("checkpoint_id").agg(pl.col("channel").unique().sort()).sort("checkpoint_id")
+    assert channels["channel"].to_list()[0] == channels["channel"].to_list()[-1]  # the same channels for every map
+    _, log = run([runs[0], runs[1]], force=True)
+    assert "already done" not in log
+    assert all(v != after[k] for k, v in _mtimes(out).items() if k.startswith("channel_stats/"))
+
+
+def _ids(out, paths) -> list[str]:
+    rows = scan(out, "checkpoints").select("checkpoint_id", "aliases").collect()
+    where = {alias: cid for cid, aliases in rows.iter_rows() for alias in aliases}
+    return [where[str(p)] for p in paths]
 
 
 def test_similarity_rerun_skips_and_force_recomputes(ckpts, tmp_path):

@@ -70,9 +70,10 @@ def analyze_activations(
     force: bool = False,
     stream: TextIO | None = None,
 ) -> ActivationsSummary:
-    """Channel statistics of every checkpoint over the images (see the README). A rerun with the same files, images
-    and options skips the whole command (see `results.ledger`) unless `force`: the reference's statistics and the
-    feature maps' channels tie the checkpoints of one command together."""
+    """Channel statistics of every checkpoint over the images (see the README). Checkpoints already done for the same
+    file, reference, images and options are skipped (see `results.ledger`) unless `force`; the reference is measured
+    again whenever another checkpoint is (its statistics give newly_dead), and new feature maps reuse the channels
+    chosen before, so every checkpoint's maps show the same channels."""
     opts = opts or ActivationOptions()
     out_loc = files.check_writable(locate(out))
     checkpoints = find_checkpoints(list(paths), reference=reference)
@@ -80,49 +81,75 @@ def analyze_activations(
     images = list_images(local_dataset(str(data)), split=split, max_images=max_images)
     summary = ActivationsSummary(out=out_loc, dataset_id=dataset_id(images, opts.imgsz), images=len(images))
     ledger = Ledger(out_loc, force=force)
-    key = done_key("activations", [fingerprint(c) for c in checkpoints], ref_path, summary.dataset_id, opts)
-    done = ledger.lookup(key)
-    if done is not None:
-        print("[activations] already done for these files, images and options (--force recomputes)",
-              file=stream or sys.stderr)  # fmt: skip
-        summary.analysed, summary.checkpoint_ids = done["analysed"], set(done["checkpoint_ids"])
-        summary.failed_images, summary.architectures = done["failed_images"], done["architectures"]
+    ref_print = fingerprint(ref_path) if ref_path else None
+    keys = {c: done_key("activations", fingerprint(c), ref_print, summary.dataset_id, opts) for c in checkpoints}
+    found = {c: ledger.lookup(keys[c]) for c in checkpoints}
+    todo = [c for c in checkpoints if found[c] is None]
+    if len(todo) < len(checkpoints):
+        print(f"[activations] {len(checkpoints) - len(todo)} of {len(checkpoints)} already done (same files, images "
+              "and options; --force recomputes)", file=stream or sys.stderr)  # fmt: skip
+    compute = [ref_path, *[c for c in todo if c != ref_path]] if todo and ref_path else todo
+    arches = {c: d["arch_hash"] for c, d in found.items() if d is not None and c not in compute}
+    for c, d in found.items():
+        if d is not None and c not in compute:
+            summary.analysed.append(c)
+            summary.checkpoint_ids.add(d["checkpoint_id"])
+            summary.failed_images += d["failed_images"]
+    summary.architectures = len(set(arches.values()))
+    if not compute:
         return summary
-    with exclusive(out_loc), ray_session(address, num_cpus=num_cpus, engine=engine), recording() as written:
+    maps_key = done_key("activations:maps", ref_print, summary.dataset_id, opts)
+    chosen = ledger.lookup(maps_key) if ref_path and len(compute) < len(checkpoints) else None
+    with exclusive(out_loc), ray_session(address, num_cpus=num_cpus, engine=engine):
         n_batches = -(-len(images) // max(opts.batch, 1))
-        n = shards_per_checkpoint or max(1, min(n_batches, cluster_cpus() // len(checkpoints)))
+        n = shards_per_checkpoint or max(1, min(n_batches, cluster_cpus() // len(compute)))
         parts = shards(images, n, batch=opts.batch)
         gpus = 1 if cluster_gpus() > 0 else 0
         tasks = [
             Task(f"{short_name(f)}[{i}]", activations_shard, (f, part, opts), {"first": i == 0}, num_cpus=1,
                  num_gpus=gpus)
-            for f in checkpoints
+            for f in compute
             for i, part in enumerate(parts)
         ]  # fmt: skip
         partial = run_tasks(tasks, stage="activations", stream=stream or sys.stderr)
-        merged = tree_merge([partial[i * len(parts) : (i + 1) * len(parts)] for i in range(len(checkpoints))])
-        ref_index = checkpoints.index(ref_path) if ref_path else None
-        summary.errors += _add_maps(merged, ref_index, images[: opts.maps], opts, stream) if opts.maps else []
-        _write(merged, checkpoints.index(ref_path) if ref_path else None, images, opts, summary)
-        if summary.ok:
-            ledger.add(key, "activations", written, {
-                "analysed": summary.analysed, "checkpoint_ids": sorted(summary.checkpoint_ids),
-                "failed_images": summary.failed_images, "architectures": summary.architectures})  # fmt: skip
-            ledger.save()
+        merged = tree_merge([partial[i * len(parts) : (i + 1) * len(parts)] for i in range(len(compute))])
+        ref_index = compute.index(ref_path) if ref_path else None
+        if opts.maps:
+            errors, shared = _add_maps(merged, ref_index, images[: opts.maps], opts, stream,
+                                       shared=chosen["channels"] if chosen else None)  # fmt: skip
+            summary.errors += errors
+            if shared is not None and chosen is None:
+                ledger.add(maps_key, "activations:maps", [], {"channels": shared})
+        written = _write(merged, ref_index, images, opts, summary)
+        summary.architectures = len({*arches.values(), *(r.arch_hash for r in merged if r.arch_hash)})
+        for result in merged:
+            if result.path in written:
+                ledger.add(keys[result.path], "activations", written[result.path], {
+                    "checkpoint_id": result.checkpoint_id, "failed_images": result.failed_images,
+                    "arch_hash": result.arch_hash})  # fmt: skip
+        ledger.save()
     return summary
 
 
 def _add_maps(
-    merged: list[ShardResult], ref_index: int | None, images: list[str], opts: ActivationOptions, stream: TextIO | None
-) -> list[ErrorRecord]:
+    merged: list[ShardResult],
+    ref_index: int | None,
+    images: list[str],
+    opts: ActivationOptions,
+    stream: TextIO | None,
+    *,
+    shared: dict[str, list[int]] | None = None,
+) -> tuple[list[ErrorRecord], dict[str, list[int]] | None]:
     """A second, small wave: feature maps of the first images for the channels that changed most vs the reference
     (without one, each checkpoint's own most varying channels). A failure here costs only the maps (an errors row);
-    the statistics are written all the same."""
+    the statistics are written all the same. `shared`: the channels an earlier run chose (reused); returns the errors
+    and the channels shared by every checkpoint (None without a reference)."""
     ok = [r for r in merged if not r.errors and r.states]
     if not ok:
-        return []
+        return [], shared
     ref = merged[ref_index] if ref_index is not None and not merged[ref_index].errors else None
-    shared = changed_channels([r for r in ok if r is not ref], ref) if ref is not None else None
+    if shared is None and ref is not None:
+        shared = changed_channels([r for r in ok if r is not ref], ref)
     tasks = [
         Task(
             f"{short_name(r.path)} maps",
@@ -136,7 +163,7 @@ def _add_maps(
     for result, maps in zip(ok, run_tasks(tasks, stage="feature maps", stream=stream or sys.stderr), strict=True):
         result.maps, result.map_channels = maps.maps, maps.map_channels
         errors += maps.errors
-    return errors
+    return errors, shared
 
 
 def _write(
@@ -145,11 +172,12 @@ def _write(
     images: list[str],
     opts: ActivationOptions,
     summary: ActivationsSummary,
-) -> None:
+) -> dict[str, list[str]]:
+    """Each checkpoint's rows; returns, per checkpoint written, the result files it wrote."""
     out = summary.out
+    written: dict[str, list[str]] = {}
     ref = merged[ref_index] if ref_index is not None else None
     reference_dead = dead_flags(ref, opts.tau) if ref is not None and not ref.errors else None
-    summary.architectures = len({r.arch_hash for r in merged if r.arch_hash})
     for result in merged:
         summary.failed_images += result.failed_images
         if result.errors or not result.states:
@@ -163,13 +191,16 @@ def _write(
             continue
         clear_errors(out, result.path, ("activations", "align", "feature_maps"))
         key = dataset_key(result.checkpoint_id, summary.dataset_id)
-        for table, cols in tables_for(result, summary.dataset_id, opts, images, reference_dead).items():
-            if cols:  # no feature maps asked for: no file
-                files.write(out, table, key, cols)
+        with recording() as own:
+            for table, cols in tables_for(result, summary.dataset_id, opts, images, reference_dead).items():
+                if cols:  # no feature maps asked for: no file
+                    files.write(out, table, key, cols)
+        written[result.path] = list(own)
         summary.analysed.append(result.path)
         summary.checkpoint_ids.add(result.checkpoint_id)
     files.write_checkpoints(out, [r.checkpoint_row for r in merged if r.checkpoint_row and r.path in summary.analysed])
     write_errors(out, summary.errors)
+    return written
 
 
 def in_study(inputs: StudyInputs) -> ActivationsSummary:
