@@ -44,5 +44,4 @@ def write_errors(out: Location, errors: Iterable[ErrorRecord]) -> None:
 
 def clear_errors(out: Location, path: str, stages: Iterable[str]) -> None:
     """Drop earlier error rows of `path` once it got through these stages."""
-    for stage in stages:
-        files.remove(out, "errors", error_key(path, stage))
+    files.remove(out, "errors", *(error_key(path, stage) for stage in stages))

@@ -84,14 +84,18 @@ def write_checkpoints(out: Location, rows: Sequence[Mapping[str, Sequence[Any]]]
             write(out, "checkpoints", keys.checkpoint_key(cid), {k: [v] for k, v in row.items()})
 
 
-def remove(out: Location, table: str, key: str) -> None:
-    """Drop the rows a key wrote earlier (e.g. a stale `errors` row once the checkpoint loads). Rows inside a compacted
-    file are dropped by an empty file of that key (see `compact`)."""
-    v, name = view(out.child(table)), f"{keys.check(key)}.parquet"
-    if name in v.sources or name in v.overridden:
-        write(out, table, key, {c: [] for c in columns(table)})
-    else:
-        table_file(out, table, key).delete()
+def remove(out: Location, table: str, *names: str) -> None:
+    """Drop the rows these keys wrote earlier (e.g. stale `errors` rows once the checkpoint loads), with one listing of
+    the table. Rows inside a compacted file are dropped by an empty file of that key (see `compact`)."""
+    if not names:
+        return
+    v = view(out.child(table))
+    for key in names:
+        name = f"{keys.check(key)}.parquet"
+        if name in v.sources or name in v.overridden:
+            write(out, table, key, {c: [] for c in columns(table)})
+        elif name in v.plain:
+            table_file(out, table, key).delete()
 
 
 def purge(out: Location, checkpoint_ids: set[str]) -> int:
@@ -106,6 +110,7 @@ def purge(out: Location, checkpoint_ids: set[str]) -> int:
         if not id_columns:
             continue
         reader = KeyReader(out, table)
+        hits = []
         for name in sorted(reader.view.names):
             key = name.removesuffix(".parquet")
             named = keys.named_checkpoints(key)
@@ -113,8 +118,9 @@ def purge(out: Location, checkpoint_ids: set[str]) -> int:
                 frame = reader.get(key)
                 named = {v for c in id_columns for v in frame[c].to_pylist()} if frame is not None else set()
             if named & checkpoint_ids:
-                remove(out, table, key)
-                removed += 1
+                hits.append(key)
+        remove(out, table, *hits)
+        removed += len(hits)
     return removed
 
 

@@ -47,6 +47,13 @@ def _plain(obj: Any) -> Any:
     return repr(obj)
 
 
+def skipped_line(stage: str, inputs: str, done: int | None = None, total: int | None = None) -> str:
+    """What a rerun says about the work it skips: `done` of `total` tasks, or (without counts) the whole command."""
+    if done is None:
+        return f"[{stage}] already done for these {inputs} (--force recomputes)"
+    return f"[{stage}] {done} of {total} already done (same {inputs}; --force recomputes)"
+
+
 _recorded: list[str] | None = None
 
 

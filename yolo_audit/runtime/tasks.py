@@ -56,17 +56,10 @@ def _recorded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, l
 ENGINES = ("auto", "local", "ray")
 
 
-@dataclass
-class Engine:
-    """Where this command's tasks run. `local`: one after another in this process, each with every CPU's threads (no
-    start-up: a small local job costs what a hand-written script does). `ray`: remote Ray tasks, on an embedded local
-    Ray or the cluster at `--address`."""
-
-    kind: str
-    cpus: int
-
-
-_engine: Engine | None = None
+# Where the current command's tasks run: `local` (one after another in this process, each with every CPU's threads;
+# no start-up, so a small local job costs what a hand-written script does) or `ray` (remote Ray tasks, on an embedded
+# local Ray or the cluster at `--address`); None outside a session.
+_engine: str | None = None
 
 
 def _ray_running() -> bool:
@@ -103,10 +96,9 @@ def ray_session(
         yield
         return
     if kind == "local":
-        cpus = num_cpus or os.cpu_count() or 1
         before = torch_threads()
-        set_threads(cpus)
-        _engine = Engine("local", cpus)
+        set_threads(num_cpus or os.cpu_count() or 1)
+        _engine = "local"
         try:
             yield
         finally:
@@ -116,7 +108,7 @@ def ray_session(
     import ray
 
     if ray.is_initialized():
-        _engine = Engine("ray", cluster_cpus())
+        _engine = "ray"
         try:
             yield
         finally:
@@ -138,7 +130,7 @@ def ray_session(
         raise AuditError(
             f"cannot start or reach Ray ({str(exc).splitlines()[0]}); check --address", path=address
         ) from exc
-    _engine = Engine("ray", cluster_cpus())
+    _engine = "ray"
     print(f"[ray] {ray_logs()}", file=stream or sys.stderr)
     try:
         yield
@@ -164,7 +156,7 @@ def torch_threads() -> int:
 
 
 def in_process() -> bool:
-    return _engine is not None and _engine.kind == "local"
+    return _engine == "local"
 
 
 def put(obj: Any) -> Any:
@@ -277,8 +269,9 @@ def run_tasks(
         else:
             queue.append((index, task))
     if len(queue) < len(tasks):
-        print(f"[{stage}] {len(tasks) - len(queue)} of {len(tasks)} already done (same files and options; --force "
-              "recomputes)", file=out)  # fmt: skip
+        from yolo_audit.results.ledger import skipped_line
+
+        print(skipped_line(stage, "files and options", len(tasks) - len(queue), len(tasks)), file=out)
     if not queue:
         return results
     progress = Progress(stage, len(queue), out)

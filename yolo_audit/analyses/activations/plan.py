@@ -27,7 +27,7 @@ from yolo_audit.model.checkpoint import find_checkpoints
 from yolo_audit.results import files
 from yolo_audit.results.errors import ErrorRecord, clear_errors, write_errors
 from yolo_audit.results.keys import dataset_key
-from yolo_audit.results.ledger import Ledger, done_key, fingerprint, recording
+from yolo_audit.results.ledger import Ledger, done_key, fingerprint, recording, skipped_line
 from yolo_audit.results.location import Location, Where, exclusive, local_dataset, locate
 from yolo_audit.runtime.tasks import Task, cluster_cpus, cluster_gpus, ray_session, run_tasks, short_name, tree_merge
 
@@ -86,16 +86,17 @@ def analyze_activations(
     found = {c: ledger.lookup(keys[c]) for c in checkpoints}
     todo = [c for c in checkpoints if found[c] is None]
     if len(todo) < len(checkpoints):
-        print(f"[activations] {len(checkpoints) - len(todo)} of {len(checkpoints)} already done (same files, images "
-              "and options; --force recomputes)", file=stream or sys.stderr)  # fmt: skip
+        print(skipped_line("activations", "files, images and options", len(checkpoints) - len(todo), len(checkpoints)),
+              file=stream or sys.stderr)  # fmt: skip
     compute = [ref_path, *[c for c in todo if c != ref_path]] if todo and ref_path else todo
-    arches = {c: d["arch_hash"] for c, d in found.items() if d is not None and c not in compute}
+    arches: set[str] = set()
     for c, d in found.items():
         if d is not None and c not in compute:
             summary.analysed.append(c)
             summary.checkpoint_ids.add(d["checkpoint_id"])
             summary.failed_images += d["failed_images"]
-    summary.architectures = len(set(arches.values()))
+            arches.add(d["arch_hash"])
+    summary.architectures = len(arches)
     if not compute:
         return summary
     maps_key = done_key("activations:maps", ref_print, summary.dataset_id, opts)
@@ -121,7 +122,7 @@ def analyze_activations(
             if shared is not None and chosen is None:
                 ledger.add(maps_key, "activations:maps", [], {"channels": shared})
         written = _write(merged, ref_index, images, opts, summary)
-        summary.architectures = len({*arches.values(), *(r.arch_hash for r in merged if r.arch_hash)})
+        summary.architectures = len(arches | {r.arch_hash for r in merged if r.arch_hash})
         for result in merged:
             if result.path in written:
                 ledger.add(keys[result.path], "activations", written[result.path], {

@@ -16,7 +16,7 @@ from yolo_audit.model.profile import Profile
 from yolo_audit.results import files
 from yolo_audit.results.errors import ErrorRecord, clear_errors, write_errors
 from yolo_audit.results.keys import rewind_key
-from yolo_audit.results.ledger import Ledger, done_key, fingerprint, recording
+from yolo_audit.results.ledger import Ledger, done_key, fingerprint, recording, skipped_line
 from yolo_audit.results.location import Location, Where, exclusive, local_dataset, locate
 from yolo_audit.runtime.tasks import Task, cluster_gpus, ray_session, run_tasks, short_name
 
@@ -91,7 +91,7 @@ def analyze_rewind(
     key = done_key("rewind", prints, summary.dataset_id, layers, groups, into_reference, opts)
     done = ledger.lookup(key)
     if done is not None:
-        print("[rewind] already done for these files, data and options (--force recomputes)", file=stream or sys.stderr)
+        print(skipped_line("rewind", "files, data and options"), file=stream or sys.stderr)
         summary.rows = done["rows"]
         return summary
     ref = load_checkpoint(ref_uri, trust_pickle=opts.trust_pickle)

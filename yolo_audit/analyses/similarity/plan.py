@@ -22,7 +22,7 @@ from yolo_audit.results import files
 from yolo_audit.results.compact import read_key
 from yolo_audit.results.errors import ErrorRecord, write_errors
 from yolo_audit.results.keys import similarity_key
-from yolo_audit.results.ledger import Ledger, done_key, fingerprint, recording
+from yolo_audit.results.ledger import Ledger, done_key, fingerprint, recording, skipped_line
 from yolo_audit.results.location import Location, Where, exclusive, local_dataset, locate
 from yolo_audit.results.schema import columns
 from yolo_audit.runtime.tasks import Task, cluster_cpus, cluster_gpus, ray_session, run_tasks, tree_merge
@@ -75,8 +75,7 @@ def analyze_similarity(
     key = done_key("similarity", [fingerprint(c) for c in checkpoints], summary.dataset_id, opts)
     done = ledger.lookup(key)
     if done is not None:
-        print("[similarity] already done for these files, images and options (--force recomputes)",
-              file=stream or sys.stderr)  # fmt: skip
+        print(skipped_line("similarity", "files, images and options"), file=stream or sys.stderr)
         table = read_key(out_loc, "similarity", done["file"])
         summary.pairs = done["pairs"]
         summary.by_group = _by_group(table.to_pydict(), done["groups"], done["names"]) if table is not None else None
