@@ -45,6 +45,16 @@ def save(model: torch.nn.Module, path: Path, *, freeze=None, name: str = "run", 
     return save_ultralytics(model, path, train_args=args, epoch=epoch, key=key)
 
 
+def moved(model: torch.nn.Module, seed: int, *, first: int = 12, scale: float = 0.01) -> torch.nn.Module:
+    """A copy of `model` whose layers from `first` on moved by seeded noise (a fine-tune in miniature)."""
+    m = deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.model[first:].parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+    return m
+
+
 def save_state_dict(model: torch.nn.Module, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)

@@ -6,13 +6,11 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
-from copy import deepcopy
 from pathlib import Path
 
 import polars as pl
 import pytest
-import torch
-from conftest import save
+from conftest import moved, save
 
 from yolo_audit.analyses.weights.plan import analyze_weights
 from yolo_audit.errors import AuditError
@@ -26,20 +24,11 @@ from yolo_audit.runtime.tasks import choose_engine
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _moved(model, seed):
-    m = deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.model[12:].parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.01)
-    return m
-
-
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory, base_model):
     root = tmp_path_factory.mktemp("incremental")
     base = save(base_model, root / "base.pt", name="base")
-    runs = [save(_moved(base_model, s), root / "runs" / f"r{s}" / "weights" / "last.pt", name=f"r{s}") for s in (1, 2)]
+    runs = [save(moved(base_model, s), root / "runs" / f"r{s}" / "weights" / "last.pt", name=f"r{s}") for s in (1, 2)]
     return root, base, runs
 
 
@@ -84,7 +73,7 @@ def test_rerun_skips_what_is_written_and_force_recomputes(ckpts, tmp_path, base_
     assert _mtimes(out) == before  # nothing recomputed, not even rewritten
     assert summary.reference_id == first["checkpoints"].filter(pl.col("run") == "base")["checkpoint_id"][0]
     # one checkpoint changes: only its own tasks run again
-    save(_moved(base_model, 9), runs[0], name="r1")
+    save(moved(base_model, 9), runs[0], name="r1")
     _, log = _run(root, base, out)
     assert "2 of 3 already done" in log
     after = _mtimes(out)

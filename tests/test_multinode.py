@@ -9,32 +9,22 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
 from conftest import TINY_STUDY
 
 SCRIPT = r"""
-import io, json, os, socket, subprocess, sys, threading, time
+import io, json, os, sys, threading, time
 from pathlib import Path
 import polars as pl
 import pyarrow.fs as pafs
 
 root, study_file = Path(sys.argv[1]), sys.argv[2]
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-p", str(port)],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-                   "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
-                   "AWS_ALLOW_HTTP": "true"})
-fs = pafs.S3FileSystem(endpoint_override=os.environ["AWS_ENDPOINT_URL"], scheme="http", allow_bucket_creation=True)
-for _ in range(100):
-    try:
-        fs.create_dir("audit")
-        break
-    except OSError:
-        time.sleep(0.1)
+sys.path.insert(0, sys.argv[3])  # the tests folder
+from s3server import start
+server, env, fs = start("audit")
+os.environ.update(env)
 
 import ray
 from ray.cluster_utils import Cluster
@@ -83,8 +73,8 @@ def test_study_on_two_nodes_to_s3_survives_losing_a_node(tmp_path):
     study_file = tmp_path / "study.yaml"
     study_file.write_text(yaml.safe_dump(study))
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), str(study_file)], capture_output=True,
-                          text=True, timeout=420, env=env)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), str(study_file), str(Path(__file__).parent)],
+                          capture_output=True, text=True, timeout=420, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["ok"] and r["moto"]

@@ -5,49 +5,26 @@ checkpoints and the reference read from s3://, --out s3://, then rank, query, re
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-from copy import deepcopy
-from pathlib import Path
 
 import polars as pl
 import pyarrow.fs as pafs
 import pytest
-import torch
-from conftest import save
+from conftest import moved, save
+from s3server import start
 from typer.testing import CliRunner
 
 from yolo_audit.cli import app
 from yolo_audit.results.store import open_results
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3():
-    port = _free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}  # fmt: skip
+    try:
+        server, env, fs = start("audit")
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    fs = pafs.S3FileSystem(endpoint_override=env["AWS_ENDPOINT_URL"], scheme="http", allow_bucket_creation=True)
-    for _ in range(100):
-        try:
-            fs.create_dir("audit")
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        server.kill()
-        pytest.fail("moto_server did not start: pip install 'moto[server]' (a dev dependency)")
     yield fs
     server.terminate()
     server.wait(timeout=10)
@@ -56,15 +33,6 @@ def s3():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-
-
-def _moved(model, seed):
-    m = deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.model[15:].parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.01)
-    return m
 
 
 def _cli(*args: str) -> str:
@@ -76,7 +44,7 @@ def _cli(*args: str) -> str:
 def test_cli_reads_and_writes_s3(s3, tmp_path, base_model):
     local = tmp_path / "ckpts"
     save(base_model, local / "base.pt", name="base")
-    save(_moved(base_model, 1), local / "r1" / "weights" / "last.pt", name="r1")
+    save(moved(base_model, 1, first=15), local / "r1" / "weights" / "last.pt", name="r1")
     for path in local.rglob("*.pt"):
         with s3.open_output_stream(f"audit/ckpts/{path.relative_to(local)}") as out:
             out.write(path.read_bytes())

@@ -54,10 +54,10 @@ def test_gpu_tasks_go_to_the_gpu_node_and_cpu_tasks_run_anywhere():
     assert result["cpu_only_plan"] == [[0, "cpu"]] * 3
 
 
-PROBE = r"""
-import json, time
+GPU_SCRIPT_HELPERS = r"""
+import json, os, subprocess, sys, time
+from pathlib import Path
 import ray
-from ray.cluster_utils import Cluster
 from yolo_audit.errors import AuditError
 from yolo_audit.runtime.resources import require_resources
 from yolo_audit.runtime.tasks import run_tasks
@@ -65,16 +65,22 @@ from yolo_audit.study.driver import gpus_to_ask, train_tasks
 from yolo_audit.study.spec import Resources
 from yolo_audit.study.training import TrainSpec
 
-def error(fn):
+def error(fn):  # the one line a user would see, or None
     try:
         fn()
     except AuditError as exc:
         return str(exc)
     return None
 
-def where(spec=None):
+def where(spec=None):  # where a task ran, and with which GPUs and device
     ctx = ray.get_runtime_context()
     return {"node": ctx.get_node_id(), "gpus": ray.get_gpu_ids(), "device": getattr(spec, "device", None)}
+"""
+
+PROBE = (
+    GPU_SCRIPT_HELPERS
+    + r"""
+from ray.cluster_utils import Cluster
 
 out = {}
 # a CPU-only cluster: an explicit GPU request waits, then fails in one line; unset asks for none
@@ -117,6 +123,7 @@ ray.shutdown()
 cluster.shutdown()
 print(json.dumps(out))
 """
+)
 
 
 def test_gpu_requests_wait_for_a_gpu_node_or_fail_in_one_line():
@@ -135,16 +142,10 @@ def test_gpu_requests_wait_for_a_gpu_node_or_fail_in_one_line():
     assert r["lost_after"] < 60  # not forever
 
 
-AUTOSCALED = r"""
-import json, os, socket, subprocess, sys, tempfile, time
-from pathlib import Path
-import ray
-from yolo_audit.errors import AuditError
-from yolo_audit.runtime.resources import require_resources
-from yolo_audit.runtime.tasks import run_tasks
-from yolo_audit.study.driver import train_tasks
-from yolo_audit.study.spec import Resources
-from yolo_audit.study.training import TrainSpec
+AUTOSCALED = (
+    GPU_SCRIPT_HELPERS
+    + r"""
+import socket, tempfile
 
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -174,13 +175,8 @@ try:
     ray.init(address=f"127.0.0.1:{port}", logging_level="ERROR")
     out["head"] = ray.get_runtime_context().get_node_id()
     out["gpus_before"] = ray.cluster_resources().get("GPU", 0)
-    try:
-        require_resources(1, 1, timeout=120, embedded=False)
-    except AuditError as exc:
-        out["probe"] = str(exc)
+    out["probe"] = error(lambda: require_resources(1, 1, timeout=120, embedded=False))
     out["gpus_after"] = ray.cluster_resources().get("GPU", 0)
-    def where(spec=None):
-        return {"node": ray.get_runtime_context().get_node_id(), "gpus": ray.get_gpu_ids(), "device": spec.device}
     specs = [TrainSpec(run=f"r{i}", variant="v", model="m", data="d", project="/tmp") for i in range(2)]
     out["train"] = run_tasks(train_tasks(specs, Resources(gpus_per_task=1), gpus=1, fn=where), stage="train")
     ray.shutdown()
@@ -189,6 +185,7 @@ finally:  # only this cluster's processes (`ray stop` would stop every Ray on th
     subprocess.run(["rm", "-rf", str(tmp)])
 print(json.dumps(out))
 """
+)
 
 
 def test_autoscaler_launches_the_gpu_node_training_asks_for():
