@@ -56,18 +56,6 @@ class View:
         return [self.folder.child(n).uri for n in names]
 
 
-def _listing(folder: Location) -> dict[str, pafs.FileInfo]:
-    if not folder.is_dir():
-        return {}
-    infos = folder.fs.get_file_info(pafs.FileSelector(folder.path))
-    out = {}
-    for info in infos:
-        name = info.path.rstrip("/").rsplit("/", 1)[-1]
-        if info.type == pafs.FileType.File and name.endswith(".parquet") and not name.startswith("."):
-            out[name] = info
-    return out
-
-
 def manifest(folder: Location, name: str) -> list[Source]:
     with folder.fs.open_input_file(folder.child(name).path) as handle:
         meta = pq.read_metadata(handle).metadata or {}
@@ -80,7 +68,7 @@ def _rewritten(info: pafs.FileInfo, source: Source) -> bool:
 
 def view(folder: Location) -> View:
     """How to read one table folder now (one listing; one footer read per compacted file)."""
-    infos = _listing(folder)
+    infos = folder.listing(".parquet")
     v = View(folder, infos=infos)
     compacted = sorted(n for n in infos if n.startswith(PREFIX))
     manifests = {c: manifest(folder, c) for c in compacted}

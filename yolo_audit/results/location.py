@@ -57,14 +57,20 @@ class Location:
     def is_dir(self) -> bool:
         return self.fs.get_file_info(self.path).type == pafs.FileType.Directory
 
+    def listing(self, *suffixes: str, recursive: bool = False) -> dict[str, pafs.FileInfo]:
+        """Visible files directly inside (or anywhere below) this folder ending with one of `suffixes`: their paths
+        relative to it, sorted, with size and mtime (one listing request)."""
+        if not self.is_dir():
+            return {}
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=recursive))
+        root = self.path.rstrip("/")
+        found = {i.path[len(root) + 1 :]: i for i in infos
+                 if i.type == pafs.FileType.File and i.path.endswith(suffixes or ("",))}  # fmt: skip
+        return {name: found[name] for name in sorted(found) if not _hidden(name)}
+
     def files(self, *suffixes: str, recursive: bool = False) -> list[Location]:
         """Files directly inside (or anywhere below) this folder ending with one of `suffixes`, sorted."""
-        if not self.is_dir():
-            return []
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path, recursive=recursive))
-        names = [i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffixes or ("",))]
-        root = self.path.rstrip("/")
-        return [self.child(p[len(root) + 1 :]) for p in sorted(names) if not _hidden(p[len(root) + 1 :])]
+        return [self.child(name) for name in self.listing(*suffixes, recursive=recursive)]
 
     def write_bytes(self, data: bytes) -> None:
         """Atomic on local disks (temp file + rename); one PUT on object stores, which never show partial objects."""
