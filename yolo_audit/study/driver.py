@@ -171,7 +171,8 @@ def run_study(
     summary = StudySummary(out=layout.out)
     with exclusive(layout.out), ray_session(address, engine="ray", stream=stream):
         gpus = gpus_to_ask(study.resources, cpu_only=cpu_only)
-        if gpus:
+        done = finished_runs(layout)
+        if gpus and any(s.run not in done for s in ([base_spec] if base_spec else []) + specs):  # only if it trains
             require_resources(study.resources.cpus_per_task, gpus, timeout=schedule_timeout, embedded=address is None)
         if base_spec is not None:
             _train_all([base_spec], study, layout, gpus, summary, stream, schedule_timeout)
