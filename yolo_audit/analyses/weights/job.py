@@ -65,8 +65,10 @@ def analyze_checkpoint(
     result = TaskResult(path=path)
     stage = "load"
     try:
-        same = reference is not None and locate(reference.path).uri == locate(path).uri
-        ckpt = reference if same and reference is not None else load_checkpoint(path, trust_pickle=trust_pickle)
+        if reference is not None and locate(reference.path).uri == locate(path).uri:
+            ckpt = reference  # the reference's own task: it is loaded already
+        else:
+            ckpt = load_checkpoint(path, trust_pickle=trust_pickle)
         result.checkpoint_id, result.run, result.epoch = ckpt.checkpoint_id, ckpt.run, ckpt.epoch
         result.arch_hash, result.checkpoint_row = ckpt.arch_hash, checkpoint_table(ckpt)
         clear_errors(out, path, STAGES)
