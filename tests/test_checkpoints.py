@@ -189,6 +189,25 @@ def test_code_running_pickle_is_refused_unless_trusted(tmp_path):
     assert marker.exists()
 
 
+def test_fast_restricted_unpickler_builds_what_torch_weights_only_builds_and_never_runs_foreign_code(model, tmp_path):
+    from yolo_audit.model.unpickle import NotAllowed, fast_load
+
+    first = save(model, tmp_path / "a" / "last.pt", freeze=10, name="a")
+    second = save(model, tmp_path / "b" / "epoch1.pt", freeze=3, name="b", epoch=1, key="ema")
+    load_checkpoint(first)  # the first Ultralytics file registers its model classes (torch's own path)
+    fast = fast_load(second)  # the next one takes the fast path
+    slow = torch.load(second, map_location="cpu", weights_only=True)
+    assert type(fast["ema"]) is type(slow["ema"]) and fast["train_args"] == slow["train_args"]
+    a, b = fast["ema"].state_dict(), slow["ema"].state_dict()
+    assert list(a) == list(b) and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": Evil(str(marker))}, evil)
+    with pytest.raises(NotAllowed, match="getattr|pathlib"):
+        fast_load(evil)
+    assert not marker.exists()
+
+
 def test_zip_that_is_not_a_torch_archive(tmp_path):
     path = tmp_path / "zip.pt"
     with zipfile.ZipFile(path, "w") as z:

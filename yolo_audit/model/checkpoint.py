@@ -2,15 +2,15 @@
 
 `load_checkpoint` reads Ultralytics checkpoints (`last.pt`/`best.pt` hold the model under `model`, `epochN.pt` and
 in-training `last.pt` under `ema`), plain state_dict `.pt` files and `.safetensors`, and returns every parameter *and*
-buffer as an fp32 tensor, with metadata. Pickles are opened with `weights_only=True` (Ultralytics' allow-list for
-model classes); anything needing other code is refused unless `trust_pickle=True`. Safetensors never unpickle.
+buffer as an fp32 tensor, with metadata. Pickles are unpickled restricted to torch's `weights_only` allow-list plus
+Ultralytics' model classes (see `unpickle.py`); anything needing other code is refused unless `trust_pickle=True`.
+Safetensors never unpickle.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from yolo_audit.env import prepare
 from yolo_audit.errors import AuditError
 from yolo_audit.model.freeze import declared_layers
 from yolo_audit.model.keys import TensorInfo, describe_keys, infer_module_types
 from yolo_audit.model.profile import Profile, profile_from_types, profile_from_yaml
+from yolo_audit.model.unpickle import unpickle
 from yolo_audit.results.location import Where, fetch_file, is_uri, locate
 
 SUFFIXES = (".pt", ".safetensors")
@@ -32,7 +32,6 @@ BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 DEFAULT_BN_EPS = 1e-3  # Ultralytics' initialize_weights() sets every BatchNorm2d.eps to 1e-3
 META_KEY = "yolo_audit"
 _EPOCH = re.compile(r"epoch[_-]?(\d+)")
-TRUST_HINT = "if you trust its author, pass --trust-pickle (runs code from the file), or convert it to .safetensors"
 
 
 @dataclass
@@ -202,36 +201,8 @@ def _load_pickle(path: Path, sha: str, *, trust_pickle: bool) -> Checkpoint:
             path=str(path),
             stage="load",
         ) from exc
-    obj = _unpickle(path, trust_pickle=trust_pickle)
+    obj = unpickle(path, trust_pickle=trust_pickle)
     return _from_object(obj, path, sha)
-
-
-def _unpickle(path: Path, *, trust_pickle: bool) -> Any:
-    prepare()
-    try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception as exc:  # torch raises a variety of errors on damaged archives
-        raise AuditError(f"not a loadable checkpoint ({type(exc).__name__}); re-export it", path=str(path)) from exc
-    try:
-        if not unsafe:
-            return torch.load(str(path), map_location="cpu", weights_only=True)
-        from ultralytics.nn.tasks import torch_safe_load
-
-        obj, _ = torch_safe_load(str(path), safe_only=not trust_pickle)
-        return obj
-    except TypeError as exc:
-        outside = [g for g in unsafe if not g.startswith(("ultralytics.", "torch.", "collections.", "builtins."))]
-        names = ", ".join(outside[:3]) or ", ".join(unsafe[:3])
-        raise AuditError(
-            f"refused: unpickling needs code outside the Ultralytics/torch allow-list ({names}); {TRUST_HINT}",
-            path=str(path),
-            stage="load",
-        ) from exc
-    except (RuntimeError, EOFError, pickle.UnpicklingError, ModuleNotFoundError, AttributeError) as exc:
-        reason = str(exc).splitlines()[0][:200]
-        raise AuditError(
-            f"not a loadable checkpoint ({type(exc).__name__}: {reason})", path=str(path), stage="load"
-        ) from exc
 
 
 def _from_object(obj: Any, path: Path, sha: str) -> Checkpoint:
