@@ -45,22 +45,27 @@ def _mtimes(out: Path) -> dict[str, int]:
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("*.parquet") if "ledger" not in p.parts}
 
 
-def _run(root, base, out, *, force=False, engine="local"):
+def _run(root, base, out, *, force=False, engine="local", num_cpus=None):
     stream = io.StringIO()
     summary = analyze_weights([root / "runs"], out, reference=base, trajectory=True, pairwise=True, engine=engine,
-                              force=force, stream=stream)  # fmt: skip
+                              force=force, stream=stream, num_cpus=num_cpus)  # fmt: skip
     assert summary.ok, summary.errors
     return summary, stream.getvalue()
 
 
 def test_in_process_equals_ray(ckpts, tmp_path, ray_local):
+    """The same bits on Ray (a task per worker, one thread each), in process with tasks side by side in two threads,
+    and in process one after another."""
     root, base, _ = ckpts
-    _run(root, base, tmp_path / "local", engine="local")
+    _run(root, base, tmp_path / "local", engine="local", num_cpus=2)
+    _run(root, base, tmp_path / "sequential", engine="local", num_cpus=1)
     _run(root, base, tmp_path / "ray", engine="ray")
     local, on_ray = _frames(tmp_path / "local"), _frames(tmp_path / "ray")
-    assert local.keys() == on_ray.keys() and "weight_divergence" in local
+    sequential = _frames(tmp_path / "sequential")
+    assert local.keys() == on_ray.keys() == sequential.keys() and "weight_divergence" in local
     for table in local:
         assert _sorted(local[table]).equals(_sorted(on_ray[table])), table
+        assert _sorted(local[table]).equals(_sorted(sequential[table])), table
 
 
 def test_rerun_skips_what_is_written_and_force_recomputes(ckpts, tmp_path, base_model):

@@ -152,6 +152,41 @@ def test_divergence_on_large_tensors_uses_the_same_definitions():
     assert cols["rel_diff"][0] == pytest.approx(0.5, rel=1e-5) and cols["cosine"][0] == pytest.approx(1.0, abs=1e-6)
 
 
+def test_serial_kernels_give_the_parallel_kernels_bits_and_run_side_by_side_in_threads():
+    """A task in a thread of the in-process engine runs numba's kernels serially: the same bits as the parallel ones
+    (whatever numba's thread count), and two threads may run them at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from yolo_audit.runtime.devices import one_cpu, set_threads
+    from yolo_audit.stats import exact
+
+    g = torch.Generator().manual_seed(9)
+    tensors = [torch.randn(n, generator=g) * 3 + 1 for n in (SMALL * 3 + 7, 1_000_003, 64 * 4801)]
+    rows = torch.randn(96, 1153, generator=g)
+
+    def measure() -> list:
+        out = [exact.moments(t.numpy(), 1e-3) + exact.pair_sums(t.numpy(), (t * 0.9).numpy()) for t in tensors]
+        return [*out, exact.row_sums(rows.numpy(), (rows * 1.1).numpy()).tolist()]
+
+    before = torch.get_num_threads()
+    try:
+        set_threads(2)
+        parallel = measure()
+        set_threads(1)
+        assert measure() == parallel
+
+        def alone(_: int) -> list:
+            with one_cpu():
+                return measure()
+
+        with ThreadPoolExecutor(2) as pool:
+            assert all(r == parallel for r in pool.map(alone, range(6)))
+    finally:
+        set_threads(before)
+    x = tensors[1].double().numpy()
+    assert parallel[1][0] == pytest.approx(x.mean(), rel=1e-12) and parallel[1][1] == pytest.approx(x.var(), rel=1e-12)
+
+
 def test_channel_divergence_matches_numpy_and_marks_zero_filters():
     g = torch.Generator().manual_seed(6)
     b = torch.randn(6, 3, 3, 3, generator=g)

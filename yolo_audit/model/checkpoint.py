@@ -276,7 +276,8 @@ def _to_fp32(raw: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor
     for name, value in raw.items():
         if value.is_complex():
             raise AuditError(f"tensor {name} is complex; not a YOLO checkpoint", path=str(path), stage="load")
-        out[name] = value.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        # a copy even of float32 tensors: pickles are memory-mapped (a file rewritten under us must not change them)
+        out[name] = value.detach().to(device="cpu", dtype=torch.float32, copy=True).contiguous()
     return out
 
 

@@ -66,8 +66,9 @@ def _restricted_module() -> types.ModuleType:
 
 
 def fast_load(path: Path) -> Any:
-    """The fast path alone (raises `NotAllowed` on a global outside the allow-list)."""
-    return torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_restricted_module())
+    """The fast path alone (raises `NotAllowed` on a global outside the allow-list). The file is memory-mapped:
+    tensors are read when first used (callers copy them), not while the unpickler holds the GIL."""
+    return torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_restricted_module(), mmap=True)
 
 
 def unpickle(path: Path, *, trust_pickle: bool) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -54,23 +55,24 @@ def skipped_line(stage: str, inputs: str, done: int | None = None, total: int | 
     return f"[{stage}] {done} of {total} already done (same {inputs}; --force recomputes)"
 
 
-_recorded: list[str] | None = None
+_here = threading.local()  # per thread: tasks may run side by side in threads of one process
 
 
 @contextmanager
 def recording() -> Iterator[list[str]]:
-    """Collect the result files `files.write` writes in this block (`table/key.parquet`)."""
-    global _recorded
-    outer, _recorded = _recorded, []
+    """Collect the result files `files.write` writes in this block, on this thread (`table/key.parquet`)."""
+    outer = getattr(_here, "recorded", None)
+    _here.recorded = written = []
     try:
-        yield _recorded
+        yield written
     finally:
-        _recorded = outer
+        _here.recorded = outer
 
 
 def note_written(table: str, key: str) -> None:
-    if _recorded is not None:
-        _recorded.append(f"{table}/{key}.parquet")
+    recorded = getattr(_here, "recorded", None)
+    if recorded is not None:
+        recorded.append(f"{table}/{key}.parquet")
 
 
 class Ledger:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -23,3 +25,14 @@ def set_threads(n: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(n)
     set_numba_threads(n)
     torch.set_num_threads(n)
+
+
+@contextmanager
+def one_cpu() -> Iterator[None]:
+    """This thread computes on one CPU: one torch thread, numba's kernels serial. For a task that runs in a thread
+    beside others (in process, one per CPU); results are the same bits as with every CPU's threads."""
+    from yolo_audit.stats.exact import serial
+
+    torch.set_num_threads(1)
+    with serial():
+        yield

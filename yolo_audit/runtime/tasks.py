@@ -11,12 +11,13 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar
 
 from yolo_audit.env import prepare
-from yolo_audit.runtime.devices import set_threads
+from yolo_audit.runtime.devices import one_cpu, set_threads
 from yolo_audit.runtime.resources import check_schedulable
 
 if TYPE_CHECKING:
@@ -45,6 +46,12 @@ def _run_in_worker(fn: Callable[..., Any], threads: int, *args: Any, **kwargs: A
     return _recorded(fn, *args, **kwargs)
 
 
+def _one_cpu(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, list[str]]:
+    """What a thread of the in-process engine executes (see `run_tasks(threads=True)`)."""
+    with one_cpu():
+        return _recorded(fn, *args, **kwargs)
+
+
 def _recorded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, list[str]]:
     from yolo_audit.results.ledger import recording
 
@@ -56,10 +63,11 @@ def _recorded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, l
 ENGINES = ("auto", "local", "ray")
 
 
-# Where the current command's tasks run: `local` (one after another in this process, each with every CPU's threads;
-# no start-up, so a small local job costs what a hand-written script does) or `ray` (remote Ray tasks, on an embedded
-# local Ray or the cluster at `--address`); None outside a session.
+# Where the current command's tasks run: `local` (in this process: one after another with every CPU's threads, or
+# tasks that allow it one per CPU in threads; no start-up, so a small local job costs what a hand-written script
+# does) or `ray` (remote Ray tasks, on an embedded local Ray or the cluster at `--address`); None outside a session.
 _engine: str | None = None
+_local_cpus = 1  # in process: the CPUs this command may use
 
 
 def _ray_running() -> bool:
@@ -89,7 +97,7 @@ def ray_session(
 ) -> Iterator[None]:
     """Run this block's tasks in process (`local`) or on Ray: connect to `address` (a cluster, e.g. ray://head:10001
     or auto) or start an embedded local Ray; an already initialised Ray is reused as is."""
-    global _engine
+    global _engine, _local_cpus
     prepare()
     kind = choose_engine(address, engine)
     if _engine is not None:  # nested (an analysis inside a study): the outer engine stays
@@ -97,7 +105,8 @@ def ray_session(
         return
     if kind == "local":
         before = torch_threads()
-        set_threads(num_cpus or os.cpu_count() or 1)
+        _local_cpus = max(1, num_cpus or os.cpu_count() or 1)
+        set_threads(_local_cpus)
         _engine = "local"
         try:
             yield
@@ -250,6 +259,7 @@ def run_tasks(
     stream: TextIO | None = None,
     ledger: Ledger | None = None,
     schedule_timeout: float | None = None,
+    threads: bool = False,
 ) -> list[Any]:
     """Run tasks (on Ray, or in process; see `ray_session`), at most `max_in_flight` at once (default: twice the
     cluster's CPUs); results in task order.
@@ -258,6 +268,9 @@ def run_tasks(
     added to it. Ray tasks are retried `retries` times if their worker dies. With `schedule_timeout`, pending tasks
     that no live node can run (the only GPU node died) fail the stage in one line after that many seconds instead of
     waiting forever. Progress: one bar for the stage (see `Progress`) and a line naming each task that failed.
+    `threads`: the tasks may run side by side in threads of this process (they share no mutable state and spend their
+    time where the GIL is released: torch, numba, hashing, I/O); in process they then run one per CPU, each with one
+    thread, instead of one after another with every CPU's threads.
     """
     out = stream or sys.stderr
     results: list[Any] = [None] * len(tasks)
@@ -283,8 +296,15 @@ def run_tasks(
         progress.update(tasks[index].label, bool(getattr(results[index], "errors", None)))
 
     if in_process():
-        for index, task in queue:
-            finished(index, _recorded(task.fn, *task.args, **(task.kwargs or {})))
+        workers = min(_local_cpus, len(queue)) if threads else 1
+        if workers == 1:
+            for index, task in queue:
+                finished(index, _recorded(task.fn, *task.args, **(task.kwargs or {})))
+            return results
+        with ThreadPoolExecutor(workers, thread_name_prefix=stage) as pool:
+            futures = {pool.submit(_one_cpu, task.fn, *task.args, **(task.kwargs or {})): i for i, task in queue}
+            for future in as_completed(futures):
+                finished(futures[future], future.result())
         return results
     import ray
 

@@ -7,6 +7,12 @@ study, with one thread or many, and each value is read once per pass (faster tha
 
 from __future__ import annotations
 
+import threading
+import types
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
 import numpy as np
 
 try:
@@ -15,11 +21,39 @@ except ImportError:  # pragma: no cover - numba is a dependency; callers fall ba
     njit = None
 
 CHUNKS = 64
+_here = threading.local()
+
+
+@contextmanager
+def serial() -> Iterator[None]:
+    """In this block, on this thread, the kernels run on this thread alone: for tasks that share the CPUs with other
+    tasks running in threads (numba's default threading layer cannot run two parallel kernels at once). The chunks and
+    their order are the same, so are the results, bit for bit."""
+    before = getattr(_here, "serial", False)
+    _here.serial = True
+    try:
+        yield
+    finally:
+        _here.serial = before
+
+
+def _both(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Compile `fn` twice: parallel (numba's threads over the chunks) and serial (see `serial`); the caller's thread
+    picks. The serial copy gets its own name so numba caches the two apart."""
+    parallel = njit(parallel=True, cache=True, nogil=True)(fn)
+    copy = types.FunctionType(fn.__code__, fn.__globals__, f"{fn.__name__}_serial", fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = f"{fn.__qualname__}_serial"
+    alone = njit(cache=True, nogil=True)(copy)
+
+    def run(*args: Any) -> Any:
+        return alone(*args) if getattr(_here, "serial", False) else parallel(*args)
+
+    return run
 
 
 if njit is not None:
 
-    @njit(parallel=True, cache=True, nogil=True)
+    @_both
     def _first_pass(x, near):  # noqa: ANN001, ANN202 - sum, sum |x|, count |x| < near, min, max
         n = x.size
         size = (n + CHUNKS - 1) // CHUNKS
@@ -46,7 +80,7 @@ if njit is not None:
             out[4] = max(out[4], part[c, 4])
         return out
 
-    @njit(parallel=True, cache=True, nogil=True)
+    @_both
     def _central(x, mean):  # noqa: ANN001, ANN202 - sum (x - mean)^2, sum (x - mean)^4
         n = x.size
         size = (n + CHUNKS - 1) // CHUNKS
@@ -65,7 +99,7 @@ if njit is not None:
             out[1] += part[c, 1]
         return out
 
-    @njit(parallel=True, cache=True, nogil=True)
+    @_both
     def _pair(a, b):  # noqa: ANN001, ANN202 - ||a-b||^2, ||a||^2, ||b||^2, a.b, max |a-b|, max |b|
         n = a.size
         size = (n + CHUNKS - 1) // CHUNKS
@@ -91,7 +125,7 @@ if njit is not None:
             out[5] = max(out[5], part[c, 5])
         return out
 
-    @njit(parallel=True, cache=True, nogil=True)
+    @_both
     def _rows(a, b, with_b):  # noqa: ANN001, ANN202 - per row: sum (a-b)^2 and sum b^2 (or sum a^2)
         rows, width = a.shape
         out = np.zeros((rows, 2))

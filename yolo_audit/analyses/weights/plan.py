@@ -108,6 +108,7 @@ def analyze_weights(
                 for f in files
             ],
             stage="weights",
+            threads=True,
             stream=stream,
             ledger=ledger,
         )  # fmt: skip
@@ -133,6 +134,7 @@ def analyze_weights(
                     for r in loaded
                 ],
                 stage="histograms",
+            threads=True,
                 stream=stream,
                 ledger=ledger,
             )  # fmt: skip
@@ -146,6 +148,7 @@ def analyze_weights(
                       done_key=done_key("weights:compare", prints[a], prints[b], opts.near_zero))
                  for a, b in pairs],
                 stage="compare",
+            threads=True,
                 stream=stream,
                 ledger=ledger,
             )  # fmt: skip
