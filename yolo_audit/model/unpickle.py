@@ -7,9 +7,10 @@ One allow-list, two unpicklers:
 - first, Python's C unpickler with a `find_class` that returns only allow-listed objects (the "Restricting Globals"
   recipe of the `pickle` documentation): every callable a pickle can reach comes from `find_class`, so nothing
   outside the list can run. It is ~3x faster than torch's pure-Python `weights_only` unpickler on a YOLOv8s file;
-- when it meets a global that is not (yet) allowed, or fails in any way, the file goes through torch's
-  `weights_only` unpickler via Ultralytics' `torch_safe_load`, exactly as before: that registers the model classes
-  Ultralytics knows (the next such file takes the fast path) or refuses the file with the foreign globals named.
+- when it meets an Ultralytics class not registered yet, Ultralytics registers the classes of that checkpoint it
+  allows (the first step of its own restricted load) and the fast path runs again;
+- when that fails too, or the file fails in any other way, it goes through torch's `weights_only` unpickler via
+  Ultralytics' `torch_safe_load`, exactly as before: that loads it or refuses it with the foreign globals named.
 Sparse tensors stay on torch's path (it validates them after loading).
 """
 
@@ -71,13 +72,31 @@ def fast_load(path: Path) -> Any:
     return torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_restricted_module(), mmap=True)
 
 
+def _register_ultralytics(path: Path) -> bool:
+    """Let Ultralytics register the model classes this checkpoint names that it allows (what its restricted load does
+    first), without its slower load; False where this Ultralytics has no such step (its own load then runs)."""
+    from ultralytics.nn import tasks
+
+    loading = getattr(getattr(tasks, "_SafeLoad", None), "loading", None)  # no public accessor
+    if loading is None:
+        return False
+    with loading(str(path)):
+        return True
+
+
 def unpickle(path: Path, *, trust_pickle: bool) -> Any:
     """The object a torch `.pt` file holds, restricted to the allow-list unless `trust_pickle`; AuditError otherwise."""
     prepare()
     if not trust_pickle:
         try:
             return fast_load(path)
-        except Exception:  # noqa: BLE001, S110 - not allowed yet, or damaged: torch's own path decides and explains
+        except NotAllowed as exc:
+            if str(exc).startswith("ultralytics.") and _register_ultralytics(path):
+                try:
+                    return fast_load(path)
+                except Exception:  # noqa: BLE001, S110 - torch's own path decides and explains
+                    pass
+        except Exception:  # noqa: BLE001, S110 - damaged: torch's own path decides and explains
             pass
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))

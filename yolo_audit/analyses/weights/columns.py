@@ -281,9 +281,12 @@ def analyze(
     """Everything the weights analysis computes for one checkpoint, as steps computed in turn, so each group can be
     written before the next is computed: its own tables (stage `weights`), its histogram on the shared bins
     (`histogram`), and its comparison with the reference (`divergence`; `align` for another architecture). Tensors
-    bit-identical to the reference reuse the reference's statistics and histograms from `cache`."""
+    bit-identical to the reference (all of them, for the reference itself) reuse its statistics and histograms from
+    `cache`."""
     compared = reference is not None and reference.checkpoint_id != ckpt.checkpoint_id
     same = identical_names(ckpt, reference) if compared and reference.arch_hash == ckpt.arch_hash else set()
+    if reference is not None and not compared:
+        same = set(ckpt.tensors)  # the reference itself: the cache holds its own statistics already
     reuse = cache if same and cache is not None else ReferenceCache({}, {})
     own: Tables = {}
 
