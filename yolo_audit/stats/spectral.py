@@ -40,24 +40,25 @@ def _gram(w: torch.Tensor) -> torch.Tensor:
 def _lanczos_top(a: torch.Tensor, steps: int, seed: int) -> torch.Tensor:
     """Largest eigenvalue of each symmetric PSD matrix in the batch (B, m, m) from a `steps`-step Krylov space. Every
     matrix starts from the same seeded vector (a function of m alone), so a matrix's result never depends on which
-    other matrices share its batch."""
+    other matrices share its batch. Vectors are rows (v^T A = (A v)^T for symmetric A): a batched row-vector times
+    matrix product is ~10x faster on the CPU than matrix times column vector."""
     b, m, _ = a.shape
-    basis = torch.zeros(b, m, steps, dtype=a.dtype)
+    basis = torch.zeros(b, steps, m, dtype=a.dtype)
     alpha = torch.zeros(b, steps, dtype=a.dtype)
     beta = torch.zeros(b, steps, dtype=a.dtype)
     # breakdown (the Krylov space is invariant, T already holds the top eigenvalue): continue that matrix with v = 0.
     # The trace bounds the top eigenvalue of a PSD matrix, so it sets the scale below which w counts as zero.
     floor = (a.diagonal(dim1=1, dim2=2).sum(1) * 1e-6).clamp_min(1e-30).reshape(b, 1, 1)
-    start = torch.randn(1, m, 1, generator=torch.Generator().manual_seed(seed), dtype=a.dtype)
-    v = (start / start.norm(dim=1, keepdim=True)).expand(b, m, 1).clone()
+    start = torch.randn(1, 1, m, generator=torch.Generator().manual_seed(seed), dtype=a.dtype)
+    v = (start / start.norm(dim=2, keepdim=True)).expand(b, 1, m).clone()
     for j in range(steps):
-        basis[:, :, j : j + 1] = v
-        w = torch.bmm(a, v)
-        alpha[:, j] = torch.bmm(v.transpose(1, 2), w).reshape(b)
-        seen = basis[:, :, : j + 1]
+        basis[:, j : j + 1] = v
+        w = torch.bmm(v, a)
+        alpha[:, j] = (v * w).sum(2).reshape(b)
+        seen = basis[:, : j + 1]
         for _ in range(2):  # full re-orthogonalisation; twice keeps the basis orthonormal in float32
-            w = torch.baddbmm(w, seen, torch.bmm(seen.transpose(1, 2), w), alpha=-1)
-        norm = w.norm(dim=1, keepdim=True)
+            w = torch.baddbmm(w, torch.bmm(w, seen.transpose(1, 2)), seen, alpha=-1)
+        norm = w.norm(dim=2, keepdim=True)
         alive = norm > floor
         beta[:, j] = (norm * alive).reshape(b)
         v = w * alive / norm.clamp_min(1e-30)
