@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 import pyarrow as pa
 
 from yolo_audit.analyses import ANALYSES
@@ -102,6 +104,7 @@ TABLES: dict[str, list[Column]] = {
 }
 
 
+@cache
 def schema(table: str) -> pa.Schema:
     return pa.schema([pa.field(name, kind, metadata={"doc": doc}) for name, kind, doc in TABLES[table]])
 

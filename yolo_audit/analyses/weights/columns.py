@@ -11,16 +11,20 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
+import numpy as np
 import torch
 
 from yolo_audit.model.checkpoint import Checkpoint, check_aligned
 from yolo_audit.model.freeze import layer_freeze_columns
+from yolo_audit.results import files
 from yolo_audit.results.keys import checkpoint_key, comparison_key, hist_key
 from yolo_audit.stats.divergence import bitwise_equal, channel_divergence, divergence
 from yolo_audit.stats.weights import TENSOR_STATS, Columns, bin_range, channel_weights, histograms, tensor_stats
 
-Tables = dict[str, Columns]
+Table = dict[str, Any]  # column -> list, numpy array or pyarrow array (what `files.write` takes)
+Tables = dict[str, Table]
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ class ReferenceCache:
     """What every checkpoint compared with one reference can reuse for its bit-identical tensors."""
 
     stats: dict[str, dict]  # param -> weight_stats values of the reference's tensor
-    hist: dict[str, list[int]]  # param -> the reference tensor's counts on the command's shared bins
+    hist: dict[str, np.ndarray]  # param -> the reference tensor's counts on the command's shared bins
 
 
 def reference_cache(
@@ -71,11 +75,11 @@ def reference_cache(
 ) -> ReferenceCache:
     stats = weight_tables(ref, opts)["weight_stats"]
     rows = {p: {k: stats[k][i] for k in TENSOR_STATS} for i, p in enumerate(stats["param"])}
-    hist: dict[str, list[int]] = {}
+    hist: dict[str, np.ndarray] = {}
     if edges is not None:
         names = [n for n in ref.tensors if n in edges]
-        counts = histograms([ref.tensors[n] for n in names], [edges[n] for n in names], opts.bins)
-        hist = {n: counts[i].tolist() for i, n in enumerate(names)}
+        counts = histograms([ref.tensors[n] for n in names], [edges[n] for n in names], opts.bins).numpy()
+        hist = {n: counts[i] for i, n in enumerate(names)}
     return ReferenceCache(rows, hist)
 
 
@@ -94,9 +98,9 @@ def conv_bn_blocks(ckpt: Checkpoint) -> list[str]:
     ]
 
 
-def _channel_table(ckpt: Checkpoint, opts: WeightOptions) -> Columns:
+def _channel_table(ckpt: Checkpoint, opts: WeightOptions) -> Table:
     parts: dict[str, list[torch.Tensor]] = {}
-    where: Columns = {"checkpoint_id": [], "layer": [], "module": [], "channel": []}
+    blocks, layers, sizes = [], [], []
     t = ckpt.tensors
     for block in conv_bn_blocks(ckpt):
         bn = f"{block}.bn"
@@ -104,19 +108,28 @@ def _channel_table(ckpt: Checkpoint, opts: WeightOptions) -> Columns:
             t[f"{block}.conv.weight"], t[f"{bn}.weight"], t[f"{bn}.bias"], t[f"{bn}.running_mean"],
             t[f"{bn}.running_var"], eps=ckpt.eps_for(bn), gamma_eps=opts.gamma_eps, neg_margin=opts.neg_margin,
         )  # fmt: skip
-        n = int(cols["filter_l2"].numel())
-        layer = ckpt.keys[f"{block}.conv.weight"].layer
-        where["checkpoint_id"] += [ckpt.checkpoint_id] * n
-        where["layer"] += [layer] * n
-        where["module"] += [block] * n
-        where["channel"] += list(range(n))
+        blocks.append(block)
+        layers.append(ckpt.keys[f"{block}.conv.weight"].layer)
+        sizes.append(int(cols["filter_l2"].numel()))
         for name, values in cols.items():
             parts.setdefault(name, []).append(values)
-    return {**where, **{name: torch.cat(v).tolist() for name, v in parts.items()}} if parts else _empty_channels(where)
+    if not parts:
+        return _empty_channels()
+    where = {
+        "checkpoint_id": files.repeat([ckpt.checkpoint_id], sum(sizes)), "layer": np.repeat(layers, sizes),
+        "module": files.repeat(blocks, sizes), "channel": _channels(sizes),
+    }  # fmt: skip
+    return {**where, **{name: torch.cat(v).numpy() for name, v in parts.items()}}
 
 
-def _empty_channels(where: Columns) -> Columns:
+def _channels(sizes: Sequence[int]) -> np.ndarray:
+    """0..n-1 for each n in sizes, one after another."""
+    return np.concatenate([np.arange(n) for n in sizes]) if sizes else np.zeros(0, dtype=np.int64)
+
+
+def _empty_channels() -> Table:
     names = ("filter_l2", "bn_gamma", "bn_beta", "bn_mean", "bn_var", "fused_l2", "dead_constant", "dead_negative")
+    where: Table = {"checkpoint_id": [], "layer": [], "module": [], "channel": []}
     return {**where, **{n: [] for n in names}, "dead_by_weights": []}
 
 
@@ -126,38 +139,36 @@ def hist_table(
     bins_id: str,
     bins: int,
     *,
-    known: dict[str, list[int]] | None = None,
-) -> Columns:
+    known: dict[str, np.ndarray] | None = None,
+) -> Table:
     """Histogram of every tensor on shared bins: `edges[param] = (lo, hi)` fixed for the whole study. `known` holds
     counts of bit-identical tensors on the same bins (reused)."""
     known = known or {}
     names = [n for n in ckpt.tensors if n in edges]
     todo = [n for n in names if n not in known]
-    fresh = histograms([ckpt.tensors[n] for n in todo], [edges[n] for n in todo], bins)
+    fresh = histograms([ckpt.tensors[n] for n in todo], [edges[n] for n in todo], bins).numpy()
     position = {n: i for i, n in enumerate(todo)}
-    counts = [known[n] if n in known else fresh[position[n]].tolist() for n in names]
-    out: Columns = {k: [] for k in ("checkpoint_id", "bins_id", "param", "layer", "bin", "lo", "hi", "count")}
-    for row, name in enumerate(names):
-        lows, highs = bin_edges(*edges[name], bins)
-        out["checkpoint_id"] += [ckpt.checkpoint_id] * (bins + 2)
-        out["bins_id"] += [bins_id] * (bins + 2)
-        out["param"] += [name] * (bins + 2)
-        out["layer"] += [ckpt.keys[name].layer] * (bins + 2)
-        out["bin"] += list(range(-1, bins + 1))
-        out["lo"] += lows
-        out["hi"] += highs
-        out["count"] += counts[row]
-    return out
+    per = bins + 2  # underflow, the bins, overflow
+    counts = np.stack([known[n] if n in known else fresh[position[n]] for n in names]) if names else fresh
+    bounds = [bin_edges(*edges[n], bins) for n in names]
+    n = len(names) * per
+    return {
+        "checkpoint_id": files.repeat([ckpt.checkpoint_id], n), "bins_id": files.repeat([bins_id], n),
+        "param": files.repeat(names, per), "layer": np.repeat([ckpt.keys[p].layer for p in names], per),
+        "bin": np.tile(np.arange(-1, bins + 1), len(names)),
+        "lo": np.concatenate([b[0] for b in bounds]) if bounds else np.zeros(0),
+        "hi": np.concatenate([b[1] for b in bounds]) if bounds else np.zeros(0), "count": counts.reshape(-1),
+    }  # fmt: skip
 
 
 @lru_cache(maxsize=4096)
-def bin_edges(lo: float, hi: float, bins: int) -> tuple[list[float], list[float]]:
+def bin_edges(lo: float, hi: float, bins: int) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper edges of the underflow bin, the `bins` equal bins over [lo, hi), and the overflow bin (the same
     for every checkpoint of a command, so computed once per parameter)."""
     width = (hi - lo) / bins
     lows = [-math.inf] + [lo + i * width for i in range(bins)] + [hi]
     highs = [lo] + [lo + (i + 1) * width for i in range(bins - 1)] + [hi, math.inf]
-    return lows, highs
+    return np.array(lows), np.array(highs)
 
 
 def shared_edges(ranges: Sequence[dict[str, tuple[float, float]]]) -> dict[str, tuple[float, float]]:
@@ -231,23 +242,28 @@ def coarser_dtype(a: Checkpoint, b: Checkpoint) -> torch.dtype | None:
 
 def _channel_divergence(
     ckpt: Checkpoint, ref: Checkpoint, names: list[str], identical: list[bool], near_zero: float
-) -> Columns:
-    out: Columns = {k: [] for k in ("param", "layer", "module", "channel", "l2_diff", "rel_diff")}
+) -> Table:
+    params, layers, modules, sizes, diffs, rels = [], [], [], [], [], []
     for name, same in zip(names, identical, strict=True):
         info = ref.keys[name]
         if info.role != "conv_weight":
             continue
         a, b = ckpt.tensors[name], ref.tensors[name]
         diff, rel = channel_divergence(a, b, near_zero=near_zero, identical=same)
-        n = a.shape[0]
-        out["param"] += [name] * n
-        out["layer"] += [info.layer] * n
-        out["module"] += [info.module] * n
-        out["channel"] += list(range(n))
-        out["l2_diff"] += diff.tolist()
-        out["rel_diff"] += [None if math.isnan(v) else v for v in rel.tolist()]
-    n = len(out["param"])
-    return {"checkpoint_id": [ckpt.checkpoint_id] * n, "reference_id": [ref.checkpoint_id] * n, **out}
+        params.append(name)
+        layers.append(info.layer)
+        modules.append(info.module)
+        sizes.append(a.shape[0])
+        diffs.append(diff)
+        rels.append(rel)
+    n = sum(sizes)
+    return {
+        "checkpoint_id": files.repeat([ckpt.checkpoint_id], n), "reference_id": files.repeat([ref.checkpoint_id], n),
+        "param": files.repeat(params, sizes), "layer": np.repeat(layers, sizes).astype(np.int64),
+        "module": files.repeat(modules, sizes), "channel": _channels(sizes),
+        "l2_diff": torch.cat(diffs).numpy() if diffs else np.zeros(0),
+        "rel_diff": torch.cat(rels).numpy() if rels else np.zeros(0),  # NaN (reference filter near zero): null
+    }  # fmt: skip
 
 
 def tensor_stats_ranges(ckpt: Checkpoint) -> dict[str, tuple[float, float]]:
