@@ -200,6 +200,18 @@ def test_fast_restricted_unpickler_builds_what_torch_weights_only_builds_and_nev
     assert type(fast["ema"]) is type(slow["ema"]) and fast["train_args"] == slow["train_args"]
     a, b = fast["ema"].state_dict(), slow["ema"].state_dict()
     assert list(a) == list(b) and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+    # views into one storage, shared storages, other dtypes, nesting: the same objects torch builds
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    odd = {"view": base[1:, 2:], "t": base.t(), "same": base, "bf16": base.to(torch.bfloat16), "ints": torch.arange(5),
+           "nested": [base[0], {"k": torch.ones(2, dtype=torch.float16)}],
+           "param": torch.nn.Parameter(base[2])}  # fmt: skip
+    torch.save(odd, tmp_path / "odd.pt")
+    got, want = fast_load(tmp_path / "odd.pt"), torch.load(tmp_path / "odd.pt", weights_only=True)
+    for key in ("view", "t", "same", "bf16", "ints", "param"):
+        assert got[key].dtype == want[key].dtype and got[key].stride() == want[key].stride()
+        assert torch.equal(got[key], want[key]) and type(got[key]) is type(want[key])
+    assert got["view"].untyped_storage().data_ptr() == got["same"].untyped_storage().data_ptr()  # one storage
+    assert torch.equal(got["nested"][1]["k"], want["nested"][1]["k"]) and torch.equal(got["nested"][0], base[0])
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     torch.save({"model": Evil(str(marker))}, evil)

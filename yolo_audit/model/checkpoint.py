@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import zipfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path, PurePath, PurePosixPath
@@ -191,18 +190,7 @@ def _load_safetensors(path: Path, sha: str) -> Checkpoint:
 
 
 def _load_pickle(path: Path, sha: str, *, trust_pickle: bool) -> Checkpoint:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            archive.namelist()
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise AuditError(
-            "not a loadable checkpoint: the file is truncated or corrupted (not a torch zip archive); "
-            "re-export or re-download it",
-            path=str(path),
-            stage="load",
-        ) from exc
-    obj = unpickle(path, trust_pickle=trust_pickle)
-    return _from_object(obj, path, sha)
+    return _from_object(unpickle(path, trust_pickle=trust_pickle), path, sha)
 
 
 def _from_object(obj: Any, path: Path, sha: str) -> Checkpoint:
