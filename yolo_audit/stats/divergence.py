@@ -137,14 +137,25 @@ def _row_sums(a: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     return torch.stack([d.square().sum(1), (torch.zeros(len(d)) if b2 is None else b2.double().square().sum(1))], 1)
 
 
+def filter_norms(w: torch.Tensor) -> torch.Tensor:
+    """||w_c|| of each output channel (dim 0), float64, independent of the number of threads."""
+    return _row_sums(w, None)[:, 0].sqrt()
+
+
 def channel_divergence(
-    a: torch.Tensor, b: torch.Tensor, *, near_zero: float = 1e-3, identical: bool = False
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    near_zero: float = 1e-3,
+    identical: bool = False,
+    ref_norms: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per output channel (dim 0): ||a_c - b_c|| and ||a_c - b_c|| / ||b_c|| (NaN, stored as null, where the
     reference filter's RMS is below `near_zero`), accumulated in float64, independent of the number of threads.
-    `identical`: a and b are known to be bit-identical (only the reference's norms are computed)."""
+    `identical`: a and b are known to be bit-identical (only the reference's norms are needed: `ref_norms` when
+    known, see `filter_norms`)."""
     if identical:
-        ref = _row_sums(b, None)[:, 0].sqrt()
+        ref = filter_norms(b) if ref_norms is None else ref_norms
         diff = torch.zeros_like(ref)
     else:
         sums = _row_sums(a, b)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -20,7 +20,7 @@ from yolo_audit.model.checkpoint import Checkpoint, check_aligned
 from yolo_audit.model.freeze import layer_freeze_columns
 from yolo_audit.results import files
 from yolo_audit.results.keys import checkpoint_key, comparison_key, hist_key
-from yolo_audit.stats.divergence import bitwise_equal, channel_divergence, divergence
+from yolo_audit.stats.divergence import bitwise_equal, channel_divergence, divergence, filter_norms
 from yolo_audit.stats.weights import TENSOR_STATS, Columns, bin_range, channel_weights, histograms, tensor_stats
 
 Table = dict[str, Any]  # column -> list, numpy array or pyarrow array (what `files.write` takes)
@@ -38,11 +38,18 @@ class WeightOptions:
     alpha: bool = False  # WeightWatcher's alpha and alpha_weighted per conv weight (~1 s per yolov8s on 2 cores)
 
 
-def weight_tables(ckpt: Checkpoint, opts: WeightOptions, *, known: dict[str, dict] | None = None) -> Tables:
+def weight_tables(
+    ckpt: Checkpoint,
+    opts: WeightOptions,
+    *,
+    known: dict[str, dict] | None = None,
+    blocks: dict[str, dict[str, torch.Tensor]] | None = None,
+) -> Tables:
     """`weight_stats` (one row per tensor) and `channel_weights` (one row per output channel of each Conv+BN block).
 
     `known` maps tensor names to statistics already computed for bit-identical tensors (a frozen layer's, from the
-    reference): those rows are copied, not recomputed, so frozen layers cost nothing.
+    reference), `blocks` Conv+BN blocks to their channel values likewise: those rows are copied, not recomputed, so
+    frozen layers cost nothing.
     """
     names = list(ckpt.tensors)
     keys = ckpt.keys
@@ -59,7 +66,7 @@ def weight_tables(ckpt: Checkpoint, opts: WeightOptions, *, known: dict[str, dic
         "layer": [keys[n].layer for n in names], "module": [keys[n].module for n in names],
         "module_type": [keys[n].module_type for n in names], "role": [keys[n].role for n in names],
     }  # fmt: skip
-    return {"weight_stats": {**where, **stats}, "channel_weights": _channel_table(ckpt, opts)}
+    return {"weight_stats": {**where, **stats}, "channel_weights": _channel_table(ckpt, opts, blocks or {})}
 
 
 @dataclass
@@ -68,6 +75,19 @@ class ReferenceCache:
 
     stats: dict[str, dict]  # param -> weight_stats values of the reference's tensor
     hist: dict[str, np.ndarray]  # param -> the reference tensor's counts on the command's shared bins
+    blocks: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # Conv+BN block -> channel_weights
+    filter_l2: dict[str, torch.Tensor] = field(default_factory=dict)  # conv weight -> float64 L2 of each filter
+
+    def same_blocks(self, ckpt: Checkpoint, ref: Checkpoint, same: set[str]) -> dict[str, dict[str, torch.Tensor]]:
+        """The reference's channel values of the blocks whose tensors (and BatchNorm eps) `ckpt` shares with it."""
+        return {
+            block: cols for block, cols in self.blocks.items()
+            if all(f"{block}{part}" in same for part in _BLOCK_PARTS)
+            and ckpt.eps_for(f"{block}.bn") == ref.eps_for(f"{block}.bn")
+        }  # fmt: skip
+
+
+_BLOCK_PARTS = (".conv.weight", ".bn.weight", ".bn.bias", ".bn.running_mean", ".bn.running_var")
 
 
 def reference_cache(
@@ -75,12 +95,14 @@ def reference_cache(
 ) -> ReferenceCache:
     stats = weight_tables(ref, opts)["weight_stats"]
     rows = {p: {k: stats[k][i] for k in TENSOR_STATS} for i, p in enumerate(stats["param"])}
+    blocks = {block: cols for block, _, cols in _block_channels(ref, opts, {})}
+    filter_l2 = {n: filter_norms(t) for n, t in ref.tensors.items() if ref.keys[n].role == "conv_weight"}
     hist: dict[str, np.ndarray] = {}
     if edges is not None:
         names = [n for n in ref.tensors if n in edges]
         counts = histograms([ref.tensors[n] for n in names], [edges[n] for n in names], opts.bins).numpy()
         hist = {n: counts[i] for i, n in enumerate(names)}
-    return ReferenceCache(rows, hist)
+    return ReferenceCache(rows, hist, blocks, filter_l2)
 
 
 def identical_names(ckpt: Checkpoint, ref: Checkpoint) -> set[str]:
@@ -98,28 +120,34 @@ def conv_bn_blocks(ckpt: Checkpoint) -> list[str]:
     ]
 
 
-def _channel_table(ckpt: Checkpoint, opts: WeightOptions) -> Table:
-    parts: dict[str, list[torch.Tensor]] = {}
-    blocks, layers, sizes = [], [], []
+def _block_channels(
+    ckpt: Checkpoint, opts: WeightOptions, known: dict[str, dict[str, torch.Tensor]]
+) -> list[tuple[str, int, dict[str, torch.Tensor]]]:
+    """(block, layer, channel_weights values) of every Conv+BN block; blocks in `known` are copied."""
+    out = []
     t = ckpt.tensors
     for block in conv_bn_blocks(ckpt):
         bn = f"{block}.bn"
-        cols = channel_weights(
+        cols = known.get(block) or channel_weights(
             t[f"{block}.conv.weight"], t[f"{bn}.weight"], t[f"{bn}.bias"], t[f"{bn}.running_mean"],
             t[f"{bn}.running_var"], eps=ckpt.eps_for(bn), gamma_eps=opts.gamma_eps, neg_margin=opts.neg_margin,
         )  # fmt: skip
-        blocks.append(block)
-        layers.append(ckpt.keys[f"{block}.conv.weight"].layer)
-        sizes.append(int(cols["filter_l2"].numel()))
-        for name, values in cols.items():
-            parts.setdefault(name, []).append(values)
-    if not parts:
+        out.append((block, ckpt.keys[f"{block}.conv.weight"].layer, cols))
+    return out
+
+
+def _channel_table(ckpt: Checkpoint, opts: WeightOptions, known: dict[str, dict[str, torch.Tensor]]) -> Table:
+    found = _block_channels(ckpt, opts, known)
+    if not found:
         return _empty_channels()
+    sizes = [int(cols["filter_l2"].numel()) for _, _, cols in found]
     where = {
-        "checkpoint_id": files.repeat([ckpt.checkpoint_id], sum(sizes)), "layer": np.repeat(layers, sizes),
-        "module": files.repeat(blocks, sizes), "channel": _channels(sizes),
+        "checkpoint_id": files.repeat([ckpt.checkpoint_id], sum(sizes)),
+        "layer": np.repeat([layer for _, layer, _ in found], sizes),
+        "module": files.repeat([block for block, _, _ in found], sizes), "channel": _channels(sizes),
     }  # fmt: skip
-    return {**where, **{name: torch.cat(v).numpy() for name, v in parts.items()}}
+    names = found[0][2].keys()
+    return {**where, **{name: torch.cat([cols[name] for _, _, cols in found]).numpy() for name in names}}
 
 
 def _channels(sizes: Sequence[int]) -> np.ndarray:
@@ -196,10 +224,12 @@ def divergence_tables(
     identical: set[str] | None = None,
     l2: tuple[dict[str, float], dict[str, float]] | None = None,
     near_zero: float = WeightOptions.near_zero,
+    filter_l2: dict[str, torch.Tensor] | None = None,
 ) -> Tables:
     """`weight_divergence`, `channel_divergence` and `layer_freeze` of `ckpt` against the reference `ref`
     (`identical`: names already known to be bit-identical, from `identical_names`; `l2`: the two checkpoints' known
-    tensor norms, from weight_stats; `near_zero`: below this reference RMS a relative change is null)."""
+    tensor norms, from weight_stats; `near_zero`: below this reference RMS a relative change is null; `filter_l2`: the
+    reference's filter norms of conv weights, from the reference cache)."""
     check_aligned(ref, ckpt)
     keys = ref.keys
     names = list(ref.tensors)
@@ -219,7 +249,7 @@ def divergence_tables(
     n = len(layers["layer"])
     return {
         "weight_divergence": weight_div,
-        "channel_divergence": _channel_divergence(ckpt, ref, names, cols["identical"], near_zero),
+        "channel_divergence": _channel_divergence(ckpt, ref, names, cols["identical"], near_zero, filter_l2 or {}),
         "layer_freeze": {"checkpoint_id": [ckpt.checkpoint_id] * n, "reference_id": [ref.checkpoint_id] * n, **layers},
     }
 
@@ -241,7 +271,12 @@ def coarser_dtype(a: Checkpoint, b: Checkpoint) -> torch.dtype | None:
 
 
 def _channel_divergence(
-    ckpt: Checkpoint, ref: Checkpoint, names: list[str], identical: list[bool], near_zero: float
+    ckpt: Checkpoint,
+    ref: Checkpoint,
+    names: list[str],
+    identical: list[bool],
+    near_zero: float,
+    filter_l2: dict[str, torch.Tensor],
 ) -> Table:
     params, layers, modules, sizes, diffs, rels = [], [], [], [], [], []
     for name, same in zip(names, identical, strict=True):
@@ -249,7 +284,7 @@ def _channel_divergence(
         if info.role != "conv_weight":
             continue
         a, b = ckpt.tensors[name], ref.tensors[name]
-        diff, rel = channel_divergence(a, b, near_zero=near_zero, identical=same)
+        diff, rel = channel_divergence(a, b, near_zero=near_zero, identical=same, ref_norms=filter_l2.get(name))
         params.append(name)
         layers.append(info.layer)
         modules.append(info.module)
@@ -307,7 +342,9 @@ def analyze(
     own: Tables = {}
 
     def own_tables() -> Tables:
-        own.update(weight_tables(ckpt, opts, known={n: reuse.stats[n] for n in same if n in reuse.stats}))
+        known = {n: reuse.stats[n] for n in same if n in reuse.stats}
+        blocks = reuse.same_blocks(ckpt, reference, same) if reference is not None else {}
+        own.update(weight_tables(ckpt, opts, known=known, blocks=blocks))
         return own
 
     yield Step("weights", checkpoint_key(ckpt.checkpoint_id), own_tables)
@@ -324,6 +361,7 @@ def analyze(
             mine = dict(zip(own["weight_stats"]["param"], own["weight_stats"]["l2"], strict=True))
             theirs = {n: row["l2"] for n, row in (cache.stats if cache is not None else {}).items()}
             l2 = (mine, theirs) if set(theirs) == set(mine) else None
-            return divergence_tables(ckpt, reference, identical=same, l2=l2, near_zero=opts.near_zero)
+            return divergence_tables(ckpt, reference, identical=same, l2=l2, near_zero=opts.near_zero,
+                                     filter_l2=reuse.filter_l2)  # fmt: skip
 
         yield Step("divergence", comparison_key(ckpt.checkpoint_id, reference.checkpoint_id), compare)
