@@ -141,6 +141,26 @@ if njit is not None:
         return out
 
 
+if njit is not None:
+
+    @_both
+    def _hist(x, lo, scale, bins):  # noqa: ANN001, ANN202 - underflow, `bins` bins from lo (1/scale wide), overflow
+        n = x.size
+        size = (n + CHUNKS - 1) // CHUNKS
+        part = np.zeros((CHUNKS, bins + 2), dtype=np.int64)
+        for c in prange(CHUNKS):
+            for i in range(c * size, min(n, (c + 1) * size)):
+                pos = (np.float64(x[i]) - lo) * scale
+                if pos < 0.0:
+                    k = 0
+                elif pos < bins:
+                    k = int(pos) + 1
+                else:  # at or above the top, and NaN
+                    k = bins + 1
+                part[c, k] += 1
+        return part.sum(axis=0)
+
+
 def available() -> bool:
     return njit is not None
 
@@ -158,6 +178,12 @@ def moments(x: np.ndarray, near_zero: float) -> list[float]:
 def pair_sums(a: np.ndarray, b: np.ndarray) -> list[float]:
     """||a-b||^2, ||a||^2, ||b||^2, a.b, max |a-b| and max |b| of two float32 vectors of one length."""
     return [float(v) for v in _pair(a, b)]
+
+
+def histogram(x: np.ndarray, lo: float, hi: float, bins: int) -> np.ndarray:
+    """Counts of a float32 vector on `bins` equal half-open bins over [lo, hi), with an underflow (first) and an
+    overflow (last; NaN counts there too): positions computed in float64, one pass, int64 (bins + 2,)."""
+    return _hist(x, float(lo), float(bins) / (float(hi) - float(lo)), int(bins))
 
 
 def row_sums(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
