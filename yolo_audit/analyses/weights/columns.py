@@ -93,9 +93,9 @@ _BLOCK_PARTS = (".conv.weight", ".bn.weight", ".bn.bias", ".bn.running_mean", ".
 def reference_cache(
     ref: Checkpoint, opts: WeightOptions, edges: dict[str, tuple[float, float]] | None
 ) -> ReferenceCache:
-    stats = weight_tables(ref, opts)["weight_stats"]
-    rows = {p: {k: stats[k][i] for k in TENSOR_STATS} for i, p in enumerate(stats["param"])}
     blocks = {block: cols for block, _, cols in _block_channels(ref, opts, {})}
+    stats = weight_tables(ref, opts, blocks=blocks)["weight_stats"]
+    rows = {p: {k: stats[k][i] for k in TENSOR_STATS} for i, p in enumerate(stats["param"])}
     filter_l2 = {n: filter_norms(t) for n, t in ref.tensors.items() if ref.keys[n].role == "conv_weight"}
     hist: dict[str, np.ndarray] = {}
     if edges is not None:
