@@ -42,12 +42,22 @@ def allowed_globals() -> dict[str, Any]:
     return {name: obj for name, obj in found.items() if "sparse" not in name.lower()}
 
 
+class _Storage:
+    """A storage of the archive as our tensors need it: its dtype and where it starts in the file's one memory map,
+    counted in elements of that dtype (torch aligns records to 64 bytes)."""
+
+    __slots__ = ("dtype", "start", "whole")
+
+    def __init__(self, dtype: torch.dtype, start: int, whole: torch.UntypedStorage) -> None:
+        self.dtype, self.start, self.whole = dtype, start, whole
+
+
 def _rebuild_tensor(
-    storage: Any, offset: int, size: Any, stride: Any, requires_grad: bool, hooks: Any, metadata: Any = None
+    storage: _Storage, offset: int, size: Any, stride: Any, requires_grad: bool, hooks: Any, metadata: Any = None
 ) -> torch.Tensor:
-    """torch._utils._rebuild_tensor_v2 without its fake-tensor check (no tracing here), which costs a third of a
-    YOLOv8s load."""
-    tensor = torch.empty((0,), dtype=storage.dtype).set_(storage._untyped_storage, offset, size, stride)
+    """torch._utils._rebuild_tensor_v2 on our storages, without its fake-tensor check (no tracing here), which costs a
+    third of a YOLOv8s load through torch.load."""
+    tensor = torch.empty((0,), dtype=storage.dtype).set_(storage.whole, storage.start + offset, size, stride)
     tensor.requires_grad = requires_grad
     if metadata:
         torch._utils.set_tensor_metadata(tensor, metadata)
@@ -56,8 +66,8 @@ def _rebuild_tensor(
 
 
 class _Restricted(pickle.Unpickler):
-    """The C unpickler over one torch zip archive: only allow-listed globals; every storage is a slice of one memory
-    map of the file (read when a tensor is first used, not while the unpickler holds the GIL)."""
+    """The C unpickler over one torch zip archive: only allow-listed globals; every tensor views one memory map of
+    the file (read when a tensor is first used, not while the unpickler holds the GIL)."""
 
     def __init__(self, data: bytes, reader: Any, whole: torch.UntypedStorage) -> None:
         import io
@@ -65,7 +75,7 @@ class _Restricted(pickle.Unpickler):
         super().__init__(io.BytesIO(data))
         self.allowed = {**allowed_globals(), "torch._utils._rebuild_tensor_v2": _rebuild_tensor}
         self.reader, self.whole = reader, whole
-        self.storages: dict[str, Any] = {}
+        self.storages: dict[str, _Storage] = {}
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in NAME_MAPPING:  # torch.save writes protocol 2: Python 2 names (as torch maps them)
@@ -79,16 +89,18 @@ class _Restricted(pickle.Unpickler):
             raise NotAllowed(f"{module}.{name}")
         return found
 
-    def persistent_load(self, saved_id: Any) -> Any:
+    def persistent_load(self, saved_id: Any) -> _Storage:
         kind, storage_type, key, _location, numel = saved_id  # the location is ignored: everything lands on the CPU
         if kind != "storage":
             raise pickle.UnpicklingError(f"unknown persistent id {kind!r}")
         found = self.storages.get(key)
         if found is None:
             dtype = storage_type.dtype
+            size = torch._utils._element_size(dtype)
             start = self.reader.get_record_offset(f"data/{key}")
-            part = self.whole[start : start + numel * torch._utils._element_size(dtype)]
-            found = self.storages[key] = torch.storage.TypedStorage(wrap_storage=part, dtype=dtype, _internal=True)
+            if start % size or start + numel * size > self.whole.nbytes():
+                raise pickle.UnpicklingError(f"storage {key} is not where this reader expects it")
+            found = self.storages[key] = _Storage(dtype, start // size, self.whole)
         return found
 
 
