@@ -98,6 +98,13 @@ def test_octave_histogram_bins_hold_their_values():
         assert hist[int(index)] >= 1
 
 
+def test_octave_histogram_without_host_sync_counts_what_bincount_counts():
+    """The GPU path (index_add into fixed bins, no read-back of the input's maximum) gives bincount's counts."""
+    x = torch.randn(4, 7, 9, 9, generator=torch.Generator().manual_seed(3)) * 1e3
+    x[0, 0, 0, :3] = torch.tensor([0.0, -0.0, float("inf")])
+    assert torch.equal(octave_histogram(x, sync_free=True), octave_histogram(x, sync_free=False))
+
+
 def test_dead_criteria():
     stats = {
         "mean_abs": torch.tensor([1.0, 1.0, 0.01, 1.0]),

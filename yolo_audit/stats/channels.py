@@ -112,10 +112,15 @@ class ChannelState:
         }
 
 
-def octave_histogram(x: torch.Tensor) -> torch.Tensor:
-    """Counts per (sign, exponent) of float32 values: the top 9 bits of each value, one shift and one bincount."""
-    bits = x.contiguous().view(torch.int32).reshape(-1)
-    return torch.bincount((bits >> 23) & 0x1FF, minlength=HIST_BINS).double()
+def octave_histogram(x: torch.Tensor, *, sync_free: bool | None = None) -> torch.Tensor:
+    """Counts per (sign, exponent) of float32 values: the top 9 bits of each value, one shift and one count. On a
+    GPU (or with `sync_free`) the count is an index_add into the fixed bins: CUDA's bincount reads the input's maximum
+    back to the host to size its output, a synchronisation per batch and layer."""
+    index = ((x.contiguous().view(torch.int32).reshape(-1) >> 23) & 0x1FF).long()
+    if not (x.device.type != "cpu" if sync_free is None else sync_free):
+        return torch.bincount(index, minlength=HIST_BINS).double()
+    ones = torch.ones((), dtype=torch.int64, device=x.device).expand(index.numel())
+    return torch.zeros(HIST_BINS, dtype=torch.int64, device=x.device).index_add_(0, index, ones).double()
 
 
 def dead_units(stats: dict[str, torch.Tensor], *, tau: float = 0.025) -> dict[str, torch.Tensor]:

@@ -53,17 +53,25 @@ class CKAState:
     images: int = 0
 
     @classmethod
-    def empty(cls, p: int) -> CKAState:
-        return cls(torch.zeros(p, p, dtype=torch.float64), torch.zeros(p, dtype=torch.float64))
+    def empty(cls, p: int, device: torch.device | str = "cpu") -> CKAState:
+        """Zero sums on `device`: on a GPU the sums stay there (no host synchronisation per batch) until `to`."""
+        return cls(
+            torch.zeros(p, p, dtype=torch.float64, device=device), torch.zeros(p, dtype=torch.float64, device=device)
+        )
 
     def update(self, features: list[torch.Tensor]) -> None:
-        """One batch: the features (n, ...) of every representation, in the state's fixed order."""
+        """One batch: the features (n, ...) of every representation, in the state's fixed order, on the state's
+        device."""
         n = features[0].shape[0]
         grams = torch.stack([centred_gram(f) for f in features])
-        self.hsic += hsic_matrix(grams).cpu()
-        self.energy += torch.stack([(f.double().pow(2).sum() / n) ** 2 for f in features]).cpu()
+        self.hsic += hsic_matrix(grams)
+        self.energy += torch.stack([(f.double().pow(2).sum() / n) ** 2 for f in features])
         self.batches += 1
         self.images += n
+
+    def to(self, device: torch.device | str) -> CKAState:
+        """The same sums on `device` (the CPU before a state leaves its task)."""
+        return CKAState(self.hsic.to(device), self.energy.to(device), self.batches, self.images)
 
     def merge(self, other: CKAState) -> CKAState:
         return CKAState(self.hsic + other.hsic, self.energy + other.energy, self.batches + other.batches,

@@ -106,10 +106,12 @@ def similarity_shard(
             captured = [_run(model, batch.to(device), names, opts.pool) for model in models]
             if result.state is None:  # modules whose output is a tensor (tuple outputs are no representation)
                 result.modules = [n for n in names if n in captured[0]]
-                result.state = CKAState.empty(len(models) * len(result.modules))
+                result.state = CKAState.empty(len(models) * len(result.modules), device)
             result.state.update([one[n] for one in captured for n in result.modules])
     if result.state is None:  # no full batch here: other shards' states stand for this one
         result.modules = names
+    else:
+        result.state = result.state.to("cpu")  # once per task: the sums stayed on the device until here
     return result
 
 
