@@ -26,6 +26,32 @@ def test_a_task_runs_exactly_the_threads_of_its_cpus(ray_local):
     assert one == (1, 1, "1") and two == (2, 2, "2")  # numba's setter resets torch's: torch is set last
 
 
+def _in_thread() -> tuple[int, bool, str]:
+    import threading
+
+    import torch
+
+    from yolo_audit.stats import exact
+
+    time.sleep(0.2)  # long enough for the tasks to overlap
+    return torch.get_num_threads(), getattr(exact._here, "serial", False), threading.current_thread().name
+
+
+def test_in_process_tasks_side_by_side_each_run_one_thread_and_serial_kernels():
+    """In process with `threads=True`: one task per CPU at once, each with one torch thread and numba's serial
+    kernels; without it, one after another with every CPU's threads and the parallel kernels."""
+    import torch
+
+    from yolo_audit.runtime.tasks import ray_session
+
+    with ray_session(None, num_cpus=2, engine="local"):
+        side = run_tasks([Task(str(i), _in_thread) for i in range(4)], stage="t", stream=io.StringIO(), threads=True)
+        alone = run_tasks([Task("a", _in_thread)], stage="t", stream=io.StringIO())
+        main_threads = torch.get_num_threads()
+    assert all(r[:2] == (1, True) for r in side) and len({r[2] for r in side}) == 2  # two threads, four tasks
+    assert alone[0][:2] == (2, False) and main_threads == 2
+
+
 def test_storage_and_ultralytics_settings_reach_the_tasks(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
