@@ -1,8 +1,9 @@
-"""Plain job functions become remote Ray tasks here, and nowhere else: bounded in-flight tasks (`ray.wait`), retries,
+"""Plain job functions become tasks here, and nowhere else: remote Ray tasks with bounded in-flight work
+(`ray.wait`) and retries, or in this process (one after another, or one per CPU in threads for tasks that allow it);
 a progress line per finished task, and exact tree merges of partial results.
 
-An embedded local Ray starts when no address is given (and is shut down afterwards); an already initialised Ray
-(a notebook, a test) is reused as is.
+An embedded local Ray starts when the Ray engine is chosen without an address (and is shut down afterwards); an already
+initialised Ray (a notebook, a test) is reused as is.
 """
 
 from __future__ import annotations

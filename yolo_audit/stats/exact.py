@@ -3,6 +3,8 @@
 Each tensor is cut into a fixed number of chunks whatever the thread count; each chunk is summed in float64 by one
 thread, and the partial sums are added in chunk order. So the weights analysis gives the same bits alone or inside a
 study, with one thread or many, and each value is read once per pass (faster than torch's several float32 passes).
+Every kernel exists twice, parallel and serial (see `serial`): a task running in a thread beside others uses the
+serial one, with the same chunks in the same order. Histograms count integers, so any order gives the same counts.
 """
 
 from __future__ import annotations
