@@ -152,12 +152,27 @@ def _load_local(path: Path, *, trust_pickle: bool) -> Checkpoint:
         raise AuditError("no such checkpoint file; check the path", path=str(path), stage="load")
     if path.suffix not in SUFFIXES:
         raise AuditError("not a checkpoint: expected a .pt or .safetensors file", path=str(path), stage="load")
-    if path.stat().st_size == 0:
+    stat = path.stat()
+    if stat.st_size == 0:
         raise AuditError("the file is empty; re-export or re-download it", path=str(path), stage="load")
-    sha = file_sha256(path)
-    if path.suffix == ".safetensors":
-        return _load_safetensors(path, sha)
-    return _load_pickle(path, sha, trust_pickle=trust_pickle)
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    known = _HASHES.get(key)
+    sha = known[0] if known else file_sha256(path)
+    ckpt = (
+        _load_safetensors(path, sha)
+        if path.suffix == ".safetensors"
+        else _load_pickle(path, sha, trust_pickle=trust_pickle)
+    )
+    ckpt.content = known[1] if known else content_hash(ckpt.tensors)
+    if len(_HASHES) >= 4096:
+        _HASHES.clear()
+    _HASHES[key] = (sha, ckpt.content)
+    return ckpt
+
+
+# The two hashes of files this process has read, by path, size and modification time (what the ledger trusts too):
+# a second load of an unchanged file (histograms on pooled bins, pairs, trajectories) skips ~70% of its cost.
+_HASHES: dict[tuple[str, int, int], tuple[str, str]] = {}
 
 
 def _load_safetensors(path: Path, sha: str) -> Checkpoint:
@@ -177,8 +192,7 @@ def _load_safetensors(path: Path, sha: str) -> Checkpoint:
         sha256=sha,
         source_format="safetensors",
         precision=info.get("precision") or _precision(raw),
-        tensors=(tensors := _to_fp32(raw, path)),
-        content=content_hash(tensors),
+        tensors=_to_fp32(raw, path),
         run=info.get("run"),
         epoch=info.get("epoch"),
         train_args=info.get("train_args") or {},
@@ -215,7 +229,7 @@ def _from_object(obj: Any, path: Path, sha: str) -> Checkpoint:
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         raw = {str(k): v for k, v in obj.items()}
         tensors = _to_fp32(raw, path)
-        return Checkpoint(str(path), sha, "state_dict", _precision(raw), tensors, content=content_hash(tensors))
+        return Checkpoint(str(path), sha, "state_dict", _precision(raw), tensors)
     raise AuditError(
         f"holds no model weights (found {type(obj).__name__}); pass an Ultralytics checkpoint, a state_dict or "
         ".safetensors",
@@ -236,7 +250,7 @@ def _from_module(model: torch.nn.Module, path: Path, sha: str, *, train_args: di
     tensors = _to_fp32(raw, path)
     return Checkpoint(
         str(path), sha, "ultralytics", _precision(raw), tensors,
-        train_args=train_args, module_types=types, bn_eps=eps, content=content_hash(tensors),
+        train_args=train_args, module_types=types, bn_eps=eps,
         model_yaml=_jsonable(model.yaml) if isinstance(getattr(model, "yaml", None), dict) else None,
     )  # fmt: skip
 
