@@ -128,6 +128,31 @@ with exclusive(locate({str(out)!r})):
         assert not stale.exists() and kept.read_bytes() == b"whole"
 
 
+def test_numpy_and_repeated_columns_write_what_lists_write(tmp_path):
+    """files.write takes lists, numpy arrays (NaN in a float array is null) and `repeat` string columns alike."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    out = locate(tmp_path)
+    names, sizes = ["m.0.conv.weight", "", "m.22.cv3.été"], [2, 0, 3]
+    as_lists = {
+        "checkpoint_id": ["c"] * 5, "reference_id": ["r"] * 5,
+        "param": [n for n, k in zip(names, sizes, strict=True) for _ in range(k)], "layer": [0, 0, 22, 22, 22],
+        "module": ["a"] * 5, "channel": [0, 1, 0, 1, 2], "l2_diff": [0.5, 1.0, 2.0, 0.0, 3.0],
+        "rel_diff": [0.1, None, 0.2, None, 0.3],
+    }  # fmt: skip
+    as_arrays = {
+        "checkpoint_id": files.repeat(["c"], 5), "reference_id": files.repeat(["r"], 5),
+        "param": files.repeat(names, sizes), "layer": np.repeat([0, 22], [2, 3]), "module": files.repeat(["a"], 5),
+        "channel": np.array([0, 1, 0, 1, 2]), "l2_diff": np.array([0.5, 1.0, 2.0, 0.0, 3.0]),
+        "rel_diff": np.array([0.1, np.nan, 0.2, np.nan, 0.3]),
+    }  # fmt: skip
+    files.write(out, "channel_divergence", "lists", as_lists)
+    files.write(out, "channel_divergence", "arrays", as_arrays)
+    read = [pq.read_table(tmp_path / "channel_divergence" / f"{k}.parquet") for k in ("lists", "arrays")]
+    assert read[0].equals(read[1]) and read[1].column("rel_diff").null_count == 2
+
+
 def test_concurrent_writes_of_one_file_never_tear(tmp_path):
     def write(i: int) -> None:
         files.write(locate(tmp_path), "errors", "same", {"path": [f"p{i}"] * 500, "stage": ["s"] * 500,

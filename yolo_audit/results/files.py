@@ -40,11 +40,16 @@ def _dictionary_columns(table: str) -> list[str]:
     return [name for name, kind, _ in TABLES[table] if any(check(kind) for check in flat)]
 
 
-def repeat(values: Sequence[Any], counts: Sequence[int] | np.ndarray | int) -> pa.Array:
-    """values[i] repeated counts[i] times (or each `counts` times), as a column for `write`: dictionary-encoded, so
-    long runs of one id or name cost no Python objects per row."""
-    codes = np.repeat(np.arange(len(values), dtype=np.int32), counts)
-    return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(list(values)))
+def repeat(values: Sequence[str], counts: Sequence[int] | np.ndarray | int) -> pa.Array:
+    """values[i] repeated counts[i] times (or each `counts` times), as a string column for `write`, built from
+    buffers: long runs of one id or name cost no Python object per row (and no pyarrow.compute import)."""
+    encoded = [str(v).encode() for v in values]
+    times = np.broadcast_to(np.asarray(counts, dtype=np.int64), (len(encoded),))
+    lengths = np.repeat(np.array([len(e) for e in encoded], dtype=np.int64), times)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    data = b"".join(e * int(t) for e, t in zip(encoded, times, strict=True))
+    return pa.StringArray.from_buffers(len(lengths), pa.py_buffer(offsets), pa.py_buffer(data))
 
 
 def _column(values: Sequence[Any] | np.ndarray | pa.Array, kind: pa.DataType) -> pa.Array:
