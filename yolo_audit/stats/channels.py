@@ -117,7 +117,9 @@ def octave_histogram(x: torch.Tensor, *, sync_free: bool | None = None) -> torch
     GPU (or with `sync_free`) the count is an index_add into the fixed bins: CUDA's bincount reads the input's maximum
     back to the host to size its output, a synchronisation per batch and layer."""
     index = ((x.contiguous().view(torch.int32).reshape(-1) >> 23) & 0x1FF).long()
-    if not (x.device.type != "cpu" if sync_free is None else sync_free):
+    if sync_free is None:
+        sync_free = x.device.type != "cpu"
+    if not sync_free:
         return torch.bincount(index, minlength=HIST_BINS).double()
     ones = torch.ones((), dtype=torch.int64, device=x.device).expand(index.numel())
     return torch.zeros(HIST_BINS, dtype=torch.int64, device=x.device).index_add_(0, index, ones).double()

@@ -142,9 +142,6 @@ if njit is not None:
             out[r, 0], out[r, 1] = dd, bb
         return out
 
-
-if njit is not None:
-
     @_both
     def _hist(x, lo, scale, bins):  # noqa: ANN001, ANN202 - underflow, `bins` bins from lo (1/scale wide), overflow
         n = x.size
