@@ -177,10 +177,15 @@ def test_bad_inputs_give_one_clear_line_naming_the_file(kind, message, tmp_path,
     assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
-def test_code_running_pickle_is_refused_unless_trusted(tmp_path):
-    marker = tmp_path / "pwned"
-    path = tmp_path / "evil.pt"
+def _evil(tmp_path: Path) -> tuple[Path, Path]:
+    """A checkpoint whose unpickling would create `marker`, and the marker's path."""
+    marker, path = tmp_path / "pwned", tmp_path / "evil.pt"
     torch.save({"model": Evil(str(marker))}, path)
+    return path, marker
+
+
+def test_code_running_pickle_is_refused_unless_trusted(tmp_path):
+    path, marker = _evil(tmp_path)
     with pytest.raises(AuditError, match="--trust-pickle"):
         load_checkpoint(path)
     assert not marker.exists()
@@ -212,9 +217,7 @@ def test_fast_restricted_unpickler_builds_what_torch_weights_only_builds_and_nev
         assert torch.equal(got[key], want[key]) and type(got[key]) is type(want[key])
     assert got["view"].untyped_storage().data_ptr() == got["same"].untyped_storage().data_ptr()  # one storage
     assert torch.equal(got["nested"][1]["k"], want["nested"][1]["k"]) and torch.equal(got["nested"][0], base[0])
-    marker = tmp_path / "pwned"
-    evil = tmp_path / "evil.pt"
-    torch.save({"model": Evil(str(marker))}, evil)
+    evil, marker = _evil(tmp_path)
     with pytest.raises(NotAllowed, match="getattr|pathlib"):
         fast_load(evil)
     assert not marker.exists()

@@ -42,11 +42,16 @@ cluster.shutdown()
 """
 
 
-def test_gpu_tasks_go_to_the_gpu_node_and_cpu_tasks_run_anywhere():
+def _run(script: str, *, timeout: int) -> dict:
+    """Run a cluster script in a fresh interpreter (its own Ray); its last line of output is JSON."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=300, env=env)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_gpu_tasks_go_to_the_gpu_node_and_cpu_tasks_run_anywhere():
+    result = _run(SCRIPT, timeout=300)
     assert {r["node"] for r in result["gpu"]} == {result["gpu_node"]}
     assert all(r["gpus"] and r["device"] == "0" for r in result["gpu"])
     assert len({r["node"] for r in result["cpu"]}) == 2  # CPU tasks use both nodes
@@ -127,10 +132,7 @@ print(json.dumps(out))
 
 
 def test_gpu_requests_wait_for_a_gpu_node_or_fail_in_one_line():
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = _run(PROBE, timeout=120)
     assert (r["explicit"], r["unset"], r["cpu_only"]) == (1, 0, 0)
     assert "no node took a task asking for 1 CPU and 1 GPU within 3 s" in r["timeout"] and "--cpu-only" in r["timeout"]
     assert 3 <= r["waited"] < 60
@@ -189,10 +191,7 @@ print(json.dumps(out))
 
 
 def test_autoscaler_launches_the_gpu_node_training_asks_for():
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    proc = subprocess.run([sys.executable, "-c", AUTOSCALED], capture_output=True, text=True, timeout=200, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    r = _run(AUTOSCALED, timeout=200)
     assert r["gpus_before"] == 0 and r["gpus_after"] == 1  # min_workers 0: launched for the request
     assert "advertises a GPU but torch" in r["probe"]  # the probe ran there (fake GPUs have no CUDA)
     assert all(t["node"] != r["head"] and t["gpus"] and t["device"] == "0" for t in r["train"])
