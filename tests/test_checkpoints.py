@@ -236,3 +236,33 @@ def test_plain_pickle_not_zip(tmp_path):
     path.write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(AuditError, match="truncated or corrupted"):
         load_checkpoint(path)
+
+
+def test_prefetched_file_hashes_are_computed_once_and_follow_changes(tmp_path, monkeypatch):
+    """`weights` hashes its files in a background thread while torch is imported: each file once (a load finds the
+    digest), the digest is the file's sha256, and a rewritten file is hashed again."""
+    import hashlib
+    import os
+
+    from yolo_audit.model import filehash
+
+    folder = tmp_path / "runs" / "weights"
+    folder.mkdir(parents=True)
+    paths = []
+    for i in range(3):
+        path = folder / f"epoch{i}.pt"
+        path.write_bytes(os.urandom(300_000 + i))
+        paths.append(path)
+    (folder / "notes.txt").write_text("not a checkpoint")
+    calls: list[str] = []
+    digest = filehash._digest
+    monkeypatch.setattr(filehash, "_digest", lambda p: calls.append(p.name) or digest(p))
+    filehash.prefetch([str(tmp_path / "runs"), str(paths[0]), "s3://bucket/remote.pt"]).join(timeout=60)
+    assert sorted(calls) == ["epoch0.pt", "epoch1.pt", "epoch2.pt"]  # folders searched, duplicates and URIs skipped
+    for path in paths:
+        assert filehash.file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert len(calls) == 3
+    paths[1].write_bytes(b"rewritten")
+    os.utime(paths[1], ns=(1, 1))
+    assert filehash.file_sha256(paths[1]) == hashlib.sha256(b"rewritten").hexdigest()
+    assert calls[-1] == "epoch1.pt" and len(calls) == 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -245,3 +246,37 @@ def test_weightwatcher_alpha_from_an_independent_esd():
     lin_ref, _ = _np_powerlaw(np.linalg.svd(linear.double().numpy(), compute_uv=False) ** 2)  # 2-D: one matrix
     assert lin_alpha == pytest.approx(lin_ref, rel=1e-9)
     assert tiny is None  # 4 eigenvalues: too few for a fit (WeightWatcher's minimum is 50)
+
+
+KERNELS = r"""
+import json, sys
+import numpy as np
+from yolo_audit.stats import exact
+x = np.random.default_rng(3).standard_normal(100_003).astype(np.float32)
+values = exact.moments(x, 1e-3)
+print(json.dumps({"values": [float(v).hex() for v in values],
+                  "registries": "numba.np.random.legacy" in sys.modules}))
+"""
+
+
+def test_cached_kernels_load_without_numbas_registries_and_give_the_bits_just_compiled(tmp_path):
+    """A cache miss compiles as numba always does (every registry loaded); the next process loads the machine code
+    with the runtime alone (no registries: the ~0.16 s `stats/jit.py` saves) and computes the same bits."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+
+    def run() -> dict:
+        done = subprocess.run([sys.executable, "-c", KERNELS], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    compiled, loaded = run(), run()
+    assert compiled["registries"] and not loaded["registries"]
+    assert any(tmp_path.rglob("*.nbi")), "numba wrote no cache index where NUMBA_CACHE_DIR points"
+    assert loaded["values"] == compiled["values"]
+    x = np.random.default_rng(3).standard_normal(100_003).astype(np.float32).astype(np.float64)
+    mean, m2 = float.fromhex(loaded["values"][0]), float.fromhex(loaded["values"][1])
+    assert mean == pytest.approx(x.mean(), rel=1e-12, abs=1e-15) and m2 == pytest.approx(x.var(), rel=1e-12)

@@ -101,6 +101,9 @@ def weights(
     force: Force = False,
 ) -> None:
     """Weight & bias statistics, divergence and freeze verification of checkpoints, written as Parquet."""
+    from yolo_audit.model.filehash import prefetch
+
+    prefetch(([reference] if reference else []) + list(checkpoints))  # hashes files while torch is imported
     from yolo_audit.analyses.weights.columns import WeightOptions
     from yolo_audit.analyses.weights.plan import analyze_weights
     from yolo_audit.report.text import print_weights_summary

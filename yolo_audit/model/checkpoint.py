@@ -20,13 +20,13 @@ from typing import Any
 import torch
 
 from yolo_audit.errors import AuditError
+from yolo_audit.model.filehash import SUFFIXES, file_sha256
 from yolo_audit.model.freeze import declared_layers
 from yolo_audit.model.keys import TensorInfo, describe_keys, infer_module_types
 from yolo_audit.model.profile import Profile, profile_from_types, profile_from_yaml
 from yolo_audit.model.unpickle import unpickle
 from yolo_audit.results.location import Where, fetch_file, is_uri, locate
 
-SUFFIXES = (".pt", ".safetensors")
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 DEFAULT_BN_EPS = 1e-3  # Ultralytics' initialize_weights() sets every BatchNorm2d.eps to 1e-3
 META_KEY = "yolo_audit"
@@ -119,14 +119,6 @@ def find_checkpoints(paths: list[Where], *, reference: Where | None = None) -> l
     if reference is not None and locate(reference).uri not in ordered:
         ordered.insert(0, locate(reference).uri)
     return ordered
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_checkpoint(path: Where, *, trust_pickle: bool = False) -> Checkpoint:

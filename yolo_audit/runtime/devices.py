@@ -19,7 +19,7 @@ def resolve_device(device: str) -> torch.device:
 def set_threads(n: int) -> None:
     """Ultralytics sets OMP_NUM_THREADS=1 on import and Ray tasks get one thread: use the CPUs we were given.
     numba's set_num_threads resets torch's thread count, so torch's is set last."""
-    from yolo_audit.stats.fused import set_threads as set_numba_threads
+    from yolo_audit.stats.jit import set_threads as set_numba_threads
 
     n = max(1, int(n))
     os.environ["OMP_NUM_THREADS"] = str(n)

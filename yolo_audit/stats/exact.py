@@ -17,10 +17,7 @@ from typing import Any
 
 import numpy as np
 
-try:
-    from numba import njit, prange
-except ImportError:  # pragma: no cover - numba is a dependency; callers fall back to float64 torch reductions
-    njit = None
+from yolo_audit.stats.jit import njit, prange
 
 CHUNKS = 64
 _here = threading.local()

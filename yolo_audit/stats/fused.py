@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-try:
-    from numba import get_num_threads, get_thread_id, njit, prange
-except ImportError:  # pragma: no cover - numba is a dependency; the torch path still works without it
-    njit = None
+from yolo_audit.stats.jit import get_num_threads, get_thread_id, njit, prange
 
 HIST_BINS = 512
 
@@ -73,10 +70,3 @@ def fold(x: np.ndarray, state: object) -> None:
     per-channel moments accumulated in float64 around the channel's first value, Chan-merged into the state."""
     arrays = [getattr(state, name).numpy() for name in ("total", "m2", "abs_total", "positive", "low", "high", "hist")]
     _fold(x, x.view(np.int32), get_num_threads(), state.count.view(1).numpy(), *arrays)
-
-
-def set_threads(n: int) -> None:
-    if njit is not None:
-        import numba
-
-        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
