@@ -195,16 +195,27 @@ def test_code_running_pickle_is_refused_unless_trusted(tmp_path):
 
 
 def test_fast_restricted_unpickler_builds_what_torch_weights_only_builds_and_never_runs_foreign_code(model, tmp_path):
-    from yolo_audit.model.unpickle import NotAllowed, fast_load
+    from ultralytics.nn.tasks import torch_safe_load
 
-    first = save(model, tmp_path / "a" / "last.pt", freeze=10, name="a")
-    second = save(model, tmp_path / "b" / "epoch1.pt", freeze=3, name="b", epoch=1, key="ema")
-    load_checkpoint(first)  # the first Ultralytics file registers its model classes (torch's own path)
-    fast = fast_load(second)  # the next one takes the fast path
-    slow = torch.load(second, map_location="cpu", weights_only=True)
-    assert type(fast["ema"]) is type(slow["ema"]) and fast["train_args"] == slow["train_args"]
-    a, b = fast["ema"].state_dict(), slow["ema"].state_dict()
+    from yolo_audit.model.checkpoint import _from_object
+    from yolo_audit.model.unpickle import NotAllowed, StandIn, fast_load, named_modules, state_dict
+
+    path = save(model, tmp_path / "b" / "epoch1.pt", freeze=3, name="b", epoch=1, key="ema")
+    fast = fast_load(path)  # module classes become stand-ins: nothing of Ultralytics' runs (nor is it imported)
+    slow, _ = torch_safe_load(str(path), safe_only=True)  # torch's weights_only path, Ultralytics' classes allowed
+    assert isinstance(fast["ema"], StandIn) and not isinstance(fast["ema"], torch.nn.Module)
+    assert type(fast["ema"]).__name__ == type(slow["ema"]).__name__ and fast["train_args"] == slow["train_args"]
+    a, b = state_dict(fast["ema"]), slow["ema"].state_dict()
     assert list(a) == list(b) and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+    names = [(n, type(m).__name__) for n, m in named_modules(fast["ema"])]
+    assert names == [(n, type(m).__name__) for n, m in slow["ema"].named_modules()]
+    got, want = _from_object(fast, path, "sha"), _from_object(slow, path, "sha")
+    assert (got.module_types, got.bn_eps, got.model_yaml, got.epoch, got.run, got.precision) == (
+        want.module_types, want.bn_eps, want.model_yaml, want.epoch, want.run, want.precision)  # fmt: skip
+    assert len(got.bn_eps) > 50 and got.module_types[22] == "Detect"
+    assert list(got.tensors) == list(want.tensors) and all(
+        torch.equal(got.tensors[k], want.tensors[k]) for k in got.tensors
+    )
     # views into one storage, shared storages, other dtypes, nesting: the same objects torch builds
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     odd = {"view": base[1:, 2:], "t": base.t(), "same": base, "bf16": base.to(torch.bfloat16), "ints": torch.arange(5),

@@ -24,7 +24,7 @@ from yolo_audit.model.filehash import SUFFIXES, file_sha256
 from yolo_audit.model.freeze import declared_layers
 from yolo_audit.model.keys import TensorInfo, describe_keys, infer_module_types
 from yolo_audit.model.profile import Profile, profile_from_types, profile_from_yaml
-from yolo_audit.model.unpickle import unpickle
+from yolo_audit.model.unpickle import is_module, named_modules, state_dict, unpickle
 from yolo_audit.results.location import Where, fetch_file, is_uri, locate
 
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -203,7 +203,7 @@ def _from_object(obj: Any, path: Path, sha: str) -> Checkpoint:
     """Turn what torch.load returned into a Checkpoint: an Ultralytics dict, a module, or a state dict."""
     if isinstance(obj, dict) and ("ema" in obj or "model" in obj):
         model = obj.get("ema") or obj.get("model")
-        if isinstance(model, torch.nn.Module):
+        if is_module(model):
             args = obj.get("train_args") or {}
             epoch = obj.get("epoch")
             ckpt = _from_module(model, path, sha, train_args=dict(args) if isinstance(args, dict) else {})
@@ -214,7 +214,7 @@ def _from_object(obj: Any, path: Path, sha: str) -> Checkpoint:
             return ckpt
         if isinstance(model, dict):
             obj = model
-    if isinstance(obj, torch.nn.Module):
+    if is_module(obj):
         return _from_module(obj, path, sha, train_args={})
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
@@ -230,21 +230,38 @@ def _from_object(obj: Any, path: Path, sha: str) -> Checkpoint:
     )
 
 
-def _from_module(model: torch.nn.Module, path: Path, sha: str, *, train_args: dict[str, Any]) -> Checkpoint:
-    raw = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+def _from_module(model: Any, path: Path, sha: str, *, train_args: dict[str, Any]) -> Checkpoint:
+    """A torch module, or the stand-in of one that the restricted unpickler built (see `unpickle.py`)."""
+    raw = {k: v for k, v in state_dict(model).items() if isinstance(v, torch.Tensor)}
+    layers = (_attr(model, "_modules") or {}).get("model")
     types: dict[int, str] = {}
-    layers = getattr(model, "model", None)
-    if isinstance(layers, torch.nn.Sequential):
-        types = {i: type(m).__name__ for i, m in enumerate(layers)}
-    eps = {
-        name: float(m.eps) for name, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-    }
+    if _is(layers, torch.nn.Sequential, "torch.nn.modules.container.Sequential"):
+        types = {i: type(m).__name__ for i, m in enumerate(_attr(layers, "_modules").values())}
+    eps = {name: float(_attr(m, "eps")) for name, m in named_modules(model) if _is(m, _BatchNorm, _BATCHNORM)}
     tensors = _to_fp32(raw, path)
+    yaml = _attr(model, "yaml")
     return Checkpoint(
         str(path), sha, "ultralytics", _precision(raw), tensors,
         train_args=train_args, module_types=types, bn_eps=eps,
-        model_yaml=_jsonable(model.yaml) if isinstance(getattr(model, "yaml", None), dict) else None,
+        model_yaml=_jsonable(yaml) if isinstance(yaml, dict) else None,
     )  # fmt: skip
+
+
+_BatchNorm = torch.nn.modules.batchnorm._BatchNorm
+_BATCHNORM = "torch.nn.modules.batchnorm."  # where _BatchNorm's subclasses live: BatchNorm1d/2d/3d, SyncBatchNorm
+
+
+def _is(module: Any, cls: type, name: str) -> bool:
+    """isinstance for a module; for a stand-in, its class's dotted name is `name` (or starts with it, ending in .)"""
+    if isinstance(module, torch.nn.Module):
+        return isinstance(module, cls)
+    kind = f"{type(module).__module__}.{type(module).__name__}"
+    return is_module(module) and (kind.startswith(name) if name.endswith(".") else kind == name)
+
+
+def _attr(module: Any, name: str) -> Any:
+    """An attribute of a module or stand-in (stand-ins hold only what the pickle set, in their __dict__)."""
+    return getattr(module, name, None) if isinstance(module, torch.nn.Module) else module.__dict__.get(name)
 
 
 def _fill_defaults(ckpt: Checkpoint, path: PurePath) -> Checkpoint:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import polars as pl
 
 from yolo_audit.analyses import ANALYSES
-from yolo_audit.analyses.activations.plan import ActivationsSummary
-from yolo_audit.analyses.rewind.plan import RewindSummary
-from yolo_audit.analyses.similarity.plan import SimilaritySummary
-from yolo_audit.analyses.weights.plan import WeightsSummary
 from yolo_audit.results import store
 from yolo_audit.results.errors import ErrorRecord
-from yolo_audit.study.driver import StudySummary
+
+if TYPE_CHECKING:  # a command imports only its own analysis (the others' drivers cost ~30 ms of every start-up)
+    from yolo_audit.analyses.activations.plan import ActivationsSummary
+    from yolo_audit.analyses.rewind.plan import RewindSummary
+    from yolo_audit.analyses.similarity.plan import SimilaritySummary
+    from yolo_audit.analyses.weights.plan import WeightsSummary
+    from yolo_audit.study.driver import StudySummary
 
 EXAMPLES = """\
 Example queries (Python, Polars):
