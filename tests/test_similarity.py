@@ -169,10 +169,17 @@ def test_avg_pooling_agrees_with_a_float64_oracle(trained):
     from yolo_audit.analyses.images import list_images, load_batch
     from yolo_audit.model.build import build_module
     from yolo_audit.model.checkpoint import load_checkpoint
+    from yolo_audit.runtime.devices import set_threads
+    from yolo_audit.runtime.tasks import torch_threads
 
     tmp, ckpts, images = trained
     opts = SimilarityOptions(imgsz=64, batch=4)
-    analyze_similarity(ckpts[:2], images, tmp / "oracle", opts=opts, max_images=8, stream=io.StringIO())
+    # the activations must be the same bits on both sides: float32 convolutions may round differently with another
+    # thread count (on some CPUs), so the tool runs in this process on one thread, and so does the oracle below
+    analyze_similarity(ckpts[:2], images, tmp / "oracle", opts=opts, max_images=8, engine="local", num_cpus=1,
+                       stream=io.StringIO())  # fmt: skip
+    before = torch_threads()
+    set_threads(1)
     got = pl.read_parquet(tmp / "oracle" / "similarity" / "*.parquet").filter(
         (pl.col("checkpoint_a") != pl.col("checkpoint_b")) & pl.col("module_a").is_in(["model.2", "model.6"])
     )
@@ -187,6 +194,7 @@ def test_avg_pooling_agrees_with_a_float64_oracle(trained):
                     model(load_batch(list_images(images)[start : start + 4], 64)[0])
             hook.remove()
             feats[i, name] = [o.numpy().astype(np.float64).mean(axis=(2, 3)) for o in kept]
+    set_threads(before)
     for name, cka in got.select("module_a", "cka").iter_rows():
         xy = sum(_np_hsic1(x, y) for x, y in zip(feats[0, name], feats[1, name], strict=True))
         xx = sum(_np_hsic1(x, x) for x in feats[0, name])
