@@ -56,8 +56,15 @@ def main() -> None:
         edges = shared_edges([tensor_stats_ranges(ref)])
         cache = reference_cache(ref, opts, edges)  # once per command, in the driver
 
+        import importlib
+
+        # allow the file's model classes, as Ultralytics' restricted loader does (our loader needs none of them)
+        for name in torch.serialization.get_unsafe_globals_in_checkpoint(str(tuned)):
+            module, _, attr = name.rpartition(".")
+            torch.serialization.add_safe_globals([getattr(importlib.import_module(module), attr)])
+
         def torch_load() -> None:
-            torch.load(tuned, map_location="cpu")  # weights_only=True (the default): the classes are allowed by now
+            torch.load(tuned, map_location="cpu")  # weights_only=True (the default), the classes allowed
 
         def load_only() -> None:
             load_checkpoint(tuned)
