@@ -265,11 +265,16 @@ def test_prefetched_file_hashes_are_computed_once_and_follow_changes(tmp_path, m
         path.write_bytes(os.urandom(300_000 + i))
         paths.append(path)
     (folder / "notes.txt").write_text("not a checkpoint")
+    (folder / ".epoch9.pt.tmp.pt").write_bytes(b"a hidden partial write: find_checkpoints skips it, so does this")
     calls: list[str] = []
     digest = filehash._digest
     monkeypatch.setattr(filehash, "_digest", lambda p: calls.append(p.name) or digest(p))
     filehash.prefetch([str(tmp_path / "runs"), str(paths[0]), "s3://bucket/remote.pt"]).join(timeout=60)
-    assert sorted(calls) == ["epoch0.pt", "epoch1.pt", "epoch2.pt"]  # folders searched, duplicates and URIs skipped
+    assert sorted(calls) == [
+        "epoch0.pt",
+        "epoch1.pt",
+        "epoch2.pt",
+    ]  # searched; hidden, repeats, URIs skipped
     for path in paths:
         assert filehash.file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
     assert len(calls) == 3

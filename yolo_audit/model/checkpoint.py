@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from yolo_audit.errors import AuditError
-from yolo_audit.model.filehash import SUFFIXES, file_sha256
+from yolo_audit.model.filehash import SUFFIXES, file_key, file_sha256
 from yolo_audit.model.freeze import declared_layers
 from yolo_audit.model.keys import TensorInfo, describe_keys, infer_module_types
 from yolo_audit.model.profile import Profile, profile_from_types, profile_from_yaml
@@ -144,27 +144,27 @@ def _load_local(path: Path, *, trust_pickle: bool) -> Checkpoint:
         raise AuditError("no such checkpoint file; check the path", path=str(path), stage="load")
     if path.suffix not in SUFFIXES:
         raise AuditError("not a checkpoint: expected a .pt or .safetensors file", path=str(path), stage="load")
-    stat = path.stat()
-    if stat.st_size == 0:
+    if path.stat().st_size == 0:
         raise AuditError("the file is empty; re-export or re-download it", path=str(path), stage="load")
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    known = _HASHES.get(key)
-    sha = known[0] if known else file_sha256(path)
+    key = file_key(path)
+    sha = file_sha256(path)
     ckpt = (
         _load_safetensors(path, sha)
         if path.suffix == ".safetensors"
         else _load_pickle(path, sha, trust_pickle=trust_pickle)
     )
-    ckpt.content = known[1] if known else content_hash(ckpt.tensors)
-    if len(_HASHES) >= 4096:
-        _HASHES.clear()
-    _HASHES[key] = (sha, ckpt.content)
+    known = _CONTENT.get(key)
+    ckpt.content = known if known else content_hash(ckpt.tensors)
+    if len(_CONTENT) >= 4096:
+        _CONTENT.clear()
+    _CONTENT[key] = ckpt.content
     return ckpt
 
 
-# The two hashes of files this process has read, by path, size and modification time (what the ledger trusts too):
-# a second load of an unchanged file (histograms on pooled bins, pairs, trajectories) skips ~70% of its cost.
-_HASHES: dict[tuple[str, int, int], tuple[str, str]] = {}
+# The content hashes of files this process has read, keyed as `filehash` keys the files' own hashes (path, size and
+# modification time, what the ledger trusts too): a second load of an unchanged file (histograms on pooled bins,
+# pairs, trajectories) skips ~70% of its cost.
+_CONTENT: dict[tuple[str, int, int], str] = {}
 
 
 def _load_safetensors(path: Path, sha: str) -> Checkpoint:

@@ -20,7 +20,8 @@ _LOCK = threading.Lock()
 _DIGESTS: dict[tuple[str, int, int], Future[str]] = {}
 
 
-def _key(path: Path) -> tuple[str, int, int]:
+def file_key(path: Path) -> tuple[str, int, int]:
+    """What identifies a file's bytes here: its resolved path, size and modification time."""
     stat = path.stat()
     return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
 
@@ -57,7 +58,7 @@ def _compute(path: Path, key: tuple[str, int, int], future: Future[str]) -> None
 
 def file_sha256(path: Path) -> str:
     """sha256 of the file's bytes (hex), computed at most once per path, size and modification time."""
-    key = _key(path)
+    key = file_key(path)
     future, mine = _claim(key)
     if mine:
         _compute(path, key, future)
@@ -65,13 +66,16 @@ def file_sha256(path: Path) -> str:
 
 
 def _local_files(paths: list[str]) -> list[Path]:
+    """The local files `find_checkpoints` will load, found as `Location.listing` finds them (recursive, sorted,
+    hidden names skipped), without importing pyarrow this early."""
     found: list[Path] = []
     for raw in paths:
         if "://" in raw:
             continue  # remote files are fetched first; they are hashed when loaded
         path = Path(raw)
         if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+            inside = (p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file())
+            found += sorted(p for p in inside if not any(part.startswith(".") for part in p.relative_to(path).parts))
         elif path.suffix in SUFFIXES and path.is_file():
             found.append(path)
     return list(dict.fromkeys(found))
@@ -84,7 +88,7 @@ def prefetch(paths: list[str]) -> threading.Thread:
     def run() -> None:
         for path in _local_files(paths):
             try:
-                key = _key(path)
+                key = file_key(path)
             except OSError:
                 continue
             future, mine = _claim(key)

@@ -8,7 +8,7 @@ One allow-list, two unpicklers:
   recipe of the `pickle` documentation): every callable a pickle can reach comes from `find_class`, so nothing
   outside the list can run. Module classes (`ultralytics.*`, `torch.nn.modules.*`) become stand-ins: a plain class
   of the same name whose instances hold the pickled attributes and run nothing, not even the real class's
-  `__setstate__`; Ultralytics is not imported for them (~90 ms of the first load). `state_dict` and `named_modules`
+  `__setstate__`; Ultralytics is not imported for them (~70 ms of the first load). `state_dict` and `named_modules`
   read them as torch's methods of the same names would. It is ~3x faster than torch's pure-Python `weights_only`
   unpickler on a YOLOv8s file;
 - when that fails, or the file fails in any other way, it goes through torch's `weights_only` unpickler via

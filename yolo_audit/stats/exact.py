@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from yolo_audit.stats.jit import available as available  # re-exported: callers ask exact whether it can run
 from yolo_audit.stats.jit import njit, prange
 
 CHUNKS = 64
@@ -155,10 +156,6 @@ if njit is not None:
                     k = bins + 1
                 part[c, k] += 1
         return part.sum(axis=0)
-
-
-def available() -> bool:
-    return njit is not None
 
 
 def moments(x: np.ndarray, near_zero: float) -> list[float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from yolo_audit.stats.jit import available as available  # re-exported: callers ask fused whether it can run
 from yolo_audit.stats.jit import get_num_threads, get_thread_id, njit, prange
 
 HIST_BINS = 512
@@ -59,10 +60,6 @@ if njit is not None:
             for b in range(HIST_BINS):
                 hist[b] += part[t, b]
         count[0] = n
-
-
-def available() -> bool:
-    return njit is not None
 
 
 def fold(x: np.ndarray, state: object) -> None:
