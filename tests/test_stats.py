@@ -75,6 +75,19 @@ def test_spectral_norms_on_many_shapes_including_tall_and_tied_spectra():
         assert s == pytest.approx(expected, rel=1e-4, abs=1e-9)
 
 
+def test_blocked_gram_matrices_equal_numpy_products():
+    from yolo_audit.stats.spectral import BLOCK, _gram
+
+    g = torch.Generator().manual_seed(5)
+    for r, c in [(BLOCK, 300), (BLOCK + 1, 300), (3 * BLOCK + 7, 2000), (900, 2 * BLOCK + 3), (5, 9)]:
+        w = torch.randn(r, c, generator=g)
+        got = _gram(w)
+        x = w.double().numpy()
+        expected = x @ x.T if r <= c else x.T @ x
+        assert tuple(got.shape) == expected.shape
+        np.testing.assert_allclose(got.double().numpy(), expected, rtol=0, atol=1e-4 * np.abs(expected).max())
+
+
 def test_constant_and_empty_tensors_give_none_not_nan():
     cols = tensor_stats([torch.zeros(10), torch.zeros(0), torch.full((SMALL * 2,), 3.0)])
     assert cols["kurtosis"] == [None, None, None]
@@ -151,6 +164,35 @@ def test_divergence_on_large_tensors_uses_the_same_definitions():
     a = b * 1.5
     cols = divergence([a], [b])
     assert cols["rel_diff"][0] == pytest.approx(0.5, rel=1e-5) and cols["cosine"][0] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_filter_sums_from_the_moments_and_divergence_passes_equal_separate_passes_and_numpy():
+    """tensor_stats and divergence hand out each large conv's per-filter sums from their one pass: the bits the
+    separate per-channel functions compute, and numpy's values; with known norms (polarisation) the columns agree."""
+    g = torch.Generator().manual_seed(6)
+    b = torch.randn(96, 64, 3, 3, generator=g) * 0.05 + 0.01
+    a = b + 0.002 * torch.randn(b.shape, generator=g)
+    row_sq: dict[int, torch.Tensor] = {}
+    cols = tensor_stats([b, torch.randn(SMALL * 2, generator=g), a], row_sq=row_sq)
+    assert sorted(row_sq) == [0, 2]
+    ref = channel_weights(b, torch.ones(96), torch.zeros(96), torch.zeros(96), torch.ones(96), eps=1e-3)
+    fed = channel_weights(b, torch.ones(96), torch.zeros(96), torch.zeros(96), torch.ones(96), eps=1e-3,
+                          row_sq=row_sq[0])  # fmt: skip
+    assert torch.equal(ref["filter_l2"], fed["filter_l2"])
+    x, y = a.double().numpy().reshape(96, -1), b.double().numpy().reshape(96, -1)
+    np.testing.assert_allclose(row_sq[2].numpy(), (x * x).sum(1), rtol=1e-12)
+    row_diff: dict[int, torch.Tensor] = {}
+    plain = divergence([a], [b])
+    known = divergence([a], [b], norms=([cols["l2"][2]], [cols["l2"][0]]), row_diff=row_diff)
+    np.testing.assert_allclose(row_diff[0].numpy(), ((x - y) ** 2).sum(1), rtol=1e-12)
+    diff, rel = channel_divergence(a, b)
+    fed_diff, fed_rel = channel_divergence(a, b, ref_norms=torch.from_numpy(np.sqrt((y * y).sum(1))),
+                                           diff_sq=row_diff[0])  # fmt: skip
+    assert torch.equal(diff, fed_diff)
+    np.testing.assert_allclose(fed_rel.numpy(), rel.numpy(), rtol=1e-12)
+    for name in ("l2_diff", "rel_diff", "max_abs_diff"):
+        assert known[name] == plain[name], name
+    assert known["cosine"][0] == pytest.approx(plain["cosine"][0], abs=1e-12)
 
 
 def test_serial_kernels_give_the_parallel_kernels_bits_and_run_side_by_side_in_threads():

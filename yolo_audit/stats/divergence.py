@@ -44,13 +44,16 @@ def divergence(
     norms: tuple[Sequence[float], Sequence[float]] | None = None,
     near_zero: float = 1e-3,
     storage: torch.dtype = torch.float32,
+    row_diff: dict[int, torch.Tensor] | None = None,
 ) -> Columns:
     """Per pair (a, reference b) of equal shape: l2_diff = ||a-b||, rel_diff = ||a-b||/||b||, rms_diff, cosine(a, b),
     max_abs_diff = max |a-b|, max_abs_steps (max_abs_diff in steps of the `storage` precision at max |b|),
     identical (bitwise; after rounding both to `compare_dtype` when given, so an fp32 snapshot of untouched fp16
     weights counts as identical). Identical pairs report zero differences. rel_diff is null, with a `reason`, where
     the reference's RMS is below `near_zero` (a near-zero bias: its ratio measures noise). `norms`: the L2 norms of
-    every a and b when already known (weight_stats' `l2`)."""
+    every a and b when already known (weight_stats' `l2`). `row_diff`, when given, receives for each large moved
+    pair i of 2+ dimensions the float64 sum (a-b)^2 of each slice along dim 0 (see `channel_divergence`), from the
+    same pass."""
     k = len(current)
     sums = torch.zeros(k, 6, dtype=torch.float64)  # ||a-b||^2, ||a||^2, ||b||^2, a.b, max|a-b|, max|b|
     if identical is None:  # callers that already compared bits pass the flags
@@ -72,7 +75,9 @@ def divergence(
         scratch = torch.empty(max(current[i].numel() for i in big), dtype=torch.float64)
         for i in big:
             known = (norms[0][i] ** 2, norms[1][i] ** 2) if norms is not None else None
-            sums[i] = _big_sums(current[i], reference[i], scratch, known)
+            sums[i], rows = _big_sums(current[i], reference[i], scratch, known)
+            if row_diff is not None and rows is not None:
+                row_diff[i] = rows
     for i in (i for i in range(k) if identical[i]):
         b_sq = norms[1][i] ** 2 if norms is not None else _sum_sq(reference[i])
         sums[i] = torch.tensor([0.0, b_sq, b_sq, b_sq, 0.0, 0.0], dtype=torch.float64)
@@ -97,7 +102,7 @@ def divergence(
 
 
 def _sum_sq(t: torch.Tensor) -> float:
-    """sum t^2 in float64, the same for any number of threads (fixed-chunk numba when available)."""
+    """sum t^2 in float64, the same for any number of threads (fixed-row numba when available)."""
     flat = t.reshape(-1)
     if exact.available() and flat.dtype == torch.float32 and flat.numel():
         return exact.pair_sums(flat.contiguous().numpy(), flat.contiguous().numpy())[2]
@@ -106,12 +111,21 @@ def _sum_sq(t: torch.Tensor) -> float:
 
 def _big_sums(
     a: torch.Tensor, b: torch.Tensor, scratch: torch.Tensor, known: tuple[float, float] | None = None
-) -> torch.Tensor:
-    """||a-b||^2, ||a||^2, ||b||^2, a.b and max |a-b| of one large pair, accumulated in float64 (`scratch` is float64),
-    so the result does not depend on the number of threads beyond ~1e-15 relative."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """||a-b||^2, ||a||^2, ||b||^2, a.b, max |a-b| and max |b| of one large pair, accumulated in float64 (`scratch` is
+    float64), so the result does not depend on the number of threads beyond ~1e-15 relative; with numba and 2+
+    dimensions also each slice's sum (a-b)^2 along dim 0. With `known` squared norms, a.b comes from them by
+    polarisation (one product less per value; in float64 its error is ~1e-16 of ||a||^2 + ||b||^2)."""
     fa, fb = a.reshape(-1), b.reshape(-1)
     if exact.available() and fa.dtype == fb.dtype == torch.float32:
-        return torch.tensor(exact.pair_sums(fa.contiguous().numpy(), fb.contiguous().numpy()), dtype=torch.float64)
+        width = fa.numel() // a.shape[0] if a.dim() >= 2 and a.shape[0] else None
+        rows = exact.pair_rows(fa.contiguous().numpy(), fb.contiguous().numpy(), width, full=known is None)
+        d2, a2, b2, ab = rows[:, [0, 3, 4, 5]].sum(axis=0).tolist()  # row after row, whatever the threads
+        if known is not None:
+            a2, b2 = known
+            ab = (a2 + b2 - d2) / 2
+        sums = torch.tensor([d2, a2, b2, ab, float(rows[:, 1].max()), float(rows[:, 2].max())], dtype=torch.float64)
+        return sums, torch.from_numpy(rows[:, 0].copy()) if width else None
     buf = scratch[: fa.numel()]
     buf.copy_(fa).sub_(fb)
     d2 = torch.dot(buf, buf)
@@ -121,8 +135,8 @@ def _big_sums(
         b2 = torch.dot(buf.copy_(fb), buf)
     else:
         a2, b2 = (torch.tensor(v, dtype=torch.float64) for v in known)
-    ab = (a2 + b2 - d2) / 2  # polarisation: saves a pass; in float64 its error is ~1e-16 of ||a||^2 + ||b||^2
-    return torch.stack([d2, a2, b2, ab, torch.maximum(-lo, hi), fb.abs().amax().double()])
+    ab = (a2 + b2 - d2) / 2  # polarisation: saves a pass
+    return torch.stack([d2, a2, b2, ab, torch.maximum(-lo, hi), fb.abs().amax().double()]), None
 
 
 def _row_sums(a: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -149,14 +163,17 @@ def channel_divergence(
     near_zero: float = 1e-3,
     identical: bool = False,
     ref_norms: torch.Tensor | None = None,
+    diff_sq: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per output channel (dim 0): ||a_c - b_c|| and ||a_c - b_c|| / ||b_c|| (NaN, stored as null, where the
     reference filter's RMS is below `near_zero`), accumulated in float64, independent of the number of threads.
     `identical`: a and b are known to be bit-identical (only the reference's norms are needed: `ref_norms` when
-    known, see `filter_norms`)."""
+    known, see `filter_norms`); `diff_sq`: each channel's sum (a_c - b_c)^2 when known (from `divergence`)."""
     if identical:
         ref = filter_norms(b) if ref_norms is None else ref_norms
         diff = torch.zeros_like(ref)
+    elif diff_sq is not None and ref_norms is not None:
+        diff, ref = diff_sq.sqrt(), ref_norms
     else:
         sums = _row_sums(a, b)
         diff, ref = sums[:, 0].sqrt(), sums[:, 1].sqrt()

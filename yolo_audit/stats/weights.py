@@ -31,6 +31,7 @@ def tensor_stats(
     near_zero: float = 1e-3,
     matrix: Sequence[bool] | None = None,
     alpha: bool = False,
+    row_sq: dict[int, torch.Tensor] | None = None,
 ) -> Columns:
     """Per tensor: numel, mean, std, min, max, abs_mean, l2, frac_near_zero (|w| < near_zero), kurtosis, and where
     `matrix[i]` is set the spectral norm (largest singular value of the (out, in*k*k) matrix) and stable rank
@@ -38,7 +39,9 @@ def tensor_stats(
     there too (see `spectral.alphas`).
 
     std and kurtosis are population moments (ddof=0); kurtosis is the excess (Fisher) kurtosis m4/m2^2 - 3, None for
-    a constant tensor. Columns not defined for a tensor hold None.
+    a constant tensor. Columns not defined for a tensor hold None. `row_sq`, when given, receives for each large
+    tensor i of 2+ dimensions the float64 sum of squares of each slice along dim 0 (its filters' squared norms; see
+    `channel_weights`), from the same pass.
     """
     k = len(tensors)
     cols: Columns = {name: [None] * k for name in TENSOR_STATS}
@@ -50,7 +53,10 @@ def tensor_stats(
         _fill(cols, small, _small_moments([tensors[i] for i in small], near_zero))
     if big:
         scratch = torch.empty(max(tensors[i].numel() for i in big), dtype=torch.float64)
-        _fill(cols, big, list(zip(*(_big_moments(tensors[i], scratch, near_zero) for i in big), strict=True)))
+        found = [_big_moments(tensors[i], scratch, near_zero) for i in big]
+        _fill(cols, big, list(zip(*(values for values, _ in found), strict=True)))
+        if row_sq is not None:
+            row_sq.update({i: rows for i, (_, rows) in zip(big, found, strict=True) if rows is not None})
     wanted = [i for i in range(k) if matrix is not None and matrix[i] and tensors[i].dim() >= 2]
     for i, s_max in zip(
         wanted, spectral_norms([tensors[i].reshape(tensors[i].shape[0], -1) for i in wanted]), strict=True
@@ -92,12 +98,15 @@ def _small_moments(tensors: Sequence[torch.Tensor], near_zero: float) -> list[li
     return torch.stack(rows).tolist()
 
 
-def _big_moments(t: torch.Tensor, scratch: torch.Tensor, near_zero: float) -> list[float]:
+def _big_moments(t: torch.Tensor, scratch: torch.Tensor, near_zero: float) -> tuple[list[float], torch.Tensor | None]:
     """Moments of one large tensor, accumulated in float64: the same bits whatever the number of threads (numba,
-    fixed chunks; without numba, torch in float64 through `scratch`, to ~1e-15 relative)."""
+    fixed rows; without numba, torch in float64 through `scratch`, to ~1e-15 relative); with numba and 2+ dimensions
+    also each slice's sum of squares along dim 0."""
     flat = t.detach().reshape(-1)
     if exact.available() and flat.dtype == torch.float32:
-        return exact.moments(flat.contiguous().numpy(), near_zero)
+        width = flat.numel() // t.shape[0] if t.dim() >= 2 and t.shape[0] else None
+        values, rows = exact.moment_rows(flat.contiguous().numpy(), near_zero, width)
+        return values, torch.from_numpy(rows) if width else None
     n = flat.numel()
     buf = scratch[:n]
     buf.copy_(flat).abs_()
@@ -111,7 +120,7 @@ def _big_moments(t: torch.Tensor, scratch: torch.Tensor, near_zero: float) -> li
     m4 = torch.dot(buf, buf) / n
     lo, hi = torch.aminmax(flat)
     l2 = torch.sqrt((m2 + mean * mean) * n)  # sum of squares = n (variance + mean^2): no extra pass
-    return [float(mean), float(m2), float(m4), float(l1 / n), float(l2), float(near) / n, float(lo), float(hi)]
+    return [float(mean), float(m2), float(m4), float(l1 / n), float(l2), float(near) / n, float(lo), float(hi)], None
 
 
 def bin_range(lo: float, hi: float) -> tuple[float, float]:
@@ -134,8 +143,12 @@ def histograms(tensors: Sequence[torch.Tensor], ranges: Sequence[tuple[float, fl
     if not tensors:
         return out
     if exact.available() and all(t.dtype == torch.float32 for t in tensors):  # one pass each, positions in float64
-        for i, (t, (lo, hi)) in enumerate(zip(tensors, ranges, strict=True)):
-            out[i] = torch.from_numpy(exact.histogram(t.detach().reshape(-1).contiguous().numpy(), lo, hi, bins))
+        flat = [t.detach().reshape(-1).contiguous().numpy() for t in tensors]
+        small = [i for i, x in enumerate(flat) if x.size <= SMALL]  # all in one call: per-call costs dominate them
+        if small:
+            out[small] = torch.from_numpy(exact.histograms([flat[i] for i in small], [ranges[i] for i in small], bins))
+        for i in (i for i, x in enumerate(flat) if x.size > SMALL):
+            out[i] = torch.from_numpy(exact.histogram(flat[i], *ranges[i], bins))
         return out
     scratch = torch.empty(max(t.numel() for t in tensors))
     index = torch.empty(scratch.numel(), dtype=torch.int64)
@@ -161,15 +174,19 @@ def channel_weights(
     eps: float,
     gamma_eps: float = 1e-3,
     neg_margin: float = -4.0,
+    row_sq: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per output channel of a Conv+BN block: filter norm, BN parameters, fused norm, and weight-based death flags.
 
     fused_l2 is the L2 norm of the BN-folded filter W_c * gamma_c / sqrt(var_c + eps). A channel is dead by weights
     when |gamma| < gamma_eps (its output is the constant SiLU(beta)) or when beta + 3|gamma| < neg_margin (the
     pre-activation stays below `neg_margin` for inputs within 3 standard deviations, so SiLU outputs ~0).
+    `row_sq`: each filter's float64 sum of squares when already known (from `tensor_stats`).
     """
     rows = conv_w.reshape(conv_w.shape[0], -1)
-    if exact.available() and rows.dtype == torch.float32:  # float64 sums, the same bits for any number of threads
+    if row_sq is not None:
+        filter_l2 = row_sq.sqrt().float()
+    elif exact.available() and rows.dtype == torch.float32:  # float64 sums, the same bits for any number of threads
         filter_l2 = torch.from_numpy(exact.row_sums(rows.contiguous().numpy())[:, 0]).sqrt().float()
     else:
         filter_l2 = torch.linalg.vector_norm(rows.double(), dim=1).float()

@@ -51,13 +51,20 @@ def weight_tables(
     reference), `blocks` Conv+BN blocks to their channel values likewise: those rows are copied, not recomputed, so
     frozen layers cost nothing.
     """
+    return _weight_tables(ckpt, opts, known or {}, blocks or {})[0]
+
+
+def _weight_tables(
+    ckpt: Checkpoint, opts: WeightOptions, known: dict[str, dict], blocks: dict[str, dict[str, torch.Tensor]]
+) -> tuple[Tables, dict[str, torch.Tensor]]:
+    """`weight_tables`, and the per-filter sums of squares its moments' pass found (conv weight -> float64)."""
     names = list(ckpt.tensors)
     keys = ckpt.keys
-    known = known or {}
     todo = [n for n in names if n not in known]
+    row_sq: dict[int, torch.Tensor] = {}  # filters' squared norms, from the moments' pass
     fresh = tensor_stats(
         [ckpt.tensors[n] for n in todo], near_zero=opts.near_zero, matrix=[keys[n].role == "conv_weight" for n in todo],
-        alpha=opts.alpha,
+        alpha=opts.alpha, row_sq=row_sq,
     )  # fmt: skip
     position = {n: i for i, n in enumerate(todo)}
     stats = {k: [known[n][k] if n in known else fresh[k][position[n]] for n in names] for k in fresh}
@@ -66,7 +73,9 @@ def weight_tables(
         "layer": [keys[n].layer for n in names], "module": [keys[n].module for n in names],
         "module_type": [keys[n].module_type for n in names], "role": [keys[n].role for n in names],
     }  # fmt: skip
-    return {"weight_stats": {**where, **stats}, "channel_weights": _channel_table(ckpt, opts, blocks or {})}
+    filters = {todo[i]: rows for i, rows in row_sq.items()}
+    tables = {"weight_stats": {**where, **stats}, "channel_weights": _channel_table(ckpt, opts, blocks, filters)}
+    return tables, filters
 
 
 @dataclass
@@ -93,10 +102,14 @@ _BLOCK_PARTS = (".conv.weight", ".bn.weight", ".bn.bias", ".bn.running_mean", ".
 def reference_cache(
     ref: Checkpoint, opts: WeightOptions, edges: dict[str, tuple[float, float]] | None
 ) -> ReferenceCache:
-    blocks = {block: cols for block, _, cols in _block_channels(ref, opts, {})}
-    stats = weight_tables(ref, opts, blocks=blocks)["weight_stats"]
+    tables, filters = _weight_tables(ref, opts, {}, {})
+    stats = tables["weight_stats"]
+    blocks = {block: cols for block, _, cols in _block_channels(ref, opts, {}, filters)}  # the same values again
     rows = {p: {k: stats[k][i] for k in TENSOR_STATS} for i, p in enumerate(stats["param"])}
-    filter_l2 = {n: filter_norms(t) for n, t in ref.tensors.items() if ref.keys[n].role == "conv_weight"}
+    filter_l2 = {
+        n: filters[n].sqrt() if n in filters else filter_norms(t)
+        for n, t in ref.tensors.items() if ref.keys[n].role == "conv_weight"
+    }  # fmt: skip
     hist: dict[str, np.ndarray] = {}
     if edges is not None:
         names = [n for n in ref.tensors if n in edges]
@@ -121,9 +134,14 @@ def conv_bn_blocks(ckpt: Checkpoint) -> list[str]:
 
 
 def _block_channels(
-    ckpt: Checkpoint, opts: WeightOptions, known: dict[str, dict[str, torch.Tensor]]
+    ckpt: Checkpoint,
+    opts: WeightOptions,
+    known: dict[str, dict[str, torch.Tensor]],
+    filters: dict[str, torch.Tensor] | None = None,
 ) -> list[tuple[str, int, dict[str, torch.Tensor]]]:
-    """(block, layer, channel_weights values) of every Conv+BN block; blocks in `known` are copied."""
+    """(block, layer, channel_weights values) of every Conv+BN block; blocks in `known` are copied; `filters`: conv
+    weights' per-filter sums of squares already computed."""
+    filters = filters or {}
     out = []
     t = ckpt.tensors
     for block in conv_bn_blocks(ckpt):
@@ -131,13 +149,16 @@ def _block_channels(
         cols = known.get(block) or channel_weights(
             t[f"{block}.conv.weight"], t[f"{bn}.weight"], t[f"{bn}.bias"], t[f"{bn}.running_mean"],
             t[f"{bn}.running_var"], eps=ckpt.eps_for(bn), gamma_eps=opts.gamma_eps, neg_margin=opts.neg_margin,
+            row_sq=filters.get(f"{block}.conv.weight"),
         )  # fmt: skip
         out.append((block, ckpt.keys[f"{block}.conv.weight"].layer, cols))
     return out
 
 
-def _channel_table(ckpt: Checkpoint, opts: WeightOptions, known: dict[str, dict[str, torch.Tensor]]) -> Table:
-    found = _block_channels(ckpt, opts, known)
+def _channel_table(
+    ckpt: Checkpoint, opts: WeightOptions, known: dict[str, dict[str, torch.Tensor]], filters: dict[str, torch.Tensor]
+) -> Table:
+    found = _block_channels(ckpt, opts, known, filters)
     if not found:
         return _empty_channels()
     sizes = [int(cols["filter_l2"].numel()) for _, _, cols in found]
@@ -234,11 +255,12 @@ def divergence_tables(
     keys = ref.keys
     names = list(ref.tensors)
     compare = coarser_dtype(ckpt, ref)
+    row_diff: dict[int, torch.Tensor] = {}  # moved filters' squared differences, from the divergence pass
     cols = divergence(
         [ckpt.tensors[n] for n in names], [ref.tensors[n] for n in names], compare_dtype=compare,
         identical=[n in identical for n in names] if identical is not None and compare is None else None,
         norms=([l2[0][n] for n in names], [l2[1][n] for n in names]) if l2 is not None else None,
-        near_zero=near_zero, storage=storage_dtype(ckpt, ref),
+        near_zero=near_zero, storage=storage_dtype(ckpt, ref), row_diff=row_diff,
     )  # fmt: skip
     ids = {"checkpoint_id": [ckpt.checkpoint_id] * len(names), "reference_id": [ref.checkpoint_id] * len(names)}
     weight_div = {
@@ -249,7 +271,9 @@ def divergence_tables(
     n = len(layers["layer"])
     return {
         "weight_divergence": weight_div,
-        "channel_divergence": _channel_divergence(ckpt, ref, names, cols["identical"], near_zero, filter_l2 or {}),
+        "channel_divergence": _channel_divergence(
+            ckpt, ref, names, cols["identical"], near_zero, filter_l2 or {}, {names[i]: d for i, d in row_diff.items()}
+        ),
         "layer_freeze": {"checkpoint_id": [ckpt.checkpoint_id] * n, "reference_id": [ref.checkpoint_id] * n, **layers},
     }
 
@@ -277,6 +301,7 @@ def _channel_divergence(
     identical: list[bool],
     near_zero: float,
     filter_l2: dict[str, torch.Tensor],
+    diff_sq: dict[str, torch.Tensor],
 ) -> Table:
     params, layers, modules, sizes, diffs, rels = [], [], [], [], [], []
     for name, same in zip(names, identical, strict=True):
@@ -284,7 +309,9 @@ def _channel_divergence(
         if info.role != "conv_weight":
             continue
         a, b = ckpt.tensors[name], ref.tensors[name]
-        diff, rel = channel_divergence(a, b, near_zero=near_zero, identical=same, ref_norms=filter_l2.get(name))
+        diff, rel = channel_divergence(
+            a, b, near_zero=near_zero, identical=same, ref_norms=filter_l2.get(name), diff_sq=diff_sq.get(name)
+        )
         params.append(name)
         layers.append(info.layer)
         modules.append(info.module)
