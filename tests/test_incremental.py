@@ -54,8 +54,8 @@ def _run(root, base, out, *, force=False, engine="local", num_cpus=None):
 
 
 def test_in_process_equals_ray(ckpts, tmp_path, ray_local):
-    """The same bits on Ray (a task per worker, one thread each), in process with tasks side by side in two threads,
-    and in process one after another."""
+    """The same bits on Ray (a task per worker, one thread each), in process with tasks side by side in two forked
+    worker processes (one thread each), and in process one after another."""
     root, base, _ = ckpts
     _run(root, base, tmp_path / "local", engine="local", num_cpus=2)
     _run(root, base, tmp_path / "sequential", engine="local", num_cpus=1)

@@ -26,30 +26,42 @@ def test_a_task_runs_exactly_the_threads_of_its_cpus(ray_local):
     assert one == (1, 1, "1") and two == (2, 2, "2")  # numba's setter resets torch's: torch is set last
 
 
-def _in_thread() -> tuple[int, bool, str]:
-    import threading
-
+def _side_by_side() -> tuple[int, bool, int]:
     import torch
 
     from yolo_audit.stats import exact
 
     time.sleep(0.2)  # long enough for the tasks to overlap
-    return torch.get_num_threads(), getattr(exact._here, "serial", False), threading.current_thread().name
+    return torch.get_num_threads(), getattr(exact._here, "serial", False), os.getpid()
 
 
-def test_in_process_tasks_side_by_side_each_run_one_thread_and_serial_kernels():
-    """In process with `threads=True`: one task per CPU at once, each with one torch thread and numba's serial
-    kernels; without it, one after another with every CPU's threads and the parallel kernels."""
+def _dies() -> None:
+    os._exit(3)  # a worker killed mid-task (out of memory, a signal)
+
+
+def test_in_process_tasks_side_by_side_each_run_one_thread_and_serial_kernels(monkeypatch):
+    """In process with `threads=True`: one task per CPU at once in forked worker processes (threads of this process
+    with YOLO_AUDIT_FORK=0), each with one torch thread and numba's serial kernels; without it, one after another in
+    this process with every CPU's threads and the parallel kernels. A worker that dies fails the stage in one line."""
+    import pytest
     import torch
 
+    from yolo_audit.errors import AuditError
     from yolo_audit.runtime.tasks import ray_session
 
     with ray_session(None, num_cpus=2, engine="local"):
-        side = run_tasks([Task(str(i), _in_thread) for i in range(4)], stage="t", stream=io.StringIO(), threads=True)
-        alone = run_tasks([Task("a", _in_thread)], stage="t", stream=io.StringIO())
+        side = run_tasks([Task(str(i), _side_by_side) for i in range(4)], stage="t", stream=io.StringIO(), threads=True)
+        alone = run_tasks([Task("a", _side_by_side)], stage="t", stream=io.StringIO())
         main_threads = torch.get_num_threads()
-    assert all(r[:2] == (1, True) for r in side) and len({r[2] for r in side}) == 2  # two threads, four tasks
-    assert alone[0][:2] == (2, False) and main_threads == 2
+        with pytest.raises(AuditError, match="worker process of this command died"):
+            run_tasks([Task("x", _dies), Task("y", _side_by_side)], stage="t", stream=io.StringIO(), threads=True)
+        monkeypatch.setenv("YOLO_AUDIT_FORK", "0")
+        threads = run_tasks([Task(str(i), _side_by_side) for i in range(4)], stage="t", stream=io.StringIO(),
+                            threads=True)  # fmt: skip
+    assert all(r[:2] == (1, True) for r in side + threads)
+    assert len({r[2] for r in side}) == 2 and os.getpid() not in {r[2] for r in side}  # two workers, four tasks
+    assert {r[2] for r in threads} == {os.getpid()} and torch.get_num_threads() == main_threads
+    assert alone[0] == (2, False, os.getpid()) and main_threads == 2
 
 
 def test_storage_and_ultralytics_settings_reach_the_tasks(monkeypatch):

@@ -11,6 +11,7 @@ imports this before torch.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from concurrent.futures import Future
 from pathlib import Path
@@ -18,6 +19,18 @@ from pathlib import Path
 SUFFIXES = (".pt", ".safetensors")
 _LOCK = threading.Lock()
 _DIGESTS: dict[tuple[str, int, int], Future[str]] = {}
+
+
+def _after_fork() -> None:
+    """In a forked worker: the hashing thread is gone (its digests in progress would never finish) and the lock may
+    have been held when the process forked."""
+    global _LOCK
+    _LOCK = threading.Lock()
+    for key in [k for k, future in _DIGESTS.items() if not future.done()]:
+        del _DIGESTS[key]
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def file_key(path: Path) -> tuple[str, int, int]:

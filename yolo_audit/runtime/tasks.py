@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar
 
 from yolo_audit.env import prepare
+from yolo_audit.runtime import forked
 from yolo_audit.runtime.devices import one_cpu, set_threads
 from yolo_audit.runtime.resources import check_schedulable
 
@@ -269,9 +270,9 @@ def run_tasks(
     added to it. Ray tasks are retried `retries` times if their worker dies. With `schedule_timeout`, pending tasks
     that no live node can run (the only GPU node died) fail the stage in one line after that many seconds instead of
     waiting forever. Progress: one bar for the stage (see `Progress`) and a line naming each task that failed.
-    `threads`: the tasks may run side by side in threads of this process (they share no mutable state and spend their
-    time where the GIL is released: torch, numba, hashing, I/O); in process they then run one per CPU, each with one
-    thread, instead of one after another with every CPU's threads.
+    `threads`: the tasks may run side by side (they share no mutable state); in process they then run one per CPU,
+    each with one thread, in worker processes forked from this one (see `forked`; threads of this process where fork
+    is unavailable), instead of one after another with every CPU's threads.
     """
     out = stream or sys.stderr
     results: list[Any] = [None] * len(tasks)
@@ -301,6 +302,11 @@ def run_tasks(
         if workers == 1:
             for index, task in queue:
                 finished(index, _recorded(task.fn, *task.args, **(task.kwargs or {})))
+            return results
+        if forked.available():
+            calls = [(task.fn, task.args, task.kwargs or {}) for _, task in queue]
+            for at, value in forked.run_forked(calls, workers):
+                finished(queue[at][0], value)
             return results
         with ThreadPoolExecutor(workers, thread_name_prefix=stage) as pool:
             futures = {pool.submit(_one_cpu, task.fn, *task.args, **(task.kwargs or {})): i for i, task in queue}
