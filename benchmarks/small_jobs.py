@@ -27,12 +27,27 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
-MEASURE = (
-    "import resource, subprocess, sys, time\n"
-    "t = time.perf_counter(); rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
-    "stderr=subprocess.DEVNULL).returncode\n"
-    "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)\n"
-)
+MEASURE = r"""
+import subprocess, sys, time
+def tree(pid):
+    try:
+        kids = open(f"/proc/{pid}/task/{pid}/children").read().split()
+    except OSError:
+        return [pid]
+    return [pid] + [p for k in kids for p in tree(int(k))]
+def pss_kb(pid):
+    try:
+        return next(int(line.split()[1]) for line in open(f"/proc/{pid}/smaps_rollup") if line.startswith("Pss:"))
+    except (OSError, StopIteration):
+        return 0
+t = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+peak = 0
+while proc.poll() is None:
+    peak = max(peak, sum(pss_kb(p) for p in tree(proc.pid)))
+    time.sleep(0.02)
+print(time.perf_counter() - t, peak, proc.returncode)
+"""
 
 
 # The environment the benchmark was started with: every command runs in it. Building the checkpoints imports
@@ -42,12 +57,14 @@ CLEAN_ENV = dict(os.environ)
 
 
 def measure(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (GB, the largest process; in-process runs have one) of a command."""
+    """Wall seconds and peak memory (GB) of a command: the sum of the proportional set sizes (PSS: shared pages
+    divided among the processes sharing them) of the command and every process under it, sampled every 20 ms (the
+    sum of RSS would count pages a forked worker shares with its parent twice)."""
     out = subprocess.run([sys.executable, "-c", MEASURE, *cmd], capture_output=True, text=True, check=True,
                          env=CLEAN_ENV).stdout  # fmt: skip
-    seconds, rss_kb, rc = out.split()
+    seconds, pss_kb, rc = out.split()
     assert rc == "0", cmd
-    return float(seconds), int(rss_kb) / 2**20
+    return float(seconds), int(pss_kb) / 2**20
 
 
 def build(root: Path, n: int, model: str) -> tuple[Path, list[Path]]:

@@ -198,6 +198,16 @@ def fast_load(path: Path) -> Any:
     return _Restricted(reader.get_record("data.pkl"), reader, whole).load()
 
 
+def fast_only(path: Path) -> Any | None:
+    """What the fast path alone reads from the file (no code runs, nothing is imported); None where it cannot (a
+    foreign or damaged file: torch's own path decides and explains)."""
+    try:
+        found = fast_load(path)
+    except Exception:  # noqa: BLE001
+        return None
+    return found if _plain(found) else None
+
+
 def _check_archive(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
@@ -215,12 +225,9 @@ def unpickle(path: Path, *, trust_pickle: bool) -> Any:
     """The object a torch `.pt` file holds, restricted to the allow-list unless `trust_pickle`; AuditError otherwise."""
     prepare()
     if not trust_pickle:
-        try:
-            found = fast_load(path)
-            if _plain(found):
-                return found
-        except Exception:  # noqa: BLE001, S110 - foreign or damaged: torch's own path decides and explains
-            pass
+        found = fast_only(path)
+        if found is not None:
+            return found
     _check_archive(path)
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
