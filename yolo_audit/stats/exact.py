@@ -29,9 +29,9 @@ _here = threading.local()
 
 @contextmanager
 def serial() -> Iterator[None]:
-    """In this block, on this thread, the kernels run on this thread alone: for tasks that share the CPUs with other
-    tasks running in threads (numba's default threading layer cannot run two parallel kernels at once). The chunks and
-    their order are the same, so are the results, bit for bit."""
+    """In this block, on this thread, the kernels run on this thread alone: for a task that shares the CPUs with other
+    tasks (threads of one process: numba's default threading layer cannot run two parallel kernels at once; or forked
+    workers with one CPU each). The rows and chunks and their order are the same, so are the results, bit for bit."""
     before = getattr(_here, "serial", False)
     _here.serial = True
     try:
@@ -41,8 +41,8 @@ def serial() -> Iterator[None]:
 
 
 def _both(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Compile `fn` twice: parallel (numba's threads over the chunks) and serial (see `serial`); the caller's thread
-    picks. The serial copy gets its own name so numba caches the two apart."""
+    """Compile `fn` twice: parallel (numba's threads over the rows or chunks) and serial (see `serial`); the
+    caller's thread picks. The serial copy gets its own name so numba caches the two apart."""
     parallel = njit(parallel=True, cache=True, nogil=True)(fn)
     copy = types.FunctionType(fn.__code__, fn.__globals__, f"{fn.__name__}_serial", fn.__defaults__, fn.__closure__)
     copy.__qualname__ = f"{fn.__qualname__}_serial"
