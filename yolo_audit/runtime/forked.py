@@ -1,13 +1,13 @@
 """Tasks of the in-process engine side by side in forked worker processes: one per CPU, one thread each.
 
-Threads of one process share the GIL: on 2 cores, two threads analysing YOLOv8s checkpoints ran only 1.1-1.25x as
-fast as one (measured 2026-12-02): the restricted unpickler holds the GIL ~17 ms per file, table building and
-thousands of small torch calls hold it ~30% of the time, and a thread that released it for a kernel then waits to get
-it back. Worker processes forked once the command is set up (imports done, the reference loaded and its statistics
-cached) inherit all of that at no cost (copy-on-write) and run truly side by side. A task travels to its worker as
-its index in a list the workers inherit (the reference's tensors are never pickled); only its result comes back,
-pickled. Linux only (where fork is the default start method and forking a threaded process is well understood);
-elsewhere, or with YOLO_AUDIT_FORK=0, the engine keeps threads.
+Threads of one process share the GIL: on 2 cores, two threads analysing YOLOv8s checkpoints ran only 1.1-1.4x as
+fast as one, two forked workers ~1.6x (measured 2026-12-02): the restricted unpickler holds the GIL ~17 ms per file,
+table building and thousands of small torch calls hold it ~30% of the time, and a thread that released it for a
+kernel then waits to get it back. Worker processes forked once the command is set up (imports done, the reference
+loaded and its statistics cached) inherit all of that at no cost (copy-on-write) and run truly side by side. A task
+travels to its worker as its index in a list the workers inherit (the reference's tensors are never pickled); only
+its result comes back, pickled. Linux only (where fork is the default start method and forking a threaded process
+is well understood); elsewhere, or with YOLO_AUDIT_FORK=0, the engine keeps threads.
 """
 
 from __future__ import annotations

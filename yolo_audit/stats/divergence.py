@@ -12,7 +12,7 @@ import torch
 
 from yolo_audit.stats import exact
 from yolo_audit.stats.packed import pack
-from yolo_audit.stats.weights import SMALL, Columns
+from yolo_audit.stats.weights import SMALL, Columns, filter_width
 
 DIVERGENCE_STATS = ("l2_diff", "rel_diff", "rms_diff", "cosine", "max_abs_diff", "max_abs_steps", "identical", "reason")
 MANTISSA_BITS = {torch.float16: 10, torch.bfloat16: 7, torch.float32: 23, torch.float64: 52}
@@ -118,7 +118,7 @@ def _big_sums(
     polarisation (one product less per value; in float64 its error is ~1e-16 of ||a||^2 + ||b||^2)."""
     fa, fb = a.reshape(-1), b.reshape(-1)
     if exact.available() and fa.dtype == fb.dtype == torch.float32:
-        width = fa.numel() // a.shape[0] if a.dim() >= 2 and a.shape[0] else None
+        width = filter_width(a)
         rows = exact.pair_rows(fa.contiguous().numpy(), fb.contiguous().numpy(), width, full=known is None)
         d2, a2, b2, ab = rows[:, [0, 3, 4, 5]].sum(axis=0).tolist()  # row after row, whatever the threads
         if known is not None:

@@ -193,7 +193,9 @@ def histograms(arrays: Sequence[np.ndarray], ranges: Sequence[tuple[float, float
 def row_sums(a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
     """Per row of 2-D float32 arrays: sum (a-b)^2 and sum b^2 (with b=None: sum a^2 and 0), float64 (rows, 2)."""
     rows = pair_rows(a, a if b is None else b, a.shape[1], full=True)
-    return np.ascontiguousarray(rows[:, [3, 5]] * [1.0, 0.0] if b is None else rows[:, [0, 4]])
+    if b is None:  # sum a^2, and zeros (not the a.b column times 0: NaN where a holds an inf)
+        return np.column_stack([rows[:, 3], np.zeros(len(rows))])
+    return np.ascontiguousarray(rows[:, [0, 4]])
 
 
 if njit is not None:

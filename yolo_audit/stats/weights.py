@@ -104,7 +104,7 @@ def _big_moments(t: torch.Tensor, scratch: torch.Tensor, near_zero: float) -> tu
     also each slice's sum of squares along dim 0."""
     flat = t.detach().reshape(-1)
     if exact.available() and flat.dtype == torch.float32:
-        width = flat.numel() // t.shape[0] if t.dim() >= 2 and t.shape[0] else None
+        width = filter_width(t)
         values, rows = exact.moment_rows(flat.contiguous().numpy(), near_zero, width)
         return values, torch.from_numpy(rows) if width else None
     n = flat.numel()
@@ -121,6 +121,12 @@ def _big_moments(t: torch.Tensor, scratch: torch.Tensor, near_zero: float) -> tu
     lo, hi = torch.aminmax(flat)
     l2 = torch.sqrt((m2 + mean * mean) * n)  # sum of squares = n (variance + mean^2): no extra pass
     return [float(mean), float(m2), float(m4), float(l1 / n), float(l2), float(near) / n, float(lo), float(hi)], None
+
+
+def filter_width(t: torch.Tensor) -> int | None:
+    """Values per slice along dim 0 (a conv weight's filter) for the numba passes' rows, so the moments' and the
+    divergence's per-filter sums line up; None for a vector (the passes then use fixed chunks)."""
+    return t.numel() // t.shape[0] if t.dim() >= 2 and t.shape[0] else None
 
 
 def bin_range(lo: float, hi: float) -> tuple[float, float]:

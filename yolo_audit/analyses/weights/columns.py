@@ -56,8 +56,9 @@ def weight_tables(
 
 def _weight_tables(
     ckpt: Checkpoint, opts: WeightOptions, known: dict[str, dict], blocks: dict[str, dict[str, torch.Tensor]]
-) -> tuple[Tables, dict[str, torch.Tensor]]:
-    """`weight_tables`, and the per-filter sums of squares its moments' pass found (conv weight -> float64)."""
+) -> tuple[Tables, dict[str, torch.Tensor], list[tuple[str, int, dict[str, torch.Tensor]]]]:
+    """`weight_tables`, the per-filter sums of squares its moments' pass found (conv weight -> float64), and each
+    Conv+BN block's channel values (see `_block_channels`)."""
     names = list(ckpt.tensors)
     keys = ckpt.keys
     todo = [n for n in names if n not in known]
@@ -74,8 +75,8 @@ def _weight_tables(
         "module_type": [keys[n].module_type for n in names], "role": [keys[n].role for n in names],
     }  # fmt: skip
     filters = {todo[i]: rows for i, rows in row_sq.items()}
-    tables = {"weight_stats": {**where, **stats}, "channel_weights": _channel_table(ckpt, opts, blocks, filters)}
-    return tables, filters
+    found = _block_channels(ckpt, opts, blocks, filters)
+    return {"weight_stats": {**where, **stats}, "channel_weights": _channel_table(ckpt, found)}, filters, found
 
 
 @dataclass
@@ -102,9 +103,9 @@ _BLOCK_PARTS = (".conv.weight", ".bn.weight", ".bn.bias", ".bn.running_mean", ".
 def reference_cache(
     ref: Checkpoint, opts: WeightOptions, edges: dict[str, tuple[float, float]] | None
 ) -> ReferenceCache:
-    tables, filters = _weight_tables(ref, opts, {}, {})
+    tables, filters, found = _weight_tables(ref, opts, {}, {})
     stats = tables["weight_stats"]
-    blocks = {block: cols for block, _, cols in _block_channels(ref, opts, {}, filters)}  # the same values again
+    blocks = {block: cols for block, _, cols in found}
     rows = {p: {k: stats[k][i] for k in TENSOR_STATS} for i, p in enumerate(stats["param"])}
     filter_l2 = {
         n: filters[n].sqrt() if n in filters else filter_norms(t)
@@ -137,11 +138,10 @@ def _block_channels(
     ckpt: Checkpoint,
     opts: WeightOptions,
     known: dict[str, dict[str, torch.Tensor]],
-    filters: dict[str, torch.Tensor] | None = None,
+    filters: dict[str, torch.Tensor],
 ) -> list[tuple[str, int, dict[str, torch.Tensor]]]:
     """(block, layer, channel_weights values) of every Conv+BN block; blocks in `known` are copied; `filters`: conv
     weights' per-filter sums of squares already computed."""
-    filters = filters or {}
     out = []
     t = ckpt.tensors
     for block in conv_bn_blocks(ckpt):
@@ -155,10 +155,7 @@ def _block_channels(
     return out
 
 
-def _channel_table(
-    ckpt: Checkpoint, opts: WeightOptions, known: dict[str, dict[str, torch.Tensor]], filters: dict[str, torch.Tensor]
-) -> Table:
-    found = _block_channels(ckpt, opts, known, filters)
+def _channel_table(ckpt: Checkpoint, found: list[tuple[str, int, dict[str, torch.Tensor]]]) -> Table:
     if not found:
         return _empty_channels()
     sizes = [int(cols["filter_l2"].numel()) for _, _, cols in found]
