@@ -40,12 +40,14 @@ def pss_kb(pid):
         return next(int(line.split()[1]) for line in open(f"/proc/{pid}/smaps_rollup") if line.startswith("Pss:"))
     except (OSError, StopIteration):
         return 0
+poll = sys.argv[1] == "memory"
 t = time.perf_counter()
-proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+proc = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 peak = 0
-while proc.poll() is None:
+while poll and proc.poll() is None:
     peak = max(peak, sum(pss_kb(p) for p in tree(proc.pid)))
     time.sleep(0.02)
+proc.wait()
 print(time.perf_counter() - t, peak, proc.returncode)
 """
 
@@ -56,12 +58,14 @@ print(time.perf_counter() - t, peak, proc.returncode)
 CLEAN_ENV = dict(os.environ)
 
 
-def measure(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak memory (GB) of a command: the sum of the proportional set sizes (PSS: shared pages
-    divided among the processes sharing them) of the command and every process under it, sampled every 20 ms (the
-    sum of RSS would count pages a forked worker shares with its parent twice)."""
-    out = subprocess.run([sys.executable, "-c", MEASURE, *cmd], capture_output=True, text=True, check=True,
-                         env=CLEAN_ENV).stdout  # fmt: skip
+def measure(cmd: list[str], *, memory: bool = False) -> tuple[float, float]:
+    """Wall seconds of a command, and with `memory` its peak memory (GB): the sum of the proportional set sizes (PSS:
+    shared pages divided among the processes sharing them) of the command and every process under it, sampled every
+    20 ms (the sum of RSS would count pages a forked worker shares with its parent twice). Sampling is not free:
+    reading /proc/PID/smaps_rollup walks the page tables under the process's memory-map lock, which doubled the
+    time of `similarity` (measured 2026-12-02), so timed runs do not sample and the memory run is not timed."""
+    out = subprocess.run([sys.executable, "-c", MEASURE, "memory" if memory else "time", *cmd], capture_output=True,
+                         text=True, check=True, env=CLEAN_ENV).stdout  # fmt: skip
     seconds, pss_kb, rc = out.split()
     assert rc == "0", cmd
     return float(seconds), int(pss_kb) / 2**20
@@ -149,30 +153,33 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
             base, ckpts = build(root, n, args.model)
-            ours, script, peaks = [], [], []
+            ours, script = [], []
             for r in range(args.repeats):
                 out = root / f"out{r}"
-                seconds, peak = measure([audit, "weights", str(root / "ckpts"), "--reference", str(base), "--out",
-                                         str(out)])  # fmt: skip
-                ours.append(seconds)
-                peaks.append(peak)
+                ours.append(measure([audit, "weights", str(root / "ckpts"), "--reference", str(base), "--out",
+                                     str(out)])[0])  # fmt: skip
                 script.append(measure([sys.executable, str(HERE / "handwritten_weights.py"), str(base),
                                        *map(str, ckpts)])[0])  # fmt: skip
                 if r < args.repeats - 1:
                     shutil.rmtree(out)
+            peak = measure([audit, "weights", str(root / "ckpts"), "--reference", str(base), "--out",
+                            str(root / "memory")], memory=True)[1]  # fmt: skip
+            script_peak = measure([sys.executable, str(HERE / "handwritten_weights.py"), str(base),
+                                   *map(str, ckpts)], memory=True)[1]  # fmt: skip
             rerun = [measure([audit, "weights", str(root / "ckpts"), "--reference", str(base), "--out",
                               str(root / f"out{args.repeats - 1}")])[0] for _ in range(args.repeats)]  # fmt: skip
             startup = [measure([sys.executable, "-c", "import yolo_audit.cli, yolo_audit.analyses.weights.plan, "
                                 "yolo_audit.report.text, ultralytics.nn.tasks"])[0]
                        for _ in range(args.repeats)]  # fmt: skip
         a, b = statistics.median(ours), statistics.median(script)
-        print(f"{n} checkpoints of {args.model}: yolo-audit weights {a:.2f} s (peak {max(peaks):.2f} GB), "
-              f"hand-written script {b:.2f} s, ratio {a / b:.2f}; unchanged rerun {statistics.median(rerun):.2f} s, "
-              f"start-up alone {statistics.median(startup):.2f} s")  # fmt: skip
+        print(f"{n} checkpoints of {args.model}: yolo-audit weights {a:.2f} s (peak {peak:.2f} GB), "
+              f"hand-written script {b:.2f} s (peak {script_peak:.2f} GB), ratio {a / b:.2f}; unchanged rerun "
+              f"{statistics.median(rerun):.2f} s, start-up alone {statistics.median(startup):.2f} s")  # fmt: skip
         result[f"ratio_{n}"] = round(a / b, 3)
         result[f"seconds_{n}"] = round(a, 2)
         result[f"script_seconds_{n}"] = round(b, 2)
-        result[f"peak_gb_{n}"] = round(max(peaks), 2)
+        result[f"peak_gb_{n}"] = round(peak, 2)
+        result[f"script_peak_gb_{n}"] = round(script_peak, 2)
         result[f"rerun_seconds_{n}"] = round(statistics.median(rerun), 2)
         result[f"startup_seconds_{n}"] = round(statistics.median(startup), 2)
         time.sleep(0.1)

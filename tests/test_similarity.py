@@ -136,6 +136,25 @@ def test_trained_checkpoints_give_finite_cka_in_range_and_shards_merge(trained):
     assert np.allclose(frozen["cka"].drop_nulls().to_numpy(), 1.0, atol=1e-6)
 
 
+def test_summary_labels_stay_unique_when_checkpoints_share_a_run():
+    """Epoch checkpoints of one run share its name: each pair must keep its own summary row."""
+    from yolo_audit.analyses.similarity.plan import _by_group, labels
+
+    def row(cid: str, run: str | None, epoch: int | None) -> dict[str, list]:
+        return {"checkpoint_id": [cid], "run": [run], "epoch": [epoch]}
+
+    ids = ["a" * 64, "b" * 64, "c" * 64, "d" * 64, "e" * 64]
+    rows = [row(ids[0], "base", None), row(ids[1], "r", 1), row(ids[2], "r", 2), row(ids[3], "r", 2),
+            row(ids[4], None, None)]  # fmt: skip
+    assert labels(rows) == {ids[0]: "base", ids[1]: "r e1", ids[2]: f"r e2 {ids[2][:8]}",
+                            ids[3]: f"r e2 {ids[3][:8]}", ids[4]: ids[4][:8]}  # fmt: skip
+    pairs = [(ids[1], ids[2], 0.9), (ids[1], ids[3], 0.5), (ids[2], ids[3], 0.7)]
+    table = {"checkpoint_a": [a for a, _, _ in pairs], "checkpoint_b": [b for _, b, _ in pairs],
+             "module_a": ["model.1"] * 3, "module_b": ["model.1"] * 3, "cka": [c for _, _, c in pairs]}  # fmt: skip
+    summary = _by_group(table, {"model.1": "backbone"}, labels(rows))
+    assert summary.height == 3 and sorted(summary["backbone"].to_list()) == [0.5, 0.7, 0.9]
+
+
 def test_cross_layer_and_bad_batch(trained):
     tmp, ckpts, images = trained
     opts = SimilarityOptions(imgsz=64, batch=4, cross_layer=True)

@@ -13,13 +13,15 @@ or `head_output` for the head's final convolutions).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
 
 from yolo_audit.model.profile import COPY_MODULES
-from yolo_audit.stats.channels import ChannelState
+
+if TYPE_CHECKING:  # numba (behind ChannelState's kernels) is imported by the first recording hook, not here:
+    from yolo_audit.stats.channels import ChannelState  # `similarity` selects modules and never needs it (~0.19 s)
 
 DEPTHS = ("modules", "leaves")
 UNIT, HEAD_OUTPUT, PRE_ACTIVATION = "unit", "head_output", "pre_activation"
@@ -111,6 +113,8 @@ class Recorder:
     def _record(self, name: str, output: torch.Tensor) -> None:
         state = self.states.get(name)
         if state is None:
+            from yolo_audit.stats.channels import ChannelState
+
             state = self.states[name] = ChannelState.empty(output.shape[1], output.device)
         state.update(output)
         wanted = list(range(min(16, output.shape[1]))) if self.map_channels is None else self.map_channels.get(name)

@@ -108,13 +108,13 @@ def ray_session(
     if kind == "local":
         before = torch_threads()
         _local_cpus = max(1, num_cpus or os.cpu_count() or 1)
-        set_threads(_local_cpus)
+        set_threads(_local_cpus, load_numba=False)
         _engine = "local"
         try:
             yield
         finally:
             _engine = None
-            set_threads(before)
+            set_threads(before, load_numba=False)
         return
     import ray
 

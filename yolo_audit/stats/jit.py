@@ -60,5 +60,17 @@ def _load_cached_first() -> bool:
     return True
 
 
+def _take_torchs_threads() -> None:
+    """numba starts with every CPU's threads; a process that set torch's count before numba was imported (see
+    `runtime.devices.set_threads`) gets the same count for numba, and torch's is set again after it (numba's setter
+    resets torch's)."""
+    import torch
+
+    n = torch.get_num_threads()
+    set_threads(n)
+    torch.set_num_threads(n)
+
+
 if njit is not None:
     _load_cached_first()
+    _take_torchs_threads()

@@ -18,7 +18,7 @@ from yolo_audit.model.checkpoint import checkpoint_table, load_checkpoint
 from yolo_audit.model.hooks import Recorder
 from yolo_audit.model.keys import layer_of
 from yolo_audit.results.errors import ErrorRecord, record
-from yolo_audit.runtime.devices import resolve_device
+from yolo_audit.runtime.devices import keep_freed_memory, resolve_device
 from yolo_audit.stats.channels import ChannelState, dead_units, octave_bin_edges
 from yolo_audit.stats.weights import Columns
 
@@ -78,6 +78,7 @@ def activations_shard(path: str, images: list[str], opts: ActivationOptions, *, 
         result.checkpoint_id, result.arch_hash = ckpt.checkpoint_id, ckpt.arch_hash
         result.checkpoint_row = checkpoint_table(ckpt) if first else None
         device = resolve_device(opts.device)
+        keep_freed_memory()  # forward passes reuse their activations' memory
         model = build_module(ckpt, cfg=opts.cfg).to(device)
         with torch.inference_mode(), Recorder(model, depth=opts.depth) as recorder:
             for group in batches(images, opts.batch):

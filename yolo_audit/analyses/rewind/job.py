@@ -16,7 +16,7 @@ from yolo_audit.errors import AuditError
 from yolo_audit.model.build import build_module
 from yolo_audit.model.checkpoint import Checkpoint, check_aligned, checkpoint_table, load_checkpoint
 from yolo_audit.results.errors import ErrorRecord, record
-from yolo_audit.runtime.devices import resolve_device
+from yolo_audit.runtime.devices import keep_freed_memory, resolve_device
 
 VALIDATORS = {
     "detect": "ultralytics.models.yolo.detect:DetectionValidator",
@@ -87,6 +87,7 @@ def validate(ckpt: Checkpoint, data: str, opts: RewindOptions) -> tuple[float, f
     module, _, name = VALIDATORS[kind].partition(":")
     validator_cls = getattr(importlib.import_module(module), name)
     device = resolve_device(opts.device)
+    keep_freed_memory()  # forward passes reuse their activations' memory
     args = get_cfg(overrides={
         "mode": "val", "data": data, "imgsz": opts.imgsz, "batch": opts.batch, "split": opts.split,
         "device": "cpu" if device.type == "cpu" else device.index or 0, "plots": False, "verbose": False,

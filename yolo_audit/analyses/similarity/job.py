@@ -18,7 +18,7 @@ from yolo_audit.model.checkpoint import checkpoint_table, load_checkpoint
 from yolo_audit.model.hooks import select_modules
 from yolo_audit.model.keys import layer_of
 from yolo_audit.results.errors import ErrorRecord, record
-from yolo_audit.runtime.devices import resolve_device
+from yolo_audit.runtime.devices import keep_freed_memory, resolve_device
 from yolo_audit.stats.cka import MIN_BATCH, CKAState
 
 
@@ -69,6 +69,7 @@ def similarity_shard(
     reference) are left out with an `align` error row."""
     result = SimilarityResult()
     device = resolve_device(opts.device)
+    keep_freed_memory()  # forward passes reuse their activations' memory
     models = []
     arch: tuple[str, str] | None = None  # (hash, path) of the first checkpoint that loaded
     for path in paths:

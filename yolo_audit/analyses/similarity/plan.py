@@ -8,6 +8,7 @@ number of images.
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -99,13 +100,25 @@ def analyze_similarity(
         # with or without --cross-layer: one file per (dataset, checkpoints, pool), the latest run's
         file_key = similarity_key(summary.dataset_id, merged.ids, opts.pool)
         files.write(out_loc, "similarity", file_key, table)
-        names = {r["checkpoint_id"][0]: r["run"][0] for r in merged.rows}
+        names = labels(merged.rows)
         summary.by_group = _by_group(table, merged.groups, names)
         if summary.ok:
             ledger.add(key, "similarity", written, {"file": file_key, "pairs": summary.pairs, "groups": merged.groups,
                                                     "names": names})  # fmt: skip
             ledger.save()
     return summary
+
+
+def labels(rows: list[dict[str, list]]) -> dict[str, str]:
+    """A readable label per checkpoint, unique among these: its run's name; with the epoch where checkpoints of one
+    run are compared (epoch1.pt, epoch2.pt, ...); with the start of its id where even those repeat or it has none.
+    (Labels that repeat would merge different pairs into one row of the summary.)"""
+    info = {r["checkpoint_id"][0]: (r["run"][0], r["epoch"][0]) for r in rows}
+    runs = Counter(run for run, _ in info.values())
+    first = {cid: f"{run} e{epoch}" if run and runs[run] > 1 and epoch is not None else run or cid[:8]
+             for cid, (run, epoch) in info.items()}  # fmt: skip
+    seen = Counter(first.values())
+    return {cid: f"{label} {cid[:8]}" if seen[label] > 1 else label for cid, label in first.items()}
 
 
 def _by_group(table: dict[str, list], groups: dict[str, str | None], names: dict[str, str | None]) -> Any:
@@ -118,7 +131,7 @@ def _by_group(table: dict[str, list], groups: dict[str, str | None], names: dict
     )
     if rows.is_empty():
         return None
-    label = {cid: name or cid[:8] for cid, name in names.items()}
+    label = {cid: name or cid[:8] for cid, name in names.items()}  # names: `labels`, or a ledger's (run names)
     rows = rows.with_columns(
         pl.col("module_a").replace_strict(groups, default=None, return_dtype=pl.String).alias("group"),
         pl.col("checkpoint_a").replace_strict(label, default=None).alias("a"),
