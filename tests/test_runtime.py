@@ -3,8 +3,11 @@ settings, and a bounded cache of fetched files."""
 
 from __future__ import annotations
 
+import gc
 import io
 import os
+import subprocess
+import sys
 import time
 
 from typer.testing import CliRunner
@@ -62,6 +65,25 @@ def test_in_process_tasks_side_by_side_each_run_one_thread_and_serial_kernels(mo
     assert len({r[2] for r in side}) == 2 and os.getpid() not in {r[2] for r in side}  # two workers, four tasks
     assert {r[2] for r in threads} == {os.getpid()} and torch.get_num_threads() == main_threads
     assert alone[0] == (2, False, os.getpid()) and main_threads == 2
+    assert gc.get_freeze_count() == 0  # forking froze this process's objects only until the workers were forked
+
+
+def test_a_command_start_up_collects_rarely_then_freezes_what_it_built():
+    """`quiet_start` (the CLI's first step) makes the collector rare during the imports; `settled` (when the work
+    begins) freezes what exists and restores the thresholds; without quiet_start, settled changes nothing."""
+    code = (
+        "import gc\n"
+        "from yolo_audit.env import quiet_start, settled\n"
+        "default = gc.get_threshold()\n"
+        "settled()\n"
+        "assert gc.get_freeze_count() == 0 and gc.get_threshold() == default\n"
+        "quiet_start()\n"
+        "assert gc.get_threshold()[0] == 1_000_000 and gc.isenabled()\n"
+        "import torch, polars\n"
+        "settled()\n"
+        "assert gc.get_threshold() == default and gc.get_freeze_count() > 50_000, gc.get_freeze_count()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_storage_and_ultralytics_settings_reach_the_tasks(monkeypatch):

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from yolo_audit.env import quiet_start
 from yolo_audit.errors import AuditError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Audit what transfer learning changed inside YOLO.")
@@ -152,9 +153,8 @@ def activations(
 
     if depth not in ("modules", "leaves"):
         raise AuditError(f"--depth must be modules or leaves, not {depth!r}")
-    opts = ActivationOptions(
-        imgsz=imgsz, batch=batch, depth=depth, maps=maps, tau=tau, device=device, cfg=cfg, trust_pickle=trust_pickle
-    )
+    opts = ActivationOptions(imgsz=imgsz, batch=batch, depth=depth, maps=maps, tau=tau, device=device, cfg=cfg,
+                             trust_pickle=trust_pickle)  # fmt: skip
     summary = analyze_activations(
         list(checkpoints), data, _at(out), reference=reference, opts=opts, max_images=max_images, split=split,
         shards_per_checkpoint=shards, address=address, num_cpus=num_cpus, engine=engine, force=force,
@@ -379,6 +379,7 @@ def main() -> None:
     import logging
     import multiprocessing
 
+    quiet_start()  # analyses settle once set up (runtime.tasks.ray_session)
     try:
         app(prog_name="yolo-audit")
         code: int | str | None = 0

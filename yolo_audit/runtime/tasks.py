@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar
 
-from yolo_audit.env import prepare
+from yolo_audit.env import prepare, settled
 from yolo_audit.runtime import forked
 from yolo_audit.runtime.devices import one_cpu, set_threads
 from yolo_audit.runtime.resources import check_schedulable
@@ -101,6 +101,7 @@ def ray_session(
     or auto) or start an embedded local Ray; an already initialised Ray is reused as is."""
     global _engine, _local_cpus
     prepare()
+    settled()  # a command's start-up ends here (see env.quiet_start)
     kind = choose_engine(address, engine)
     if _engine is not None:  # nested (an analysis inside a study): the outer engine stays
         yield
