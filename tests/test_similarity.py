@@ -137,17 +137,18 @@ def test_trained_checkpoints_give_finite_cka_in_range_and_shards_merge(trained):
 
 
 def test_summary_labels_stay_unique_when_checkpoints_share_a_run():
-    """Epoch checkpoints of one run share its name: each pair must keep its own summary row."""
+    """Epoch checkpoints of one run share its name: each pair must keep its own summary row; labels read as the
+    weights summary's `run@epoch`."""
     from yolo_audit.analyses.similarity.plan import _by_group, labels
 
     def row(cid: str, run: str | None, epoch: int | None) -> dict[str, list]:
         return {"checkpoint_id": [cid], "run": [run], "epoch": [epoch]}
 
     ids = ["a" * 64, "b" * 64, "c" * 64, "d" * 64, "e" * 64]
-    rows = [row(ids[0], "base", None), row(ids[1], "r", 1), row(ids[2], "r", 2), row(ids[3], "r", 2),
-            row(ids[4], None, None)]  # fmt: skip
-    assert labels(rows) == {ids[0]: "base", ids[1]: "r e1", ids[2]: f"r e2 {ids[2][:8]}",
-                            ids[3]: f"r e2 {ids[3][:8]}", ids[4]: ids[4][:8]}  # fmt: skip
+    rows = [row(ids[0], "base", -1), row(ids[1], "r", None), row(ids[1], "r", 1), row(ids[1], "r", 0),
+            row(ids[2], "r", 2), row(ids[3], "r", 2), row(ids[4], None, None)]  # fmt: skip
+    assert labels(rows) == {ids[0]: "base", ids[1]: "r@1", ids[2]: f"r@2 {ids[2][:8]}", ids[3]: f"r@2 {ids[3][:8]}",
+                            ids[4]: ids[4][:8]}  # fmt: skip
     pairs = [(ids[1], ids[2], 0.9), (ids[1], ids[3], 0.5), (ids[2], ids[3], 0.7)]
     table = {"checkpoint_a": [a for a, _, _ in pairs], "checkpoint_b": [b for _, b, _ in pairs],
              "module_a": ["model.1"] * 3, "module_b": ["model.1"] * 3, "cka": [c for _, _, c in pairs]}  # fmt: skip

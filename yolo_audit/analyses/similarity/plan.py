@@ -110,13 +110,17 @@ def analyze_similarity(
 
 
 def labels(rows: list[dict[str, list]]) -> dict[str, str]:
-    """A readable label per checkpoint, unique among these: its run's name; with the epoch where checkpoints of one
-    run are compared (epoch1.pt, epoch2.pt, ...); with the start of its id where even those repeat or it has none.
-    (Labels that repeat would merge different pairs into one row of the summary.)"""
-    info = {r["checkpoint_id"][0]: (r["run"][0], r["epoch"][0]) for r in rows}
-    runs = Counter(run for run, _ in info.values())
-    first = {cid: f"{run} e{epoch}" if run and runs[run] > 1 and epoch is not None else run or cid[:8]
-             for cid, (run, epoch) in info.items()}  # fmt: skip
+    """A label per checkpoint, unique among these, as the weights summary names them: `run@epoch` (the bare run where
+    no file records an epoch, e.g. a finished last.pt alone); where one content has several files, the highest epoch
+    among them, as the `checkpoints` table keeps it; where labels still repeat (or there is no run), the start of the
+    id follows. Labels that repeated would merge different pairs into one row of the summary."""
+    best: dict[str, tuple[str | None, int | None]] = {}
+    for r in rows:
+        cid, run, epoch = r["checkpoint_id"][0], r["run"][0], r["epoch"][0]
+        known = [e for e in (epoch, best.get(cid, (None, None))[1]) if e is not None and e >= 0]
+        best[cid] = (best.get(cid, (run, None))[0] or run, max(known, default=None))
+    first = {cid: (f"{run}@{epoch}" if epoch is not None else run) if run else cid[:8]
+             for cid, (run, epoch) in best.items()}  # fmt: skip
     seen = Counter(first.values())
     return {cid: f"{label} {cid[:8]}" if seen[label] > 1 else label for cid, label in first.items()}
 
