@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from collections.abc import Callable
@@ -58,9 +59,16 @@ def _at(where: str) -> Any:
     return locate(where)
 
 
-def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Every command: files it names are hashed while it imports (model/filehash.py); AuditError ends it in a line."""
+
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        files = [f for f in (kwargs.get("reference"), *(kwargs.get("checkpoints") or ())) if isinstance(f, str)]
+        if files:
+            from yolo_audit.model.filehash import prefetch
+
+            prefetch(files)
         try:
             return fn(*args, **kwargs)
         except AuditError as exc:
@@ -71,7 +79,7 @@ def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @app.command()
-@_one_line_errors
+@_command
 def weights(
     checkpoints: Annotated[
         list[str], typer.Argument(help="Checkpoint files or folders (searched for *.pt, *.safetensors), or URIs.")
@@ -102,9 +110,6 @@ def weights(
     force: Force = False,
 ) -> None:
     """Weight & bias statistics, divergence and freeze verification of checkpoints, written as Parquet."""
-    from yolo_audit.model.filehash import prefetch
-
-    prefetch(([reference] if reference else []) + list(checkpoints))  # hashes files while torch is imported
     from yolo_audit.analyses.weights.columns import WeightOptions
     from yolo_audit.analyses.weights.plan import analyze_weights
     from yolo_audit.report.text import print_weights_summary
@@ -120,7 +125,7 @@ def weights(
 
 
 @app.command()
-@_one_line_errors
+@_command
 def activations(
     checkpoints: Annotated[list[str], typer.Argument(help="Checkpoint files or folders, or URIs.")],
     data: Data,
@@ -165,7 +170,7 @@ def activations(
 
 
 @app.command()
-@_one_line_errors
+@_command
 def similarity(
     checkpoints: Annotated[
         list[str],
@@ -201,7 +206,7 @@ def similarity(
 
 
 @app.command()
-@_one_line_errors
+@_command
 def rewind(
     checkpoints: Annotated[list[str], typer.Argument(help="Checkpoint files or folders, or URIs.")],
     reference: Annotated[str, typer.Option("--reference", help="The checkpoint to rewind layers to (the base).")],
@@ -243,7 +248,7 @@ Top = Annotated[int, typer.Option("--top", min=1, help="How many rows.")]
 
 
 @rank_app.command("dead-units")
-@_one_line_errors
+@_command
 def rank_dead_units(
     results: Results,
     top: Top = 20,
@@ -260,7 +265,7 @@ def rank_dead_units(
 
 
 @rank_app.command("divergence")
-@_one_line_errors
+@_command
 def rank_divergence(
     results: Results,
     top: Top = 20,
@@ -273,7 +278,7 @@ def rank_divergence(
 
 
 @rank_app.command("drift")
-@_one_line_errors
+@_command
 def rank_drift(results: Results, top: Top = 20) -> None:
     """Layers whose BatchNorm statistics moved while their weights did not."""
     from yolo_audit.results import rank
@@ -282,7 +287,7 @@ def rank_drift(results: Results, top: Top = 20) -> None:
 
 
 @rank_app.command("rewind")
-@_one_line_errors
+@_command
 def rank_rewind(results: Results, top: Top = 5) -> None:
     """Per run, the layers whose reset to the reference costs most mAP50-95."""
     from yolo_audit.results import rank
@@ -291,7 +296,7 @@ def rank_rewind(results: Results, top: Top = 5) -> None:
 
 
 @app.command()
-@_one_line_errors
+@_command
 def query(
     sql: Annotated[str, typer.Argument(help='SQL over the tables, e.g. "select * from layer_freeze limit 5".')],
     results: Results,
@@ -305,13 +310,9 @@ def query(
     frame = rank.query(_at(results), sql)
     if fmt == "table":
         _show(frame)
-    elif fmt == "csv":
-        typer.echo(frame.write_csv(), nl=False)
-    elif fmt == "json":
-        typer.echo(frame.write_json())
+    elif fmt in ("csv", "json"):
+        typer.echo(frame.write_csv() if fmt == "csv" else frame.write_json(), nl=fmt == "json")
     else:
-        import io
-
         buffer = io.BytesIO()
         frame.write_parquet(buffer)
         sys.stdout.buffer.write(buffer.getvalue())
@@ -325,7 +326,7 @@ def _show(frame: Any) -> None:
 
 
 @app.command()
-@_one_line_errors
+@_command
 def report(
     results: Results,
     out: Annotated[Path, typer.Option("--out", help="HTML file to write.")] = Path("report.html"),
@@ -337,7 +338,7 @@ def report(
 
 
 @app.command()
-@_one_line_errors
+@_command
 def compact(results: Results) -> None:
     """Merge each table's per-task files into one large file (readers never see a row twice or miss one; run it while
     no other command writes there). Rankings, queries and reports on thousands of checkpoints read far fewer files."""
@@ -353,7 +354,7 @@ app.add_typer(cache_app, name="cache")
 
 
 @cache_app.command("clear")
-@_one_line_errors
+@_command
 def cache_clear() -> None:
     """Empty the fetch cache (~/.cache/yolo-audit/fetched; its size is bounded by YOLO_AUDIT_CACHE_MAX)."""
     from yolo_audit.results.location import cache_root, trim_cache

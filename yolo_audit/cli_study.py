@@ -7,14 +7,14 @@ from typing import Annotated
 
 import typer
 
-from yolo_audit.cli import Address, TrustPickle, _one_line_errors, app
+from yolo_audit.cli import Address, TrustPickle, _command, app
 from yolo_audit.errors import AuditError
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 
 
 @app.command()
-@_one_line_errors
+@_command
 def study(
     file: Annotated[Path, typer.Argument(help="Study file (see workflows/).")],
     out: Annotated[str | None, typer.Option("--out", help="Results folder or URI (default: the file's `out`).")] = None,
@@ -33,7 +33,7 @@ def study(
 
 
 @app.command()
-@_one_line_errors
+@_command
 def demo(
     out: Annotated[str, typer.Option("--out", help="Where the demo writes data, runs and results.")] = "demo-results",
     address: Address = None,
@@ -71,7 +71,7 @@ def _run_study(
 
 
 @app.command("make-data")
-@_one_line_errors
+@_command
 def make_data(
     out: Annotated[Path, typer.Argument(help="Folder for the dataset (images/, labels/, data.yaml).")],
     images: Annotated[int, typer.Option("--images", min=2, help="Number of images (a quarter go to val).")] = 32,
@@ -91,7 +91,7 @@ def make_data(
 
 
 @app.command()
-@_one_line_errors
+@_command
 def convert(
     source: Annotated[Path, typer.Argument(help="Checkpoint to convert (.pt).")],
     target: Annotated[Path, typer.Argument(help="Output .safetensors file (fp32, metadata kept).")],
