@@ -86,6 +86,30 @@ def test_a_command_start_up_collects_rarely_then_freezes_what_it_built():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_forward_pass_tasks_keep_freed_memory_instead_of_faulting_it_in_again():
+    """keep_freed_memory (tasks that run forward passes call it): a pass's activations (here four tensors of 4-64 MB
+    alive at once, then freed) are reused from the heap by the next pass, not handed back to the kernel and faulted in
+    (zeroed) again, as glibc does by default with blocks over 32 MB (measured here: 149k faults vs 26k)."""
+    code = (
+        "import resource, sys, torch\n"
+        "from yolo_audit.runtime.devices import keep_freed_memory\n"
+        "if sys.argv[1] == 'keep':\n"
+        "    assert keep_freed_memory()\n"
+        "def one_pass():\n"
+        "    activations = [torch.ones(n) for n in (16_000_000, 4_000_000, 12_000_000, 1_000_000)]\n"
+        "    del activations\n"
+        "one_pass()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(5):\n"
+        "    one_pass()\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+    )
+    faults = {m: int(subprocess.run([sys.executable, "-c", code, m], check=True, capture_output=True,
+                                    text=True).stdout.split()[-1]) for m in ("keep", "plain")}  # fmt: skip
+    assert faults["plain"] > 5 * 27_000  # the 64 and 48 MB blocks (27,343 pages of 4 KiB) again in each pass
+    assert faults["keep"] < faults["plain"] / 3, faults
+
+
 def test_storage_and_ultralytics_settings_reach_the_tasks(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
