@@ -101,7 +101,8 @@ def run(target):
         analyze_similarity(ckpts, data, target, opts=SimilarityOptions(imgsz=imgsz, batch=8), split="train",
                            force=True, stream=io.StringIO())
     else:
-        analyze_activations(ckpts, data, target, opts=ActivationOptions(imgsz=imgsz, batch=8), split="train",
+        # maps=4: the command's default (the dataclass's is 0); the same analysis on both sides
+        analyze_activations(ckpts, data, target, opts=ActivationOptions(imgsz=imgsz, batch=8, maps=4), split="train",
                             force=True, stream=io.StringIO())
 run(out + "-warm")
 t = time.perf_counter()
