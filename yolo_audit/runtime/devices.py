@@ -47,8 +47,8 @@ _KEEP = 1 << 30  # bytes
 
 def keep_freed_memory() -> bool:
     """glibc returns large freed blocks to the kernel at once (each forward pass's activations are blocks of MBs
-    to hundreds of MBs), so the next pass faults and zeroes the same pages again: a third of a yolov8s forward
-    pass on CPU was spent in the kernel (measured 2026-12-02). With blocks up to 1 GiB served from the heap and up to
+    to hundreds of MBs), so the next pass faults and zeroes the same pages again: 13-16% of a yolov8s forward
+    pass's CPU time was the kernel's (measured 2026-12-02). With blocks up to 1 GiB served from the heap and up to
     1 GiB kept free at its top, the process reuses them: passes ~15% faster, peak memory ~0.1-0.3 GB higher, kept
     until the process ends (a Ray worker keeps it for its next tasks). For tasks that run forward passes; a no-op
     (False) where the C library is not glibc. The allocator's choice never changes a value."""
