@@ -147,13 +147,15 @@ def test_summary_labels_stay_unique_when_checkpoints_share_a_run():
     ids = ["a" * 64, "b" * 64, "c" * 64, "d" * 64, "e" * 64]
     rows = [row(ids[0], "base", -1), row(ids[1], "r", None), row(ids[1], "r", 1), row(ids[1], "r", 0),
             row(ids[2], "r", 2), row(ids[3], "r", 2), row(ids[4], None, None)]  # fmt: skip
-    assert labels(rows) == {ids[0]: "base", ids[1]: "r@1", ids[2]: f"r@2 {ids[2][:8]}", ids[3]: f"r@2 {ids[3][:8]}",
-                            ids[4]: ids[4][:8]}  # fmt: skip
+    assert labels(rows) == {ids[0]: "base", ids[1]: "r@1", ids[2]: "r@2", ids[3]: "r@2", ids[4]: ids[4][:8]}
     pairs = [(ids[1], ids[2], 0.9), (ids[1], ids[3], 0.5), (ids[2], ids[3], 0.7)]
     table = {"checkpoint_a": [a for a, _, _ in pairs], "checkpoint_b": [b for _, b, _ in pairs],
              "module_a": ["model.1"] * 3, "module_b": ["model.1"] * 3, "cka": [c for _, _, c in pairs]}  # fmt: skip
-    summary = _by_group(table, {"model.1": "backbone"}, labels(rows))
-    assert summary.height == 3 and sorted(summary["backbone"].to_list()) == [0.5, 0.7, 0.9]
+    for names in (labels(rows), {i: "r" for i in ids}):  # ours, and run names as ledgers recorded them before
+        summary = _by_group(table, {"model.1": "backbone"}, names).sort("backbone")
+        assert summary["backbone"].to_list() == [0.5, 0.7, 0.9]
+        assert len(set(zip(summary["a"], summary["b"], strict=True))) == 3
+    assert set(_by_group(table, {"model.1": "backbone"}, labels(rows))["a"]) == {"r@1", f"r@2 {ids[2][:8]}"}
 
 
 def test_cross_layer_and_bad_batch(trained):

@@ -110,19 +110,16 @@ def analyze_similarity(
 
 
 def labels(rows: list[dict[str, list]]) -> dict[str, str]:
-    """A label per checkpoint, unique among these, as the weights summary names them: `run@epoch` (the bare run where
-    no file records an epoch, e.g. a finished last.pt alone); where one content has several files, the highest epoch
-    among them, as the `checkpoints` table keeps it; where labels still repeat (or there is no run), the start of the
-    id follows. Labels that repeated would merge different pairs into one row of the summary."""
+    """A label per checkpoint as the weights summary names them: `run@epoch` (the bare run where no file records an
+    epoch, e.g. a finished last.pt alone; the start of the id without a run); where one content has several files,
+    the highest epoch among them, as the `checkpoints` table keeps it. The summary makes repeated labels unique."""
     best: dict[str, tuple[str | None, int | None]] = {}
     for r in rows:
         cid, run, epoch = r["checkpoint_id"][0], r["run"][0], r["epoch"][0]
         known = [e for e in (epoch, best.get(cid, (None, None))[1]) if e is not None and e >= 0]
         best[cid] = (best.get(cid, (run, None))[0] or run, max(known, default=None))
-    first = {cid: (f"{run}@{epoch}" if epoch is not None else run) if run else cid[:8]
-             for cid, (run, epoch) in best.items()}  # fmt: skip
-    seen = Counter(first.values())
-    return {cid: f"{label} {cid[:8]}" if seen[label] > 1 else label for cid, label in first.items()}
+    return {cid: (f"{run}@{epoch}" if epoch is not None else run) if run else cid[:8]
+            for cid, (run, epoch) in best.items()}  # fmt: skip
 
 
 def _by_group(table: dict[str, list], groups: dict[str, str | None], names: dict[str, str | None]) -> Any:
@@ -135,7 +132,11 @@ def _by_group(table: dict[str, list], groups: dict[str, str | None], names: dict
     )
     if rows.is_empty():
         return None
-    label = {cid: name or cid[:8] for cid, name in names.items()}  # names: `labels`, or a ledger's (run names)
+    # names: `labels`, or what a ledger recorded (before 2026-12-02: run names); a label that repeats would merge
+    # different pairs into one row, so the start of the id follows it there
+    first = {cid: name or cid[:8] for cid, name in names.items()}
+    seen = Counter(first.values())
+    label = {cid: f"{name} {cid[:8]}" if seen[name] > 1 else name for cid, name in first.items()}
     rows = rows.with_columns(
         pl.col("module_a").replace_strict(groups, default=None, return_dtype=pl.String).alias("group"),
         pl.col("checkpoint_a").replace_strict(label, default=None).alias("a"),
