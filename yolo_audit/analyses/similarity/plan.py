@@ -116,8 +116,9 @@ def labels(rows: list[dict[str, list]]) -> dict[str, str]:
     best: dict[str, tuple[str | None, int | None]] = {}
     for r in rows:
         cid, run, epoch = r["checkpoint_id"][0], r["run"][0], r["epoch"][0]
-        known = [e for e in (epoch, best.get(cid, (None, None))[1]) if e is not None and e >= 0]
-        best[cid] = (best.get(cid, (run, None))[0] or run, max(known, default=None))
+        seen_run, seen_epoch = best.get(cid, (None, None))
+        epochs = [e for e in (epoch, seen_epoch) if e is not None and e >= 0]
+        best[cid] = (seen_run or run, max(epochs, default=None))
     return {cid: (f"{run}@{epoch}" if epoch is not None else run) if run else cid[:8]
             for cid, (run, epoch) in best.items()}  # fmt: skip
 
