@@ -65,6 +65,33 @@ def test_two_dimensional_activations(path):
     np.testing.assert_allclose(state.compute()["std"].numpy(), x.double().numpy().std(0), rtol=1e-5)
 
 
+def test_channels_last_batches_give_what_the_default_layout_gives(path):
+    """Forward passes on the CPU run channels-last (`model.build.for_passes`), so hooks see (N, C, H, W) tensors laid
+    out (N, H, W, C): the fused kernel reads them in place and visits each channel's values in the same order, so the
+    state is the same bits as for the same values laid out NCHW; both match numpy. 37 channels (not a multiple of the
+    kernel's 16-channel blocks) at 19 x 23 positions (not a multiple of its 256-position spans), two batches."""
+    from dataclasses import fields
+
+    g = torch.Generator().manual_seed(3)
+    batches = [torch.randn(n, 37, 19, 23, generator=g) * 3 for n in (3, 2)]
+    for b in batches:
+        b[:, 2] += 100.0  # large mean, small relative spread
+        b[:, 5] = 0.25  # constant
+    default, last = ChannelState.empty(37), ChannelState.empty(37)
+    for b in batches:
+        laid_out = b.contiguous(memory_format=torch.channels_last)
+        assert not laid_out.is_contiguous() and torch.equal(laid_out, b)
+        default.update(b)
+        last.update(laid_out)
+    if path == "fused":
+        for f in fields(ChannelState):
+            assert torch.equal(getattr(default, f.name), getattr(last, f.name)), f.name
+    got = last.compute()
+    for key, expected in _numpy(torch.cat(batches).numpy()).items():
+        np.testing.assert_allclose(got[key].numpy(), expected, rtol=1e-5, atol=1e-6, err_msg=key)
+    assert got["std"][5] == 0.0
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_random_shard_splits_merge_to_one_pass(seed, path):
     batches = _batches(seed)

@@ -185,11 +185,29 @@ def test_cka_is_the_same_for_any_number_of_shards_with_an_uneven_image_count(tra
     np.testing.assert_allclose(a["cka"].fill_null(-9).to_numpy(), b["cka"].fill_null(-9).to_numpy(), rtol=1e-9, atol=0)
 
 
+def test_channel_means_are_float64_means_in_either_layout():
+    """`--pool avg` features: per image and channel, the float64 mean of the float32 activations, in the default
+    layout and channels-last (how CPU passes run), in chunks smaller than a channel or holding many; numpy oracle."""
+    from yolo_audit.analyses.similarity import job
+
+    g = torch.Generator().manual_seed(0)
+    for shape in ((4, 3, 300, 301), (5, 70, 9, 11), (4, 6, 7)):
+        x = torch.randn(*shape, generator=g) * 0.01 + 1e4  # variation at 1e-6 of the size: float32 sums lose it
+        expected = x.numpy().astype(np.float64).reshape(shape[0], shape[1], -1).mean(axis=2)
+        layouts = [x, x.contiguous(memory_format=torch.channels_last)] if x.dim() == 4 else [x]
+        for laid_out in layouts:
+            got = job._features(laid_out, "avg")
+            assert got.dtype == torch.float64 and got.shape == shape[:2]
+            np.testing.assert_allclose(got.numpy(), expected, rtol=1e-15, atol=0)
+    flat = job._features(x, "none")
+    assert flat.dtype == torch.float64 and torch.equal(flat, x.double().reshape(x.shape[0], -1))
+
+
 def test_avg_pooling_agrees_with_a_float64_oracle(trained):
     """Channel means taken in float64 from the float32 activations, HSIC per batch in numpy: the tool agrees to
     ~1e-12 (float32 pooling would not, where features vary by 1e-13 of their size)."""
     from yolo_audit.analyses.images import list_images, load_batch
-    from yolo_audit.model.build import build_module
+    from yolo_audit.model.build import build_module, for_passes
     from yolo_audit.model.checkpoint import load_checkpoint
     from yolo_audit.runtime.devices import set_threads
     from yolo_audit.runtime.tasks import torch_threads
@@ -197,7 +215,8 @@ def test_avg_pooling_agrees_with_a_float64_oracle(trained):
     tmp, ckpts, images = trained
     opts = SimilarityOptions(imgsz=64, batch=4)
     # the activations must be the same bits on both sides: float32 convolutions may round differently with another
-    # thread count (on some CPUs), so the tool runs in this process on one thread, and so does the oracle below
+    # thread count (on some CPUs) or memory format, so the tool runs in this process on one thread, and the oracle
+    # below does too, with the network placed as the tool places it (`for_passes`: channels-last on the CPU)
     analyze_similarity(ckpts[:2], images, tmp / "oracle", opts=opts, max_images=8, engine="local", num_cpus=1,
                        stream=io.StringIO())  # fmt: skip
     before = torch_threads()
@@ -207,7 +226,7 @@ def test_avg_pooling_agrees_with_a_float64_oracle(trained):
     )
     feats = {}
     for i, path in enumerate(ckpts[:2]):
-        model = build_module(load_checkpoint(path))
+        model = for_passes(build_module(load_checkpoint(path)), torch.device("cpu"))
         for name in ("model.2", "model.6"):
             kept = []
             hook = model.get_submodule(name).register_forward_hook(lambda m, a, o, kept=kept: kept.append(o))

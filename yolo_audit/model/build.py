@@ -64,6 +64,15 @@ def build_module(ckpt: Checkpoint, *, cfg: str | None = None) -> nn.Module:
     return model.float().eval()
 
 
+def for_passes(model: nn.Module, device: torch.device) -> nn.Module:
+    """The network placed for forward passes on `device`; on the CPU in channels-last memory format, in which
+    oneDNN's convolutions ran YOLOv8s 20-30% faster (batch 8, 320-640 px, 2 cores; measured 2026-12-02). Its outputs
+    agree with the default format's to float32 rounding (~3e-7 of their scale), not bit for bit; the format of the
+    input batch does not matter (the first convolution's output takes its weights' format)."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
+
+
 @lru_cache(maxsize=4)
 def _template(arch: str, nc: int | None) -> nn.Module:
     """A freshly built network of this architecture, built once per process: Ultralytics' constructor initialises

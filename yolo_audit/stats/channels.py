@@ -61,7 +61,11 @@ class ChannelState:
         n_img, channels = x.shape[0], x.shape[1]
         x3 = x.reshape(n_img, channels, -1)  # a view for the usual contiguous NCHW
         if x3.device.type == "cpu" and self.total.device.type == "cpu" and fused.available() and x3.shape[2] > 0:
-            fused.fold(np.ascontiguousarray(x3.numpy()), self)  # in place, no intermediate state
+            if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+                # channels-last (how passes run on the CPU, see model.build.for_passes): read in place, same bits
+                fused.fold(x.permute(0, 2, 3, 1).reshape(n_img, -1, channels).numpy(), self, channels_last=True)
+            else:
+                fused.fold(np.ascontiguousarray(x3.numpy()), self)  # in place, no intermediate state
             return
         n = x3.shape[0] * x3.shape[2]
         var, mean = torch.var_mean(x3, dim=(0, 2), correction=0)

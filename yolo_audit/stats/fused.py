@@ -14,6 +14,8 @@ from yolo_audit.stats.jit import available as available  # re-exported: callers 
 from yolo_audit.stats.jit import get_num_threads, get_thread_id, njit, prange
 
 HIST_BINS = 512
+_BLOCK = 16  # channels per block of `_fold_last`: 64 bytes of float32
+_SPAN = 256  # positions per span of `_fold_last`
 
 
 if njit is not None:
@@ -61,9 +63,69 @@ if njit is not None:
                 hist[b] += part[t, b]
         count[0] = n
 
+    @njit(parallel=True, cache=True, nogil=True)
+    def _fold_last(x, bits, threads, count, total, m2, s_abs, pos, low, high, hist):  # noqa: ANN001, ANN202, PLR0913
+        """`_fold` for x laid out (N, S, C) (channels-last): each thread takes blocks of 16 channels (a cache line
+        of float32) and walks every position, so it reads memory in order; each channel's values are visited in the
+        same order as `_fold` visits them, so the sums are the same bits."""
+        n_img, size, channels = x.shape
+        nb = n_img * size
+        na = count[0]
+        n = na + nb
+        part = np.zeros((threads, HIST_BINS), dtype=np.int64)
+        for block in prange((channels + _BLOCK - 1) // _BLOCK):
+            t = get_thread_id()
+            c0 = block * _BLOCK
+            w = min(channels, c0 + _BLOCK) - c0
+            ref = np.empty(w)
+            a1 = np.zeros(w)
+            a2 = np.zeros(w)
+            aa = np.zeros(w)
+            ap = np.zeros(w)
+            lo = np.full(w, np.inf)
+            hi = np.full(w, -np.inf)
+            for j in range(w):
+                ref[j] = np.float64(x[0, 0, c0 + j])
+            for i in range(n_img):
+                for k0 in range(0, size, _SPAN):  # a span of positions (16 KB) stays in the L1 cache while each
+                    k1 = min(size, k0 + _SPAN)  # channel's sums are kept in registers for it
+                    for j in range(w):
+                        c = c0 + j
+                        r, s1, s2, sa, sp, mn, mx = ref[j], a1[j], a2[j], aa[j], ap[j], lo[j], hi[j]
+                        for k in range(k0, k1):
+                            v = np.float64(x[i, k, c])
+                            d = v - r
+                            s1 += d
+                            s2 += d * d
+                            sa += abs(v)
+                            if v > 0.0:
+                                sp += 1.0
+                            mn = min(mn, v)
+                            mx = max(mx, v)
+                            part[t, (bits[i, k, c] >> 23) & 0x1FF] += 1
+                        a1[j], a2[j], aa[j], ap[j], lo[j], hi[j] = s1, s2, sa, sp, mn, mx
+            for j in range(w):
+                c = c0 + j
+                mean_b = ref[j] + a1[j] / nb
+                m2_b = max(a2[j] - a1[j] * a1[j] / nb, 0.0)
+                mean_a = total[c] / na if na > 0 else 0.0
+                delta = mean_b - mean_a
+                m2[c] += m2_b + delta * delta * na * nb / n
+                total[c] += ref[j] * nb + a1[j]
+                s_abs[c] += aa[j]
+                pos[c] += ap[j]
+                low[c] = min(low[c], lo[j])
+                high[c] = max(high[c], hi[j])
+        for t in range(threads):
+            for b in range(HIST_BINS):
+                hist[b] += part[t, b]
+        count[0] = n
 
-def fold(x: np.ndarray, state: object) -> None:
-    """Fold x (float32 (N, C, S), C-contiguous) into a CPU ChannelState in place: one read of every value, the
-    per-channel moments accumulated in float64 around the channel's first value, Chan-merged into the state."""
+
+def fold(x: np.ndarray, state: object, *, channels_last: bool = False) -> None:
+    """Fold x (float32, C-contiguous: (N, C, S), or (N, S, C) with `channels_last`) into a CPU ChannelState in place:
+    one read of every value, the per-channel moments accumulated in float64 around the channel's first value,
+    Chan-merged into the state. Both layouts give the same bits for the same values."""
     arrays = [getattr(state, name).numpy() for name in ("total", "m2", "abs_total", "positive", "low", "high", "hist")]
-    _fold(x, x.view(np.int32), get_num_threads(), state.count.view(1).numpy(), *arrays)
+    kernel = _fold_last if channels_last else _fold
+    kernel(x, x.view(np.int32), get_num_threads(), state.count.view(1).numpy(), *arrays)

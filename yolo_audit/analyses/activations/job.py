@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from yolo_audit.analyses.images import batches, load_batch
-from yolo_audit.model.build import build_module
+from yolo_audit.model.build import build_module, for_passes
 from yolo_audit.model.checkpoint import checkpoint_table, load_checkpoint
 from yolo_audit.model.hooks import Recorder
 from yolo_audit.model.keys import layer_of
@@ -79,7 +79,7 @@ def activations_shard(path: str, images: list[str], opts: ActivationOptions, *, 
         result.checkpoint_row = checkpoint_table(ckpt) if first else None
         device = resolve_device(opts.device)
         keep_freed_memory()  # forward passes reuse their activations' memory
-        model = build_module(ckpt, cfg=opts.cfg).to(device)
+        model = for_passes(build_module(ckpt, cfg=opts.cfg), device)
         with torch.inference_mode(), Recorder(model, depth=opts.depth) as recorder:
             for group in batches(images, opts.batch):
                 batch, failed = load_batch(group, opts.imgsz)
@@ -105,7 +105,7 @@ def feature_maps_task(
     try:
         ckpt = load_checkpoint(path, trust_pickle=opts.trust_pickle)
         device = resolve_device(opts.device)
-        model = build_module(ckpt, cfg=opts.cfg).to(device)
+        model = for_passes(build_module(ckpt, cfg=opts.cfg), device)
         recorder = Recorder(model, depth=opts.depth, maps=len(images), map_channels=channels)
         with torch.inference_mode(), recorder:
             batch, _ = load_batch(images, opts.imgsz)

@@ -13,7 +13,7 @@ import torch
 
 from yolo_audit.analyses.images import batches, load_batch
 from yolo_audit.errors import AuditError
-from yolo_audit.model.build import build_module
+from yolo_audit.model.build import build_module, for_passes
 from yolo_audit.model.checkpoint import checkpoint_table, load_checkpoint
 from yolo_audit.model.hooks import select_modules
 from yolo_audit.model.keys import layer_of
@@ -53,13 +53,30 @@ class SimilarityResult:
         )  # fmt: skip
 
 
+# Channel means are taken a chunk of about this many activations at a time: each chunk's float64 copy stays in the
+# CPU's cache, where a float64 copy of a whole output (up to ~200 MB at 640 px) would go through memory
+_POOL_CHUNK = 1 << 18
+
+
 def _features(output: torch.Tensor, pool: str) -> torch.Tensor:
     """Per-image features in float64: channel means (`avg`; float32 pooling loses variation of ~1e-13 of a layer's
-    size) or every activation (`none`)."""
-    out = output.detach().double()
-    return (
-        out.mean(dim=tuple(range(2, out.dim()))) if pool == "avg" and out.dim() > 2 else out.reshape(out.shape[0], -1)
-    )
+    size) or every activation (`none`). On the CPU the float64 sums are taken chunk by chunk (~2-3x faster than
+    converting the whole output first), in the output's memory layout (channels-last on the CPU, see `for_passes`);
+    on a GPU in one reduction that converts as it reads."""
+    out = output.detach()
+    if pool != "avg" or out.dim() <= 2:
+        return out.double().reshape(out.shape[0], -1)
+    n, c = out.shape[0], out.shape[1]
+    if out.device.type != "cpu":
+        return out.reshape(n, c, -1).mean(dim=2, dtype=torch.float64)
+    if out.dim() == 4 and not out.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last):
+        by_place = out.permute(0, 2, 3, 1).reshape(n, -1, c)  # (image, position, channel): a view
+        step = max(1, _POOL_CHUNK // (n * c))
+        sums = sum(by_place[:, i : i + step].double().sum(dim=1) for i in range(0, by_place.shape[1], step))
+        return sums / by_place.shape[1]
+    rows = out.reshape(n * c, -1)  # (image, channel) rows
+    step = max(1, _POOL_CHUNK // rows.shape[1])
+    return torch.cat([rows[i : i + step].double().mean(dim=1) for i in range(0, rows.shape[0], step)]).view(n, c)
 
 
 def similarity_shard(
@@ -89,7 +106,7 @@ def similarity_shard(
                 result.rows.append(checkpoint_table(ckpt))
             if ckpt.checkpoint_id in result.ids:  # the same tensors under another name: one checkpoint
                 continue
-            models.append(build_module(ckpt, cfg=opts.cfg).to(device))
+            models.append(for_passes(build_module(ckpt, cfg=opts.cfg), device))
             result.ids.append(ckpt.checkpoint_id)
         except Exception as exc:  # noqa: BLE001 - that checkpoint is left out, with an errors row
             result.errors.append(record(path, "similarity", exc))
