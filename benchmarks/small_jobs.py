@@ -7,9 +7,11 @@ Builds a base and N perturbed YOLOv8s checkpoints (Ultralytics' fp16 layout), th
   relative difference to the base)
 It also times an unchanged rerun of the same command (everything skipped) against start-up alone (importing what
 the command imports), and records the peak memory of the whole command (all its processes).
-Then `similarity` of 5 checkpoints and `activations` of 3 (yolov8s, --images synthetic images at --imgsz): the
-command end to end (a fresh process) against the same analysis in a warm process (imports done, run once before).
-Last line: {"benchmark": "small_jobs", "ratio_3": ..., "ratio_20": ..., "similarity_e2e_over_in_process": ...}.
+Then `similarity` of 5 checkpoints and `activations` of 3 (yolov8s, --images synthetic images at each --imgsz: 320
+and the commands' default 640): the command end to end (a fresh process) against the same analysis in a warm process
+(imports done, run once before).
+Last line: {"benchmark": "small_jobs", "ratio_3": ..., "ratio_20": ..., "similarity_e2e_over_in_process": ... (at the
+first --imgsz), "similarity_e2e_over_in_process_640": ..., ...}.
 """
 
 from __future__ import annotations
@@ -111,27 +113,30 @@ print(time.perf_counter() - t)
 """
 
 
-def images_vs_warm(root: Path, ckpts: list[Path], images: int, imgsz: int, repeats: int) -> dict[str, float]:
+def images_vs_warm(
+    root: Path, ckpts: list[Path], images: int, imgsz: int, repeats: int, suffix: str = ""
+) -> dict[str, float]:
     """`similarity` (5 checkpoints) and `activations` (3): the CLI end to end vs the same call in a warm process."""
     from yolo_audit.study.synth import make_dataset
 
-    data = make_dataset(root / "data", images=images, imgsz=imgsz, seed=5)
+    data = make_dataset(root / f"data{imgsz}", images=images, imgsz=imgsz, seed=5)
     audit = str(VENV_BIN / "yolo-audit")
     out: dict[str, float] = {}
     for kind, chosen in (("similarity", ckpts[:5]), ("activations", ckpts[:3])):
         e2e, warm = [], []
         for r in range(repeats):
-            target = root / f"{kind}-{r}"
+            target = root / f"{kind}-{imgsz}-{r}"
             e2e.append(measure([audit, kind, *map(str, chosen), "--data", str(data), "--split", "train", "--imgsz",
                                 str(imgsz), "--batch", "8", "--out", str(target)])[0])  # fmt: skip
-            warm.append(float(subprocess.run([sys.executable, "-c", WARM, kind, str(data), str(root / f"w{kind}{r}"),
-                                              str(imgsz), *map(str, chosen)], capture_output=True, text=True,
-                                             check=True, env=CLEAN_ENV).stdout.split()[-1]))  # fmt: skip
+            warm_out = str(root / f"w{kind}{imgsz}-{r}")
+            warm.append(float(subprocess.run([sys.executable, "-c", WARM, kind, str(data), warm_out, str(imgsz),
+                                              *map(str, chosen)], capture_output=True, text=True, check=True,
+                                             env=CLEAN_ENV).stdout.split()[-1]))  # fmt: skip
         a, b = statistics.median(e2e), statistics.median(warm)
         print(f"{kind} of {len(chosen)} checkpoints, {images} images at {imgsz}: end to end {a:.2f} s, in a warm "
               f"process {b:.2f} s, ratio {a / b:.2f}")  # fmt: skip
-        out[f"{kind}_e2e_seconds"], out[f"{kind}_in_process_seconds"] = round(a, 2), round(b, 2)
-        out[f"{kind}_e2e_over_in_process"] = round(a / b, 3)
+        out[f"{kind}_e2e_seconds{suffix}"], out[f"{kind}_in_process_seconds{suffix}"] = round(a, 2), round(b, 2)
+        out[f"{kind}_e2e_over_in_process{suffix}"] = round(a / b, 3)
     return out
 
 
@@ -141,7 +146,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="3,20")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=32)
-    parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument(
+        "--imgsz", default="320,640", help="image sizes for similarity and activations, comma-separated"
+    )
     parser.add_argument("--skip-weights", action="store_true")
     parser.add_argument("--skip-images", action="store_true", help="only the weights command")
     args = parser.parse_args()
@@ -188,7 +195,10 @@ def main() -> None:
         root = Path(tmp)
         if not args.skip_images:
             _, ckpts = build(root, 5, args.model)
-            result.update(images_vs_warm(root, ckpts, args.images, args.imgsz, args.repeats))
+            for i, size in enumerate(int(s) for s in args.imgsz.split(",")):
+                result.update(
+                    images_vs_warm(root, ckpts, args.images, size, args.repeats, "" if i == 0 else f"_{size}")
+                )
     result["goal_similarity_e2e_over_in_process"] = 1.5
     print(json.dumps(result))
 
