@@ -20,6 +20,28 @@ _SPAN = 256  # positions per span of `_fold_last`
 
 if njit is not None:
 
+    @njit(cache=True, nogil=True, inline="always")
+    def _merge(c, ref, a1, a2, aa, ap, lo, hi, na, nb, total, m2, s_abs, pos, low, high):  # noqa: ANN001, ANN202, PLR0913
+        """Channel c's sums over a batch (nb values, moments around `ref`) into the state's (na values so far)."""
+        n = na + nb
+        mean_b = ref + a1 / nb
+        m2_b = max(a2 - a1 * a1 / nb, 0.0)
+        mean_a = total[c] / na if na > 0 else 0.0
+        delta = mean_b - mean_a
+        m2[c] += m2_b + delta * delta * na * nb / n  # Chan et al.
+        total[c] += ref * nb + a1
+        s_abs[c] += aa
+        pos[c] += ap
+        low[c] = min(low[c], lo)
+        high[c] = max(high[c], hi)
+
+    @njit(cache=True, nogil=True, inline="always")
+    def _add_parts(part, hist):  # noqa: ANN001, ANN202
+        """The threads' histograms into the state's."""
+        for t in range(part.shape[0]):
+            for b in range(HIST_BINS):
+                hist[b] += part[t, b]
+
     @njit(parallel=True, cache=True, nogil=True)
     def _fold(x, bits, threads, count, total, m2, s_abs, pos, low, high, hist):  # noqa: ANN001, ANN202, PLR0913
         n_img, channels, size = x.shape
@@ -48,19 +70,8 @@ if njit is not None:
                     lo = min(lo, v)
                     hi = max(hi, v)
                     part[t, (bits[i, c, k] >> 23) & 0x1FF] += 1
-            mean_b = ref + a1 / nb
-            m2_b = max(a2 - a1 * a1 / nb, 0.0)
-            mean_a = total[c] / na if na > 0 else 0.0
-            delta = mean_b - mean_a
-            m2[c] += m2_b + delta * delta * na * nb / n  # Chan et al.
-            total[c] += ref * nb + a1
-            s_abs[c] += aa
-            pos[c] += ap
-            low[c] = min(low[c], lo)
-            high[c] = max(high[c], hi)
-        for t in range(threads):
-            for b in range(HIST_BINS):
-                hist[b] += part[t, b]
+            _merge(c, ref, a1, a2, aa, ap, lo, hi, na, nb, total, m2, s_abs, pos, low, high)
+        _add_parts(part, hist)
         count[0] = n
 
     @njit(parallel=True, cache=True, nogil=True)
@@ -105,20 +116,10 @@ if njit is not None:
                             part[t, (bits[i, k, c] >> 23) & 0x1FF] += 1
                         a1[j], a2[j], aa[j], ap[j], lo[j], hi[j] = s1, s2, sa, sp, mn, mx
             for j in range(w):
-                c = c0 + j
-                mean_b = ref[j] + a1[j] / nb
-                m2_b = max(a2[j] - a1[j] * a1[j] / nb, 0.0)
-                mean_a = total[c] / na if na > 0 else 0.0
-                delta = mean_b - mean_a
-                m2[c] += m2_b + delta * delta * na * nb / n
-                total[c] += ref[j] * nb + a1[j]
-                s_abs[c] += aa[j]
-                pos[c] += ap[j]
-                low[c] = min(low[c], lo[j])
-                high[c] = max(high[c], hi[j])
-        for t in range(threads):
-            for b in range(HIST_BINS):
-                hist[b] += part[t, b]
+                _merge(
+                    c0 + j, ref[j], a1[j], a2[j], aa[j], ap[j], lo[j], hi[j], na, nb, total, m2, s_abs, pos, low, high
+                )
+        _add_parts(part, hist)
         count[0] = n
 
 
