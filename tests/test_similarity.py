@@ -138,24 +138,30 @@ def test_trained_checkpoints_give_finite_cka_in_range_and_shards_merge(trained):
 
 def test_summary_labels_stay_unique_when_checkpoints_share_a_run():
     """Epoch checkpoints of one run share its name: each pair must keep its own summary row; labels read as the
-    weights summary's `run@epoch`."""
-    from yolo_audit.analyses.similarity.plan import _by_group, labels
+    weights summary's `run@epoch`, then the file's name, then the id's start where they would repeat."""
+    from yolo_audit.analyses.similarity.plan import _by_group
+    from yolo_audit.results.labels import checkpoint_labels
 
-    def row(cid: str, run: str | None, epoch: int | None) -> dict[str, list]:
-        return {"checkpoint_id": [cid], "run": [run], "epoch": [epoch]}
+    def row(cid: str, run: str | None, epoch: int | None, path: str | None = None) -> dict[str, object]:
+        return {"checkpoint_id": cid, "run": run, "epoch": epoch, "path": path}
 
-    ids = ["a" * 64, "b" * 64, "c" * 64, "d" * 64, "e" * 64]
-    rows = [row(ids[0], "base", -1), row(ids[1], "r", None), row(ids[1], "r", 1), row(ids[1], "r", 0),
-            row(ids[2], "r", 2), row(ids[3], "r", 2), row(ids[4], None, None)]  # fmt: skip
-    assert labels(rows) == {ids[0]: "base", ids[1]: "r@1", ids[2]: "r@2", ids[3]: "r@2", ids[4]: ids[4][:8]}
+    ids = ["a" * 64, "b" * 64, "c" * 64, "d" * 64, "e" * 64, "f" * 64, "0" * 64, "1" * 64]
+    rows = [row(ids[0], "base", -1, "/w/base.pt"), row(ids[1], "r", None, "/w/r/last.pt"), row(ids[1], "r", 1),
+            row(ids[1], "r", 0), row(ids[2], "r", 2, "/w/r/epoch1.pt"), row(ids[3], "r", 2, "s3://b/q/epoch1.pt"),
+            row(ids[4], None, None), row(ids[5], None, None, "/x/model.safetensors"),
+            row(ids[6], "same", None, "/s/a.pt"), row(ids[7], "same", None, "/s/b.pt")]  # fmt: skip
+    labels = checkpoint_labels(rows)
+    assert labels == {ids[0]: "base", ids[1]: "r@1", ids[2]: f"r@2 epoch1.pt {ids[2][:8]}",
+                      ids[3]: f"r@2 epoch1.pt {ids[3][:8]}", ids[4]: ids[4][:8], ids[5]: "model.safetensors",
+                      ids[6]: "same a.pt", ids[7]: "same b.pt"}  # fmt: skip
     pairs = [(ids[1], ids[2], 0.9), (ids[1], ids[3], 0.5), (ids[2], ids[3], 0.7)]
     table = {"checkpoint_a": [a for a, _, _ in pairs], "checkpoint_b": [b for _, b, _ in pairs],
              "module_a": ["model.1"] * 3, "module_b": ["model.1"] * 3, "cka": [c for _, _, c in pairs]}  # fmt: skip
-    for names in (labels(rows), {i: "r" for i in ids}):  # ours, and run names as ledgers recorded them before
+    for names in (labels, {i: "r" for i in ids}):  # ours, and run names as ledgers recorded them before
         summary = _by_group(table, {"model.1": "backbone"}, names).sort("backbone")
         assert summary["backbone"].to_list() == [0.5, 0.7, 0.9]
         assert len(set(zip(summary["a"], summary["b"], strict=True))) == 3
-    assert set(_by_group(table, {"model.1": "backbone"}, labels(rows))["a"]) == {"r@1", f"r@2 {ids[2][:8]}"}
+    assert set(_by_group(table, {"model.1": "backbone"}, labels)["a"]) == {"r@1", labels[ids[2]]}
 
 
 def test_cross_layer_and_bad_batch(trained):

@@ -222,6 +222,26 @@ def test_pairwise_trajectory_and_pooled_bins(tmp_path, base_model, ray_local):
     assert hist.filter(pl.col("bin") == 64)["count"].sum() == 0  # pooled range covers every value
 
 
+def test_distance_matrix_tells_files_saved_side_by_side_apart(tmp_path, base_model, ray_local):
+    """Bare state dicts in one folder all take the folder's name as their run: the summary's distance matrix names
+    each by its file too (it had merged them into one `same` row and column), as the similarity summary does."""
+    from yolo_audit.report.text import print_weights_summary
+
+    folder = tmp_path / "same"
+    ref = save_state_dict(base_model, folder / "base.pt")
+    save_state_dict(_edit(base_model, layer12=True), folder / "a.pt")
+    save_state_dict(_edit(base_model, dead=True), folder / "b.pt")
+    summary = analyze_weights([folder], tmp_path / "out", reference=ref, pairwise=True, stream=io.StringIO())
+    assert summary.ok
+    shown = io.StringIO()
+    print_weights_summary(summary, stream=shown)
+    matrix = shown.getvalue().split("Distance between checkpoints")[1].split("\n\n")[0]
+    names = ["same a.pt", "same b.pt", "same base.pt"]
+    rows = [line for line in matrix.splitlines() if line.startswith("│ same")]
+    assert [r.split("┆")[0].strip("│ ") for r in rows] == names
+    assert all(name in matrix.splitlines()[2] for name in names)  # the header: one column each
+
+
 def test_unwritable_out_fails_before_any_work(tmp_path, model):
     if os.geteuid() == 0:
         target = Path("/proc/yolo-audit-cannot-write-here")

@@ -10,6 +10,7 @@ import polars as pl
 from yolo_audit.analyses import ANALYSES
 from yolo_audit.results import store
 from yolo_audit.results.errors import ErrorRecord
+from yolo_audit.results.labels import checkpoint_labels
 
 if TYPE_CHECKING:  # a command imports only its own analysis (the others' drivers cost ~30 ms of every start-up)
     from yolo_audit.analyses.activations.plan import ActivationsSummary
@@ -140,12 +141,12 @@ def _print_pairwise(summary: WeightsSummary, stream: TextIO) -> None:
     )
     if dist.height < 2:
         return
-    names = store.scan(summary.out, "checkpoints").select(
-        "checkpoint_id", pl.format("{}@{}", pl.col("run"), pl.col("epoch").fill_null(-1)).str.replace("@-1$", "")
-        .alias("name")
-    ).collect()  # fmt: skip
-    pairs = dist.join(names, on="checkpoint_id").join(names.rename({"checkpoint_id": "reference_id",
-                                                                    "name": "other"}), on="reference_id")  # fmt: skip
+    rows = store.scan(summary.out, "checkpoints").filter(pl.col("checkpoint_id").is_in(list(ids)))
+    label = checkpoint_labels(rows.select("checkpoint_id", "run", "epoch", "path").collect().iter_rows(named=True))
+    pairs = dist.with_columns(
+        pl.col("checkpoint_id").replace_strict(label, return_dtype=pl.String).alias("name"),
+        pl.col("reference_id").replace_strict(label, return_dtype=pl.String).alias("other"),
+    )
     both = pl.concat(
         [
             pairs.select("name", "other", "rel_l2"),

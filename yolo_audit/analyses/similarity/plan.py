@@ -8,7 +8,6 @@ number of images.
 from __future__ import annotations
 
 import sys
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,6 +22,7 @@ from yolo_audit.results import files
 from yolo_audit.results.compact import read_key
 from yolo_audit.results.errors import ErrorRecord, write_errors
 from yolo_audit.results.keys import similarity_key
+from yolo_audit.results.labels import checkpoint_labels, unique_labels
 from yolo_audit.results.ledger import Ledger, done_key, fingerprint, recording, skipped_line
 from yolo_audit.results.location import Location, Where, exclusive, local_dataset, locate
 from yolo_audit.results.schema import columns
@@ -100,27 +100,13 @@ def analyze_similarity(
         # with or without --cross-layer: one file per (dataset, checkpoints, pool), the latest run's
         file_key = similarity_key(summary.dataset_id, merged.ids, opts.pool)
         files.write(out_loc, "similarity", file_key, table)
-        names = labels(merged.rows)
+        names = checkpoint_labels({k: v[0] for k, v in r.items()} for r in merged.rows)
         summary.by_group = _by_group(table, merged.groups, names)
         if summary.ok:
             ledger.add(key, "similarity", written, {"file": file_key, "pairs": summary.pairs, "groups": merged.groups,
                                                     "names": names})  # fmt: skip
             ledger.save()
     return summary
-
-
-def labels(rows: list[dict[str, list]]) -> dict[str, str]:
-    """A label per checkpoint as the weights summary names them: `run@epoch` (the bare run where no file records an
-    epoch, e.g. a finished last.pt alone; the start of the id without a run); where one content has several files,
-    the highest epoch among them, as the `checkpoints` table keeps it. The summary makes repeated labels unique."""
-    best: dict[str, tuple[str | None, int | None]] = {}
-    for r in rows:
-        cid, run, epoch = r["checkpoint_id"][0], r["run"][0], r["epoch"][0]
-        seen_run, seen_epoch = best.get(cid, (None, None))
-        epochs = [e for e in (epoch, seen_epoch) if e is not None and e >= 0]
-        best[cid] = (seen_run or run, max(epochs, default=None))
-    return {cid: (f"{run}@{epoch}" if epoch is not None else run) if run else cid[:8]
-            for cid, (run, epoch) in best.items()}  # fmt: skip
 
 
 def _by_group(table: dict[str, list], groups: dict[str, str | None], names: dict[str, str | None]) -> Any:
@@ -133,11 +119,9 @@ def _by_group(table: dict[str, list], groups: dict[str, str | None], names: dict
     )
     if rows.is_empty():
         return None
-    # names: `labels`, or what a ledger recorded (before 2026-12-02: run names); a label that repeats would merge
-    # different pairs into one row, so the start of the id follows it there
-    first = {cid: name or cid[:8] for cid, name in names.items()}
-    seen = Counter(first.values())
-    label = {cid: f"{name} {cid[:8]}" if seen[name] > 1 else name for cid, name in first.items()}
+    # names: `checkpoint_labels`, or what a ledger recorded (before 2026-12-02: run names, which repeat); a label
+    # that repeats would merge different pairs into one row
+    label = unique_labels(names)
     rows = rows.with_columns(
         pl.col("module_a").replace_strict(groups, default=None, return_dtype=pl.String).alias("group"),
         pl.col("checkpoint_a").replace_strict(label, default=None).alias("a"),
