@@ -171,6 +171,33 @@ def test_dead_units_are_never_added_across_datasets(results, tmp_path):
     )
 
 
+def test_files_saved_side_by_side_are_each_shown(tmp_path, base_model, ray_local):
+    """State dicts in one folder share its name as their run and record no epoch, so each is its run's last
+    checkpoint: the report shows every one of them (it had kept one), named apart by their files; the reference
+    stays `base`."""
+    import io
+
+    from conftest import save_state_dict
+
+    from yolo_audit.analyses.weights.plan import analyze_weights
+    from yolo_audit.model.synthetic import perturb
+    from yolo_audit.report.findings import Context
+    from yolo_audit.results.store import tables
+
+    folder = tmp_path / "same"
+    ref = save_state_dict(base_model, folder / "base.pt")
+    for i in range(2):
+        model = deepcopy(base_model)
+        perturb(model, [15 + i], scale=0.05, seed=i)
+        save_state_dict(model, folder / f"ft{i}.pt")
+    out = tmp_path / "out"
+    analyze_weights([folder], out, reference=ref, stream=io.StringIO())
+    ctx = Context.load(out, list(tables(out)))
+    assert ctx.labels["label"].to_list() == ["base", "same ft0.pt", "same ft1.pt"]
+    assert ctx.labels["checkpoint_id"].n_unique() == 3
+    assert '<section id="freeze">' in write_report(out, tmp_path / "r.html").read_text()
+
+
 def test_every_combination_of_tables_renders(tmp_path, base_model, ray_local):
     """A weights-only store (three checkpoints, --pairwise, one broken file), an activations-only store at --depth
     leaves and a similarity-only store each render, with the sections their data allows."""

@@ -9,6 +9,7 @@ from pathlib import Path
 import polars as pl
 
 from yolo_audit.report.figures import Palette, palette
+from yolo_audit.results.labels import file_name, unique_labels
 from yolo_audit.results.store import compact_ranges, is_last_of_run, layer_divergence, pairwise_distance, scan, units
 
 
@@ -41,13 +42,20 @@ class Context:
             )
         else:
             run = pl.coalesce(pl.col("run"), pl.col("checkpoint_id").str.slice(0, 8))
-            last = is_last_of_run()
             is_ref = pl.col("checkpoint_id") == (reference_id or "")
+            shown = ckpts.with_columns(run=run).filter(is_last_of_run() | is_ref)
+            # a run's name, the base's "base"; runs whose last epoch has several contents (files without epochs
+            # saved side by side in one folder share its name as their run) show each, named apart by their files
+            names = {
+                cid: "base" if cid == reference_id else r for cid, r in shown.select("checkpoint_id", "run").rows()
+            }
+            files: dict[str, str | None] = {}
+            for cid, path in shown.select("checkpoint_id", "path").rows():
+                files[cid] = min((n for n in (files.get(cid), file_name(path)) if n), default=None)
+            label = unique_labels(names, files)
             labels = (
-                ckpts.with_columns(run=run)
-                .filter(last | is_ref)
-                .with_columns(label=pl.when(is_ref).then(pl.lit("base")).otherwise(pl.col("run")))
-                .unique("label", keep="last", maintain_order=True)
+                shown.unique("checkpoint_id", keep="last", maintain_order=True)
+                .with_columns(label=pl.col("checkpoint_id").replace_strict(label, return_dtype=pl.String))
                 .select("checkpoint_id", "label", "run", "epoch")
                 .sort("label")
             )

@@ -17,7 +17,7 @@ def checkpoint_labels(rows: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     """Labels from `checkpoints` rows (checkpoint_id, run, epoch, path; one row per file of a content)."""
     seen: dict[str, tuple[str | None, int | None, str | None]] = {}
     for r in rows:
-        cid, run, epoch, name = r["checkpoint_id"], r["run"], r["epoch"], _file_name(r.get("path"))
+        cid, run, epoch, name = r["checkpoint_id"], r["run"], r["epoch"], file_name(r.get("path"))
         seen_run, seen_epoch, seen_name = seen.get(cid, (None, None, None))
         epochs = [e for e in (epoch, seen_epoch) if e is not None and e >= 0]
         names = [n for n in (name, seen_name) if n]
@@ -39,5 +39,6 @@ def unique_labels(labels: Mapping[str, str | None], files: Mapping[str, str | No
     return {cid: f"{label} {cid[:8]}" if counts[label] > 1 else label for cid, label in second.items()}
 
 
-def _file_name(path: str | None) -> str | None:
+def file_name(path: str | None) -> str | None:
+    """The last part of a path or URI."""
     return path.rstrip("/").rsplit("/", 1)[-1] or None if path else None
