@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
+import platform
+import sys
 from functools import lru_cache
 from typing import Any
 
@@ -65,12 +67,19 @@ def build_module(ckpt: Checkpoint, *, cfg: str | None = None) -> nn.Module:
 
 
 def for_passes(model: nn.Module, device: torch.device) -> nn.Module:
-    """The network placed for forward passes on `device`; on the CPU in channels-last memory format, in which
-    oneDNN's convolutions ran YOLOv8s 20-30% faster (batch 8, 320-640 px, 2 cores; measured 2026-12-02). Its outputs
-    agree with the default format's to float32 rounding (~3e-7 of their scale), not bit for bit; the format of the
-    input batch does not matter (the first convolution's output takes its weights' format)."""
+    """The network placed for forward passes on `device`; on an x86 CPU with oneDNN (Linux or Windows: where
+    Ultralytics 8.4's own predictors and validators switch to it) in channels-last memory format, in which oneDNN's
+    convolutions ran YOLOv8s 20-30% faster (batch 8, 320-640 px, 2 cores; measured 2026-12-02). Its outputs agree
+    with the default format's to float32 rounding (~3e-7 of their scale), not bit for bit; the format of the input
+    batch does not matter (the first convolution's output takes its weights' format)."""
     model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
+    return model.to(memory_format=torch.channels_last) if device.type == "cpu" and _onednn_x86() else model
+
+
+def _onednn_x86() -> bool:
+    mkldnn = torch.backends.mkldnn
+    return (platform.machine() in ("x86_64", "AMD64") and sys.platform.startswith(("linux", "win"))
+            and mkldnn.is_available() and bool(mkldnn.enabled))  # fmt: skip
 
 
 @lru_cache(maxsize=4)
