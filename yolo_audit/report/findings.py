@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 
 from yolo_audit.report.figures import Palette, palette
-from yolo_audit.results.labels import file_name, unique_labels
+from yolo_audit.results.labels import content_files, unique_labels
 from yolo_audit.results.store import compact_ranges, is_last_of_run, layer_divergence, pairwise_distance, scan, units
 
 
@@ -49,10 +49,7 @@ class Context:
             names = {
                 cid: "base" if cid == reference_id else r for cid, r in shown.select("checkpoint_id", "run").rows()
             }
-            files: dict[str, str | None] = {}
-            for cid, path in shown.select("checkpoint_id", "path").rows():
-                files[cid] = min((n for n in (files.get(cid), file_name(path)) if n), default=None)
-            label = unique_labels(names, files)
+            label = unique_labels(names, content_files(shown.select("checkpoint_id", "path").iter_rows(named=True)))
             labels = (
                 shown.unique("checkpoint_id", keep="last", maintain_order=True)
                 .with_columns(label=pl.col("checkpoint_id").replace_strict(label, return_dtype=pl.String))

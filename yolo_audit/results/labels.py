@@ -15,16 +15,25 @@ from typing import Any
 
 def checkpoint_labels(rows: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     """Labels from `checkpoints` rows (checkpoint_id, run, epoch, path; one row per file of a content)."""
-    seen: dict[str, tuple[str | None, int | None, str | None]] = {}
+    rows = list(rows)
+    seen: dict[str, tuple[str | None, int | None]] = {}
     for r in rows:
-        cid, run, epoch, name = r["checkpoint_id"], r["run"], r["epoch"], file_name(r.get("path"))
-        seen_run, seen_epoch, seen_name = seen.get(cid, (None, None, None))
+        cid, run, epoch = r["checkpoint_id"], r["run"], r["epoch"]
+        seen_run, seen_epoch = seen.get(cid, (None, None))
         epochs = [e for e in (epoch, seen_epoch) if e is not None and e >= 0]
-        names = [n for n in (name, seen_name) if n]
-        seen[cid] = (seen_run or run, max(epochs, default=None), min(names, default=None))
+        seen[cid] = (seen_run or run, max(epochs, default=None))
     base = {cid: (f"{run}@{epoch}" if epoch is not None else run) if run else None
-            for cid, (run, epoch, _) in seen.items()}  # fmt: skip
-    return unique_labels(base, {cid: name for cid, (_, _, name) in seen.items()})
+            for cid, (run, epoch) in seen.items()}  # fmt: skip
+    return unique_labels(base, content_files(rows))
+
+
+def content_files(rows: Iterable[Mapping[str, Any]]) -> dict[str, str | None]:
+    """Per checkpoint id, the name of one of its files (the first in order, whichever order the rows come in)."""
+    files: dict[str, str | None] = {}
+    for r in rows:
+        cid = r["checkpoint_id"]
+        files[cid] = min((n for n in (files.get(cid), file_name(r.get("path"))) if n), default=None)
+    return files
 
 
 def unique_labels(labels: Mapping[str, str | None], files: Mapping[str, str | None] | None = None) -> dict[str, str]:
