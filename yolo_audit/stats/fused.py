@@ -21,6 +21,22 @@ _SPAN = 256  # positions per span of `_fold_last`
 if njit is not None:
 
     @njit(cache=True, nogil=True, inline="always")
+    def _run(values, bits, ref, a1, a2, aa, ap, lo, hi, part):  # noqa: ANN001, ANN202, PLR0913
+        """One channel's run of values (in order) into its sums around `ref` and the thread's histogram `part`."""
+        for k in range(values.shape[0]):
+            v = np.float64(values[k])
+            d = v - ref
+            a1 += d
+            a2 += d * d
+            aa += abs(v)
+            if v > 0.0:
+                ap += 1.0
+            lo = min(lo, v)
+            hi = max(hi, v)
+            part[(bits[k] >> 23) & 0x1FF] += 1
+        return a1, a2, aa, ap, lo, hi
+
+    @njit(cache=True, nogil=True, inline="always")
     def _merge(c, ref, a1, a2, aa, ap, lo, hi, na, nb, total, m2, s_abs, pos, low, high):  # noqa: ANN001, ANN202, PLR0913
         """Channel c's sums over a batch (nb values, moments around `ref`) into the state's (na values so far)."""
         n = na + nb
@@ -59,17 +75,7 @@ if njit is not None:
             lo = np.inf
             hi = -np.inf
             for i in range(n_img):
-                for k in range(size):
-                    v = np.float64(x[i, c, k])
-                    d = v - ref
-                    a1 += d
-                    a2 += d * d
-                    aa += abs(v)
-                    if v > 0.0:
-                        ap += 1.0
-                    lo = min(lo, v)
-                    hi = max(hi, v)
-                    part[t, (bits[i, c, k] >> 23) & 0x1FF] += 1
+                a1, a2, aa, ap, lo, hi = _run(x[i, c], bits[i, c], ref, a1, a2, aa, ap, lo, hi, part[t])
             _merge(c, ref, a1, a2, aa, ap, lo, hi, na, nb, total, m2, s_abs, pos, low, high)
         _add_parts(part, hist)
         count[0] = n
@@ -102,19 +108,9 @@ if njit is not None:
                     k1 = min(size, k0 + _SPAN)  # channel's sums are kept in registers for it
                     for j in range(w):
                         c = c0 + j
-                        r, s1, s2, sa, sp, mn, mx = ref[j], a1[j], a2[j], aa[j], ap[j], lo[j], hi[j]
-                        for k in range(k0, k1):
-                            v = np.float64(x[i, k, c])
-                            d = v - r
-                            s1 += d
-                            s2 += d * d
-                            sa += abs(v)
-                            if v > 0.0:
-                                sp += 1.0
-                            mn = min(mn, v)
-                            mx = max(mx, v)
-                            part[t, (bits[i, k, c] >> 23) & 0x1FF] += 1
-                        a1[j], a2[j], aa[j], ap[j], lo[j], hi[j] = s1, s2, sa, sp, mn, mx
+                        a1[j], a2[j], aa[j], ap[j], lo[j], hi[j] = _run(
+                            x[i, k0:k1, c], bits[i, k0:k1, c], ref[j], a1[j], a2[j], aa[j], ap[j], lo[j], hi[j], part[t]
+                        )
             for j in range(w):
                 _merge(
                     c0 + j, ref[j], a1[j], a2[j], aa[j], ap[j], lo[j], hi[j], na, nb, total, m2, s_abs, pos, low, high
