@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from yolo_audit.stats import fused
+from yolo_audit.stats.layout import by_position
 
 HIST_BINS = 512  # one bin per (sign, float32 exponent): octave-wide bins on both sides of zero
 
@@ -61,9 +62,9 @@ class ChannelState:
         n_img, channels = x.shape[0], x.shape[1]
         x3 = x.reshape(n_img, channels, -1)  # a view for the usual contiguous NCHW
         if x3.device.type == "cpu" and self.total.device.type == "cpu" and fused.available() and x3.shape[2] > 0:
-            if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-                # channels-last (how passes run on the CPU, see model.build.for_passes): read in place, same bits
-                fused.fold(x.permute(0, 2, 3, 1).reshape(n_img, -1, channels).numpy(), self, channels_last=True)
+            laid_out = by_position(x)
+            if laid_out is not None:  # channels-last (how passes run on the CPU): read in place, the same bits
+                fused.fold(laid_out.numpy(), self, channels_last=True)
             else:
                 fused.fold(np.ascontiguousarray(x3.numpy()), self)  # in place, no intermediate state
             return

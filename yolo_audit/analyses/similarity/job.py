@@ -20,6 +20,7 @@ from yolo_audit.model.keys import layer_of
 from yolo_audit.results.errors import ErrorRecord, record
 from yolo_audit.runtime.devices import keep_freed_memory, resolve_device
 from yolo_audit.stats.cka import MIN_BATCH, CKAState
+from yolo_audit.stats.layout import by_position
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,8 @@ def _features(output: torch.Tensor, pool: str) -> torch.Tensor:
     n, c = out.shape[0], out.shape[1]
     if out.device.type != "cpu":
         return out.reshape(n, c, -1).mean(dim=2, dtype=torch.float64)
-    if out.dim() == 4 and not out.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last):
-        by_place = out.permute(0, 2, 3, 1).reshape(n, -1, c)  # (image, position, channel): a view
+    by_place = by_position(out)  # (image, position, channel) of a channels-last output
+    if by_place is not None:
         step = max(1, _POOL_CHUNK // (n * c))
         sums = sum(by_place[:, i : i + step].double().sum(dim=1) for i in range(0, by_place.shape[1], step))
         return sums / by_place.shape[1]
