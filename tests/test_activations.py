@@ -267,18 +267,24 @@ def test_uneven_shards_give_the_same_statistics(run, data, tmp_path):
 
 
 def test_another_architecture_than_the_reference_is_refused(run, data, tmp_path):
+    """The command with its default options (feature maps on): one `align` error line and row, the reference's own
+    tables written, no traceback (the maps wave once crashed comparing channels of two architectures)."""
     from conftest import save as save_ckpt
+    from typer.testing import CliRunner
 
+    from yolo_audit.cli import app
     from yolo_audit.model.synthetic import build_model
 
     other = save_ckpt(build_model("yolov8s.yaml", seed=0), tmp_path / "v8s.pt", name="v8s")
     out = tmp_path / "mixed"
-    opts = ActivationOptions(imgsz=IMGSZ, batch=4)
-    summary = analyze_activations(
-        [other], data, out, reference=run["ref"], opts=opts, max_images=4, stream=io.StringIO()
-    )
-    assert not summary.ok and [e.stage for e in summary.errors] == ["align"]
-    assert str(run["ref"]) in summary.errors[0].message and str(other) in summary.errors[0].message
-    ids = pl.read_parquet(out / "channel_stats" / "*.parquet")["checkpoint_id"].unique().to_list()
-    assert len(ids) == 1  # only the reference's own rows: nothing compared for the other architecture
+    result = CliRunner().invoke(app, ["activations", str(other), "--reference", str(run["ref"]), "--data", str(data),
+                                      "--out", str(out), "--imgsz", str(IMGSZ), "--max-images", "4"])  # fmt: skip
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error")]
+    assert len(lines) == 1 and lines[0].startswith("error [align]")
+    assert str(run["ref"]) in lines[0] and str(other) in lines[0]
+    for table in ("channel_stats", "feature_maps"):  # only the reference's own rows: nothing of the other
+        ids = pl.read_parquet(out / table / "*.parquet")["checkpoint_id"].unique().to_list()
+        assert len(ids) == 1, table
     assert pl.read_parquet(out / "errors" / "*.parquet")["stage"].to_list() == ["align"]

@@ -179,3 +179,78 @@ def test_user_errors_are_one_line(tmp_path, model):
     out = runner.invoke(app, ["rank", "dead-units", "--results", str(tmp_path / "r")])
     assert out.exit_code == 1 and "run `yolo-audit activations" in out.stderr
     assert all(len(line.splitlines()) == 1 for line in [out.stderr.strip()])
+
+
+def _leaves(group, prefix: str = "") -> dict:
+    """Every command of a click group, as typed after `yolo-audit` (`rank dead-units`)."""
+    out = {}
+    for name, cmd in group.commands.items():
+        path = f"{prefix}{name}"
+        out.update(_leaves(cmd, path + " ") if hasattr(cmd, "commands") else {path: cmd})
+    return out
+
+
+CLI_ONLY = {"query": {"fmt"}}  # how a frame is printed, not what is computed
+
+
+def test_every_command_has_its_api_function_with_the_same_options():
+    """One function per command, exported from `yolo_audit`, taking each of the command's parameters by the same
+    name with the same default (the command forwards its parameters to it, so they cannot drift)."""
+    import inspect
+
+    import typer
+
+    import yolo_audit
+    from yolo_audit import api
+
+    commands = _leaves(typer.main.get_command(app))
+    assert set(commands) == set(api.COMMANDS), set(commands) ^ set(api.COMMANDS)
+    for path, cmd in commands.items():
+        name = api.COMMANDS[path]
+        fn = getattr(api, name)
+        assert getattr(yolo_audit, name) is fn and name in yolo_audit.__all__, name
+        params = inspect.signature(fn).parameters
+        for p in cmd.params:
+            if p.name in CLI_ONLY.get(path, ()):
+                continue
+            assert p.name in params, (path, p.name)
+            if not p.required:
+                default = params[p.name].default
+                assert str(default) == str(p.default), (path, p.name, default, p.default)
+
+
+def test_the_api_gives_the_commands_one_line_errors(tmp_path, model):
+    import pytest
+
+    import yolo_audit
+    from yolo_audit.errors import AuditError
+
+    ckpt = save(model, tmp_path / "a.pt")
+    with pytest.raises(AuditError, match="--depth must be modules or leaves"):
+        yolo_audit.analyze_activations([ckpt], tmp_path, tmp_path / "o", depth="deep")
+    with pytest.raises(AuditError, match="no results tables here"):
+        yolo_audit.write_report(tmp_path / "nothing", tmp_path / "r.html")
+    with pytest.raises(AuditError, match="must end in .safetensors"):
+        yolo_audit.convert(ckpt, tmp_path / "a.bin")
+    written = yolo_audit.convert(ckpt, tmp_path / "a.safetensors")
+    assert written.exists() and yolo_audit.load_checkpoint(written).checkpoint_id
+
+
+def test_one_app_has_every_command_under_python_m():
+    """`python -m yolo_audit` and `python -m yolo_audit.cli` list every command (study, demo, make-data and convert
+    were once registered on another module object), and cli_study does not import cli back."""
+    import subprocess
+    import sys
+
+    import typer
+
+    names = set(typer.main.get_command(app).commands)
+    assert {"study", "demo", "make-data", "convert", "weights", "rank"} <= names
+    for module in ("yolo_audit", "yolo_audit.cli"):
+        shown = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60,
+                               env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})  # fmt: skip
+        assert shown.returncode == 0, shown.stderr
+        listed = {line.split()[1] for line in shown.stdout.splitlines() if line.startswith("│ ") and line.split()[1:]}
+        assert names <= listed, (module, names - listed)
+    alone = "import sys, yolo_audit.cli_study; assert 'yolo_audit.cli' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", alone], timeout=60).returncode == 0

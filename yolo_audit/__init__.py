@@ -1,9 +1,9 @@
 """yolo-audit: what transfer learning changed inside YOLO networks.
 
-Notebook API (`yolo_audit.api`, imported lazily, so `import yolo_audit` stays light):
-    analyze_weights(paths, out, reference=..., pairwise=..., trajectory=...) -> WeightsSummary
-    analyze_activations(paths, data, out, ...), analyze_similarity(paths, data, out, ...)
-    open_results(out) -> {table: polars.LazyFrame}
+The Python API (`yolo_audit.api`, imported lazily, so `import yolo_audit` stays light) has one function per command,
+with the command's options as keywords: analyze_weights, analyze_activations, analyze_similarity, analyze_rewind,
+rank_dead_units, rank_divergence, rank_drift, rank_rewind, query, write_report, compact, run_study, run_demo,
+make_data, convert, schema, clear_cache; and open_results(out) -> {table: polars.LazyFrame}, load_checkpoint(path).
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["AuditError", "analyze_activations", "analyze_similarity", "analyze_weights", "load_checkpoint",
-           "open_results"]  # fmt: skip
+__all__ = ["AuditError", "analyze_activations", "analyze_rewind", "analyze_similarity", "analyze_weights",
+           "clear_cache", "compact", "convert", "load_checkpoint", "make_data", "open_results", "query",
+           "rank_dead_units", "rank_divergence", "rank_drift", "rank_rewind", "run_demo", "run_study", "schema",
+           "write_report"]  # fmt: skip
 
 _LAZY = {name: "yolo_audit.api" for name in __all__ if name != "AuditError"} | {"AuditError": "yolo_audit.errors"}
 

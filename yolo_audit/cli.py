@@ -5,81 +5,37 @@ from __future__ import annotations
 import io
 import os
 import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from yolo_audit import cli_study
+from yolo_audit.cli_options import (
+    Address,
+    Cfg,
+    Data,
+    Device,
+    EngineOpt,
+    Force,
+    Imgsz,
+    MaxImages,
+    NumCpus,
+    OutLocation,
+    Split,
+    TrustPickle,
+    command,
+    finish,
+    forward,
+)
 from yolo_audit.env import quiet_start
 from yolo_audit.errors import AuditError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Audit what transfer learning changed inside YOLO.")
 
-Address = Annotated[
-    str | None,
-    typer.Option("--address", help="Ray cluster address (e.g. auto, ray://head:10001); default: embedded local Ray."),
-]
-NumCpus = Annotated[
-    int | None, typer.Option("--num-cpus", min=1, help="CPUs for the embedded local Ray (default: all).")
-]
-EngineOpt = Annotated[
-    str,
-    typer.Option(
-        "--engine",
-        help="auto: in this process unless --address is given (no Ray start-up); ray: Ray tasks (embedded when no "
-        "--address); local: in this process.",
-    ),
-]
-Force = Annotated[
-    bool, typer.Option("--force", help="Recompute what an earlier run already wrote for the same files and options.")
-]
-TrustPickle = Annotated[
-    bool,
-    typer.Option(
-        "--trust-pickle", help="Allow pickles that need code outside Ultralytics' allow-list. Runs that code!"
-    ),
-]
-
-# options shared by the commands that run images through networks (activations, similarity)
-Data = Annotated[str, typer.Option("--data", help="Dataset yaml (uses --split), image folder, or glob.")]
-OutLocation = Annotated[str, typer.Option("--out", help="Results folder or filesystem URI.")]
-MaxImages = Annotated[int | None, typer.Option("--max-images", min=1, help="Use the first N images.")]
-Imgsz = Annotated[int, typer.Option("--imgsz", min=32, help="Letterbox size.")]
-Split = Annotated[str, typer.Option("--split", help="Split of a dataset yaml.")]
-Cfg = Annotated[str | None, typer.Option("--cfg", help="Model yaml for bare state dicts that record no architecture.")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda:N.")]
-
-
-def _at(where: str) -> Any:
-    """A location given on the command line (a path or a URI), resolved once, here."""
-    from yolo_audit.results.location import locate
-
-    return locate(where)
-
-
-def _command(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Every command: files it names are hashed while it imports (model/filehash.py); AuditError ends it in a line."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        files = [f for f in (kwargs.get("reference"), *(kwargs.get("checkpoints") or ())) if isinstance(f, str)]
-        if files:
-            from yolo_audit.model.filehash import prefetch
-
-            prefetch(files)
-        try:
-            return fn(*args, **kwargs)
-        except AuditError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
-
-    return wrapper
-
 
 @app.command()
-@_command
+@command
 def weights(
     checkpoints: Annotated[
         list[str], typer.Argument(help="Checkpoint files or folders (searched for *.pt, *.safetensors), or URIs.")
@@ -110,22 +66,14 @@ def weights(
     force: Force = False,
 ) -> None:
     """Weight & bias statistics, divergence and freeze verification of checkpoints, written as Parquet."""
-    from yolo_audit.analyses.weights.columns import WeightOptions
-    from yolo_audit.analyses.weights.plan import analyze_weights
+    args = locals()
     from yolo_audit.report.text import print_weights_summary
 
-    opts = WeightOptions(near_zero=near_zero, gamma_eps=gamma_eps, bins=bins, alpha=alpha)
-    summary = analyze_weights(
-        list(checkpoints), _at(out), reference=reference, pairwise=pairwise, trajectory=trajectory, address=address,
-        num_cpus=num_cpus, engine=engine, opts=opts, trust_pickle=trust_pickle, force=force,
-    )  # fmt: skip
-    print_weights_summary(summary)
-    if not summary.ok:
-        raise typer.Exit(1)
+    finish(print_weights_summary, forward("weights", args))
 
 
 @app.command()
-@_command
+@command
 def activations(
     checkpoints: Annotated[list[str], typer.Argument(help="Checkpoint files or folders, or URIs.")],
     data: Data,
@@ -152,25 +100,14 @@ def activations(
     force: Force = False,
 ) -> None:
     """Per-channel activation statistics and dead units over a dataset, written as Parquet."""
-    from yolo_audit.analyses.activations.job import ActivationOptions
-    from yolo_audit.analyses.activations.plan import analyze_activations
+    args = locals()
     from yolo_audit.report.text import print_activations_summary
 
-    if depth not in ("modules", "leaves"):
-        raise AuditError(f"--depth must be modules or leaves, not {depth!r}")
-    opts = ActivationOptions(imgsz=imgsz, batch=batch, depth=depth, maps=maps, tau=tau, device=device, cfg=cfg,
-                             trust_pickle=trust_pickle)  # fmt: skip
-    summary = analyze_activations(
-        list(checkpoints), data, _at(out), reference=reference, opts=opts, max_images=max_images, split=split,
-        shards_per_checkpoint=shards, address=address, num_cpus=num_cpus, engine=engine, force=force,
-    )  # fmt: skip
-    print_activations_summary(summary)
-    if not summary.ok:
-        raise typer.Exit(1)
+    finish(print_activations_summary, forward("activations", args))
 
 
 @app.command()
-@_command
+@command
 def similarity(
     checkpoints: Annotated[
         list[str],
@@ -193,20 +130,14 @@ def similarity(
     trust_pickle: TrustPickle = False,
 ) -> None:
     """Representation similarity (linear CKA) between checkpoints, layer by layer."""
-    from yolo_audit.analyses.similarity.plan import SimilarityOptions, analyze_similarity
+    args = locals()
     from yolo_audit.report.text import print_similarity_summary
 
-    opts = SimilarityOptions(imgsz=imgsz, batch=batch, pool=pool, cross_layer=cross_layer, device=device, cfg=cfg,
-                             trust_pickle=trust_pickle)  # fmt: skip
-    summary = analyze_similarity(list(checkpoints), data, _at(out), opts=opts, max_images=max_images, split=split,
-                                 address=address, num_cpus=num_cpus, engine=engine, force=force)  # fmt: skip
-    print_similarity_summary(summary)
-    if not summary.ok:
-        raise typer.Exit(1)
+    finish(print_similarity_summary, forward("similarity", args))
 
 
 @app.command()
-@_command
+@command
 def rewind(
     checkpoints: Annotated[list[str], typer.Argument(help="Checkpoint files or folders, or URIs.")],
     reference: Annotated[str, typer.Option("--reference", help="The checkpoint to rewind layers to (the base).")],
@@ -228,17 +159,10 @@ def rewind(
     trust_pickle: TrustPickle = False,
 ) -> None:
     """Which layers the accuracy needs: reset each layer to the reference and re-measure mAP (layer rewinding)."""
-    from yolo_audit.analyses.rewind.job import RewindOptions
-    from yolo_audit.analyses.rewind.plan import analyze_rewind
+    args = locals()
     from yolo_audit.report.text import print_rewind_summary
 
-    opts = RewindOptions(imgsz=imgsz, batch=batch, split=split, device=device, trust_pickle=trust_pickle)
-    summary = analyze_rewind(list(checkpoints), reference, data, _at(out), layers=layers, groups=groups,
-                             into_reference=into_reference, opts=opts, address=address, num_cpus=num_cpus,
-                             engine=engine, force=force)  # fmt: skip
-    print_rewind_summary(summary)
-    if not summary.ok:
-        raise typer.Exit(1)
+    finish(print_rewind_summary, forward("rewind", args))
 
 
 rank_app = typer.Typer(no_args_is_help=True, help="Rank dead units, weight divergence, BN drift, or rewinding.")
@@ -248,7 +172,7 @@ Top = Annotated[int, typer.Option("--top", min=1, help="How many rows.")]
 
 
 @rank_app.command("dead-units")
-@_command
+@command
 def rank_dead_units(
     results: Results,
     top: Top = 20,
@@ -259,55 +183,45 @@ def rank_dead_units(
     ] = "any",
 ) -> None:
     """Dead units across every checkpoint (newly dead vs the reference first)."""
-    from yolo_audit.results import rank
-
-    _show(rank.rank_dead_units(_at(results), by=by, criterion=criterion, top=top).collect())
+    _show(forward("rank dead-units", locals()))
 
 
 @rank_app.command("divergence")
-@_command
+@command
 def rank_divergence(
     results: Results,
     top: Top = 20,
     by: Annotated[str, typer.Option("--by", help="param, layer or checkpoint.")] = "layer",
 ) -> None:
     """Weight divergence across checkpoints and runs, largest first."""
-    from yolo_audit.results import rank
-
-    _show(rank.rank_divergence(_at(results), by=by, top=top).collect())
+    _show(forward("rank divergence", locals()))
 
 
 @rank_app.command("drift")
-@_command
+@command
 def rank_drift(results: Results, top: Top = 20) -> None:
     """Layers whose BatchNorm statistics moved while their weights did not."""
-    from yolo_audit.results import rank
-
-    _show(rank.rank_drift(_at(results), top=top).collect())
+    _show(forward("rank drift", locals()))
 
 
 @rank_app.command("rewind")
-@_command
+@command
 def rank_rewind(results: Results, top: Top = 5) -> None:
     """Per run, the layers whose reset to the reference costs most mAP50-95."""
-    from yolo_audit.results import rank
-
-    _show(rank.rank_rewind(_at(results), top=top).collect())
+    _show(forward("rank rewind", locals()))
 
 
 @app.command()
-@_command
+@command
 def query(
     sql: Annotated[str, typer.Argument(help='SQL over the tables, e.g. "select * from layer_freeze limit 5".')],
     results: Results,
     fmt: Annotated[str, typer.Option("--format", help="table, csv, json or parquet (binary, to stdout).")] = "table",
 ) -> None:
     """Run SQL (Polars SQL) over every results table."""
-    from yolo_audit.results import rank
-
     if fmt not in ("table", "csv", "json", "parquet"):
         raise AuditError(f"--format must be table, csv, json or parquet, not {fmt!r}")
-    frame = rank.query(_at(results), sql)
+    frame = forward("query", {"sql": sql, "results": results})
     if fmt == "table":
         _show(frame)
     elif fmt in ("csv", "json"):
@@ -326,25 +240,21 @@ def _show(frame: Any) -> None:
 
 
 @app.command()
-@_command
+@command
 def report(
     results: Results,
     out: Annotated[Path, typer.Option("--out", help="HTML file to write.")] = Path("report.html"),
 ) -> None:
     """A self-contained HTML report (plots embedded, no network) of whatever tables exist."""
-    from yolo_audit.report import write_report
-
-    typer.echo(str(write_report(_at(results), out)))
+    typer.echo(str(forward("report", locals())))
 
 
 @app.command()
-@_command
+@command
 def compact(results: Results) -> None:
     """Merge each table's per-task files into one large file (readers never see a row twice or miss one; run it while
     no other command writes there). Rankings, queries and reports on thousands of checkpoints read far fewer files."""
-    from yolo_audit.results.compact import compact as compact_results
-
-    merged = compact_results(_at(results))
+    merged = forward("compact", locals())
     done = ", ".join(f"{t} ({n} files)" for t, n in merged.items()) or "nothing to merge"
     typer.echo(f"compacted {results}: {done}")
 
@@ -354,23 +264,21 @@ app.add_typer(cache_app, name="cache")
 
 
 @cache_app.command("clear")
-@_command
+@command
 def cache_clear() -> None:
     """Empty the fetch cache (~/.cache/yolo-audit/fetched; its size is bounded by YOLO_AUDIT_CACHE_MAX)."""
-    from yolo_audit.results.location import cache_root, trim_cache
+    from yolo_audit.results.location import cache_root
 
-    typer.echo(f"removed {trim_cache(0) / 2**20:.1f} MiB from {cache_root()}")
+    typer.echo(f"removed {forward('cache clear', {}) / 2**20:.1f} MiB from {cache_root()}")
 
 
 @app.command("schema")
 def schema_cmd() -> None:
-    """Print every results table and column (Markdown), as documented in the README."""
-    from yolo_audit.results.schema import markdown
-
-    typer.echo(markdown())
+    """Print every results table and column (Markdown): docs/schema.md is this output."""
+    typer.echo(forward("schema", {}), nl=False)
 
 
-from yolo_audit import cli_study  # noqa: E402, F401 - registers study, demo, make-data and convert on `app`
+cli_study.register(app)  # study, demo, make-data, convert
 
 
 def main() -> None:

@@ -1,4 +1,6 @@
-"""The commands that make data and train: `study`, `demo`, `make-data`, `convert` (registered on `cli.app`)."""
+"""The commands that make data and train: `study`, `demo`, `make-data`, `convert`. `register` adds them to the one app
+(`cli.app`); this module never imports `cli`, so `python -m yolo_audit.cli` and `python -m yolo_audit` see every
+command."""
 
 from __future__ import annotations
 
@@ -7,14 +9,10 @@ from typing import Annotated
 
 import typer
 
-from yolo_audit.cli import Address, TrustPickle, _command, app
-from yolo_audit.errors import AuditError
-
-WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
+from yolo_audit.cli_options import Address, TrustPickle, command, forward
 
 
-@app.command()
-@_command
+@command
 def study(
     file: Annotated[Path, typer.Argument(help="Study file (see workflows/).")],
     out: Annotated[str | None, typer.Option("--out", help="Results folder or URI (default: the file's `out`).")] = None,
@@ -29,49 +27,34 @@ def study(
     ] = 600,
 ) -> None:
     """Train freeze-depth variants as Ray tasks, then analyse every epoch snapshot."""
-    _run_study(file, out, address, dry_run, cpu_only=cpu_only, schedule_timeout=schedule_timeout)
+    args = locals()
+    from yolo_audit.report.text import print_study_summary
+
+    summary = forward("study", args)
+    if not dry_run:
+        print_study_summary(summary)
+    if not summary.ok:
+        raise typer.Exit(1)
 
 
-@app.command()
-@_command
+@command
 def demo(
     out: Annotated[str, typer.Option("--out", help="Where the demo writes data, runs and results.")] = "demo-results",
     address: Address = None,
 ) -> None:
     """Offline demo: workflows/demo.yaml (pretrain on synthetic A, fine-tune 4 ways on B, analyse)."""
-    if not (WORKFLOWS / "demo.yaml").exists():
-        raise AuditError("workflows/demo.yaml is not beside the package; install from a checkout (pip install -e .)")
-    _run_study(WORKFLOWS / "demo.yaml", out, address, False, examples=True)
-
-
-def _run_study(
-    file: Path,
-    out: str | None,
-    address: str | None,
-    dry_run: bool,
-    *,
-    examples: bool = False,
-    cpu_only: bool = False,
-    schedule_timeout: float = 600,
-) -> None:
+    args = locals()
     from yolo_audit.report.text import print_study_summary
-    from yolo_audit.study.driver import run_study
-    from yolo_audit.study.spec import load_study
 
-    summary = run_study(load_study(file, out=out), address=address, dry_run=dry_run, cpu_only=cpu_only,
-                        schedule_timeout=schedule_timeout)  # fmt: skip
-    if not dry_run:
-        print_study_summary(summary, examples=examples)
-    if examples and not summary.out.is_remote:
-        from yolo_audit.report import write_report
-
-        typer.echo(f"\nReport: {write_report(summary.out, Path(summary.out.path) / 'report.html')}")
+    summary = forward("demo", args)
+    print_study_summary(summary, examples=True)
+    if summary.report is not None:
+        typer.echo(f"\nReport: {summary.report}")
     if not summary.ok:
         raise typer.Exit(1)
 
 
-@app.command("make-data")
-@_command
+@command
 def make_data(
     out: Annotated[Path, typer.Argument(help="Folder for the dataset (images/, labels/, data.yaml).")],
     images: Annotated[int, typer.Option("--images", min=2, help="Number of images (a quarter go to val).")] = 32,
@@ -84,23 +67,20 @@ def make_data(
     task: Annotated[str, typer.Option("--task", help="detect (boxes) or segment (polygon labels).")] = "detect",
 ) -> None:
     """Write a deterministic synthetic YOLO-format detection (or segmentation) dataset."""
-    from yolo_audit.study.synth import make_dataset
-
-    typer.echo(str(make_dataset(out, images=images, imgsz=imgsz, classes=classes, domain=domain, seed=seed,
-                                task=task)))  # fmt: skip
+    typer.echo(str(forward("make-data", locals())))
 
 
-@app.command()
-@_command
+@command
 def convert(
     source: Annotated[Path, typer.Argument(help="Checkpoint to convert (.pt).")],
     target: Annotated[Path, typer.Argument(help="Output .safetensors file (fp32, metadata kept).")],
     trust_pickle: TrustPickle = False,
 ) -> None:
     """Convert a checkpoint to .safetensors (no code runs when loading it later)."""
-    from yolo_audit.model.checkpoint import load_checkpoint, save_safetensors
+    typer.echo(str(forward("convert", locals())))
 
-    if target.suffix != ".safetensors":
-        raise AuditError("the target must end in .safetensors", path=str(target))
-    written = save_safetensors(load_checkpoint(source, trust_pickle=trust_pickle), target)
-    typer.echo(str(written))
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to `app` (the CLI's one app)."""
+    for name, fn in (("study", study), ("demo", demo), ("make-data", make_data), ("convert", convert)):
+        app.command(name)(fn)

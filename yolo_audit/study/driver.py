@@ -34,6 +34,8 @@ from yolo_audit.runtime.tasks import Task, cluster_gpus, ray_session, run_tasks
 from yolo_audit.study.spec import Resources, Study, Synthetic
 from yolo_audit.study.training import SNAPSHOTS, TrainCfg, TrainResult, TrainSpec, describe, train_variant
 
+WORKFLOWS = Path(__file__).resolve().parent.parent.parent / "workflows"  # demo.yaml and the example studies
+
 
 @dataclass
 class StudySummary:
@@ -41,6 +43,7 @@ class StudySummary:
     trained: list[TrainResult] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     analyses: dict[str, Summary] = field(default_factory=dict)  # analysis name -> its driver's summary
+    report: Path | None = None  # the HTML report, where one was written (the demo writes one)
 
     @property
     def ok(self) -> bool:

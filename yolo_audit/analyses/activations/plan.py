@@ -23,6 +23,7 @@ from yolo_audit.analyses.activations.job import (
     tables_for,
 )
 from yolo_audit.analyses.images import dataset_id, list_images, shards
+from yolo_audit.errors import AuditError
 from yolo_audit.model.checkpoint import find_checkpoints
 from yolo_audit.results import files
 from yolo_audit.results.errors import ErrorRecord, clear_errors, write_errors
@@ -75,6 +76,8 @@ def analyze_activations(
     again whenever another checkpoint is (its statistics give newly_dead), and new feature maps reuse the channels
     chosen before, so every checkpoint's maps show the same channels."""
     opts = opts or ActivationOptions()
+    if opts.depth not in ("modules", "leaves"):
+        raise AuditError(f"--depth must be modules or leaves, not {opts.depth!r}")
     out_loc = files.check_writable(locate(out))
     checkpoints = find_checkpoints(list(paths), reference=reference)
     ref_path = locate(reference).uri if reference is not None else None
@@ -114,15 +117,17 @@ def analyze_activations(
         ]  # fmt: skip
         partial = run_tasks(tasks, stage="activations", stream=stream or sys.stderr)
         merged = tree_merge([partial[i * len(parts) : (i + 1) * len(parts)] for i in range(len(compute))])
-        ref_index = compute.index(ref_path) if ref_path else None
+        ref = merged[compute.index(ref_path)] if ref_path else None
+        summary.architectures = len(arches | {r.arch_hash for r in merged if r.arch_hash})
+        merged, refused = _same_architecture(merged, ref)  # neither maps nor rows for another architecture
+        summary.errors += refused
         if opts.maps:
-            errors, shared = _add_maps(merged, ref_index, images[: opts.maps], opts, stream,
+            errors, shared = _add_maps(merged, ref, images[: opts.maps], opts, stream,
                                        shared=chosen["channels"] if chosen else None)  # fmt: skip
             summary.errors += errors
             if shared is not None and chosen is None:
                 ledger.add(maps_key, "activations:maps", [], {"channels": shared})
-        written = _write(merged, ref_index, images, opts, summary)
-        summary.architectures = len(arches | {r.arch_hash for r in merged if r.arch_hash})
+        written = _write(merged, ref, images, opts, summary)
         for result in merged:
             if result.path in written:
                 ledger.add(keys[result.path], "activations", written[result.path], {
@@ -132,9 +137,25 @@ def analyze_activations(
     return summary
 
 
+def _same_architecture(
+    merged: list[ShardResult], ref: ShardResult | None
+) -> tuple[list[ShardResult], list[ErrorRecord]]:
+    """The results whose architecture is the reference's (all of them without a reference), and an `align` error for
+    each of the others: their channels are not the reference's, so nothing of them is compared or written."""
+    if ref is None or not ref.arch_hash:
+        return merged, []
+    same = [r for r in merged if not r.arch_hash or r.arch_hash == ref.arch_hash]
+    refused = [
+        ErrorRecord(r.path, "align", "AuditError", f"{r.path}: architecture differs from the reference {ref.path}; its "
+                    "channels are not the reference's, so nothing was compared. Compare checkpoints of the same model")
+        for r in merged if r.arch_hash and r.arch_hash != ref.arch_hash
+    ]  # fmt: skip
+    return same, refused
+
+
 def _add_maps(
     merged: list[ShardResult],
-    ref_index: int | None,
+    ref: ShardResult | None,
     images: list[str],
     opts: ActivationOptions,
     stream: TextIO | None,
@@ -148,7 +169,7 @@ def _add_maps(
     ok = [r for r in merged if not r.errors and r.states]
     if not ok:
         return [], shared
-    ref = merged[ref_index] if ref_index is not None and not merged[ref_index].errors else None
+    ref = ref if ref is not None and not ref.errors else None
     if shared is None and ref is not None:
         shared = changed_channels([r for r in ok if r is not ref], ref)
     tasks = [
@@ -169,7 +190,7 @@ def _add_maps(
 
 def _write(
     merged: list[ShardResult],
-    ref_index: int | None,
+    ref: ShardResult | None,
     images: list[str],
     opts: ActivationOptions,
     summary: ActivationsSummary,
@@ -177,18 +198,11 @@ def _write(
     """Each checkpoint's rows; returns, per checkpoint written, the result files it wrote."""
     out = summary.out
     written: dict[str, list[str]] = {}
-    ref = merged[ref_index] if ref_index is not None else None
     reference_dead = dead_flags(ref, opts.tau) if ref is not None and not ref.errors else None
     for result in merged:
         summary.failed_images += result.failed_images
         if result.errors or not result.states:
             summary.errors += result.errors[:1] or [ErrorRecord(result.path, "activations", "AuditError", "no output")]
-            continue
-        if ref is not None and ref.arch_hash and result.arch_hash != ref.arch_hash:
-            summary.errors.append(ErrorRecord(result.path, "align", "AuditError", (
-                f"{result.path}: architecture differs from the reference {ref.path}; its channels are not the "
-                "reference's, so nothing was compared. Compare checkpoints of the same model"
-            )))  # fmt: skip
             continue
         clear_errors(out, result.path, ("activations", "align", "feature_maps"))
         key = dataset_key(result.checkpoint_id, summary.dataset_id)
