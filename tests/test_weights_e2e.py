@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from conftest import save, save_state_dict
+from conftest import moved, save, save_state_dict
 
 from yolo_audit.analyses.weights.plan import analyze_weights
 from yolo_audit.errors import AuditError
@@ -235,11 +235,36 @@ def test_distance_matrix_tells_files_saved_side_by_side_apart(tmp_path, base_mod
     assert summary.ok
     shown = io.StringIO()
     print_weights_summary(summary, stream=shown)
-    matrix = shown.getvalue().split("Distance between checkpoints")[1].split("\n\n")[0]
+    matrix = shown.getvalue().split("Distance between the reference")[1].split("\n\n")[0]
     names = ["same a.pt", "same b.pt", "same base.pt"]
     rows = [line for line in matrix.splitlines() if line.startswith("│ same")]
     assert [r.split("┆")[0].strip("│ ") for r in rows] == names
     assert all(name in matrix.splitlines()[2] for name in names)  # the header: one column each
+
+
+def test_the_terminal_distance_matrix_shows_the_reference_and_each_runs_last_checkpoint(
+    tmp_path, base_model, ray_local
+):
+    """Every epoch of two runs, pairwise and trajectory: the terminal shows base, a@3 and b@3 (the table keeps every
+    pair; the demo's 21 x 21 matrix was mostly null)."""
+    from yolo_audit.report.text import print_weights_summary
+
+    ref = save(base_model, tmp_path / "base.pt", name="base")
+    for run, first in (("a", 15), ("b", 18)):
+        for epoch in (1, 2, 3):
+            save(moved(base_model, epoch, first=first), tmp_path / run / "weights" / f"epoch{epoch}.pt", name=run,
+                 epoch=epoch - 1, key="ema")  # fmt: skip
+    out = tmp_path / "out"
+    summary = analyze_weights([tmp_path / "a", tmp_path / "b"], out, reference=ref, pairwise=True, trajectory=True,
+                              stream=io.StringIO())  # fmt: skip
+    assert summary.ok
+    shown = io.StringIO()
+    print_weights_summary(summary, stream=shown)
+    matrix = shown.getvalue().split("Distance between the reference")[1].split("\n\n")[0]
+    rows = [line.split("┆")[0].strip("│ ") for line in matrix.splitlines() if line.startswith("│ ")]
+    assert rows[3:] == ["a@3", "b@3", "base"], rows  # after the header (name, ---, str)
+    pairs = pl.read_parquet(out / "weight_divergence" / "*.parquet").select("checkpoint_id", "reference_id").unique()
+    assert pairs.height == 7 * 6 // 2  # every pair of the 7 checkpoints is still in the table
 
 
 def test_unwritable_out_fails_before_any_work(tmp_path, model):

@@ -134,15 +134,20 @@ def print_rewind_summary(summary: RewindSummary, *, stream: TextIO | None = None
 
 
 def _print_pairwise(summary: WeightsSummary, stream: TextIO) -> None:
-    """The run x run distance matrix (relative L2 of all parameters) of the pairs this command compared."""
+    """The distance matrix (relative L2 of all parameters) of the reference and each run's last checkpoint, among the
+    pairs this command compared; every pair is in weight_divergence, and the report's `pairwise` section."""
     ids = {r.checkpoint_id for r in summary.analysed}
+    rows = store.scan(summary.out, "checkpoints").filter(pl.col("checkpoint_id").is_in(list(ids))).collect()
+    shown = rows.filter(
+        store.is_last_of_run() | pl.col("run").is_null() | (pl.col("checkpoint_id") == (summary.reference_id or ""))
+    )
+    keep = shown["checkpoint_id"].unique().to_list()
     dist = store.pairwise_distance(summary.out).filter(
-        pl.col("checkpoint_id").is_in(list(ids)) & pl.col("reference_id").is_in(list(ids))
+        pl.col("checkpoint_id").is_in(keep) & pl.col("reference_id").is_in(keep)
     )
     if dist.height < 2:
         return
-    rows = store.scan(summary.out, "checkpoints").filter(pl.col("checkpoint_id").is_in(list(ids)))
-    label = checkpoint_labels(rows.select("checkpoint_id", "run", "epoch", "path").collect().iter_rows(named=True))
+    label = checkpoint_labels(rows.select("checkpoint_id", "run", "epoch", "path").iter_rows(named=True))
     pairs = dist.with_columns(
         pl.col("checkpoint_id").replace_strict(label, return_dtype=pl.String).alias("name"),
         pl.col("reference_id").replace_strict(label, return_dtype=pl.String).alias("other"),
@@ -156,6 +161,7 @@ def _print_pairwise(summary: WeightsSummary, stream: TextIO) -> None:
     matrix = both.pivot(on="other", index="name", values="rel_l2", aggregate_function="first").sort("name")
     with pl.Config(tbl_rows=40, tbl_cols=12, fmt_str_lengths=40, tbl_width_chars=220, tbl_hide_dataframe_shape=True,
                    float_precision=4):  # fmt: skip
-        print("\nDistance between checkpoints (relative L2 of all parameters, ||A - B|| / ||B||; run@epoch):",
+        print("\nDistance between the reference and each run's last checkpoint (relative L2 of all parameters, "
+              "||A - B|| / ||B||; run@epoch; every compared pair: weight_divergence, and the report):",
               file=stream)  # fmt: skip
         print(matrix.select("name", *sorted(c for c in matrix.columns if c != "name")), file=stream)
