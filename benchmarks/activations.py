@@ -19,6 +19,8 @@ import os
 import statistics
 import time
 
+from common import parse
+
 from yolo_audit.env import prepare
 from yolo_audit.runtime.devices import set_threads as set_torch_threads
 
@@ -29,7 +31,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sizes", type=int, nargs="+", default=[640, 320])
-    args = parser.parse_args()
+    args = parse(parser, {"model": "yolov8n.yaml", "batch": 2, "repeats": 1, "sizes": [64]})
     prepare()
     set_torch_threads(os.cpu_count() or 1)
     import copy

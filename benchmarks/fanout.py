@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import parse
+
 from yolo_audit.env import prepare
 
 
@@ -22,7 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="yolov8s.yaml")
     parser.add_argument("--checkpoints", type=int, default=32)
-    args = parser.parse_args()
+    args = parse(parser, {"model": "yolov8n.yaml", "checkpoints": 4})
     prepare()
     import ray
 
@@ -41,7 +43,8 @@ def main() -> None:
         warm = sorted((root / "ckpts").glob("*.pt"))[:4]
         seconds = {}
         for workers in (1, 2):
-            ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR")
+            # address="local": a new Ray of these CPUs, never one that happens to run here (the tests' own)
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level="ERROR")
             try:
                 analyze_weights(warm, root / f"warm{workers}", reference=base, stream=io.StringIO())
                 start = time.perf_counter()

@@ -4,8 +4,9 @@ Builds a synthetic store laid out as the project writes it (one Parquet file per
 10,000 channels, through `results.files.write`), then alternates `rank_dead_units(by="layer")` with the same query
 in DuckDB SQL, `--repeats` times; medians compared, results checked equal. Also times two lower bounds for any Polars
 formulation of this ranking on the same files (a row count, which only opens the 1,000 files, and the group-by on the
-three keys with nothing but a row count per group), so the gap to DuckDB can be read off the output. Not updated for
-the `dead`, `unit_kind` and `revived` columns added since (the SQL still counts never_positive as dead).
+three keys with nothing but a row count per group), so the gap to DuckDB can be read off the output. The rows have
+every `channel_stats` column (written through the project's schema, which refuses a missing one), and the SQL counts
+units only, `dead` being dormant or constant, as the ranking does.
 Last line: {"benchmark": "rank", "seconds": S, "ratio": ours_over_duckdb, "goal": 1.0}.
 """
 
@@ -19,14 +20,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import parse
 
 SQL = """
 with per_layer as (
-  select checkpoint_id, dataset_id, layer, count(*) as channels,
-         sum((dormant or constant or never_positive)::int) as dead, sum(coalesce(newly_dead, false)::int) as newly_dead,
-         sum(dormant::int) as dormant, sum(constant::int) as constant, sum(never_positive::int) as never_positive
-  from read_parquet('{glob}', hive_partitioning=true) group by checkpoint_id, dataset_id, layer)
-select *, dead / channels as frac_dead,
+  select checkpoint_id, dataset_id, layer, count(*) as units,
+         sum(dead::int) as dead, sum(coalesce(newly_dead, false)::int) as newly_dead,
+         sum(dormant::int) as dormant, sum(constant::int) as constant, sum(never_positive::int) as never_positive,
+         sum(coalesce(revived, false)::int) as revived
+  from read_parquet('{glob}', hive_partitioning=true) where unit_kind = 'unit'
+  group by checkpoint_id, dataset_id, layer)
+select *, dead / units as frac_dead,
        rank() over (partition by checkpoint_id, dataset_id order by dead desc) as rank_in_checkpoint
 from per_layer order by newly_dead desc, dead desc, checkpoint_id, dataset_id, layer limit {top}
 """
@@ -47,8 +51,11 @@ def build(root: Path, checkpoints: int, channels: int) -> None:
             "min": -rng.random(channels), "max": rng.random(channels), "mean_abs": score,
             "frac_positive": rng.random(channels), "dormant_score": score, "dormant": score < 0.05,
             "constant": rng.random(channels) < 0.002, "never_positive": rng.random(channels) < 0.01,
-            "newly_dead": rng.random(channels) < 0.001, "tau": np.full(channels, 0.025),
+            "newly_dead": rng.random(channels) < 0.001, "revived": rng.random(channels) < 0.001,
+            "tau": np.full(channels, 0.025),
+            "unit_kind": np.where(layers == 22, "head_output", "unit"),  # the head's logits are never counted
         }  # fmt: skip
+        cols["dead"] = cols["dormant"] | cols["constant"]
         files.write(locate(root), "channel_stats", f"{i:016x}-{'d' * 16}", cols)
 
 
@@ -58,7 +65,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--top", type=int, default=20)
-    args = parser.parse_args()
+    args = parse(parser, {"checkpoints": 20, "channels": 460, "repeats": 1})
     import duckdb
     import polars as pl
 
@@ -78,7 +85,8 @@ def main() -> None:
             return duckdb.sql(SQL.format(glob=glob, top=args.top)).pl()
 
         a, b = ours(), theirs()  # warm-up, and the two must agree
-        assert a["dead"].to_list() == b["dead"].to_list() and a["newly_dead"].to_list() == b["newly_dead"].to_list()
+        for column in ("units", "dead", "newly_dead", "revived", "layer"):
+            assert a[column].to_list() == b[column].to_list(), column
 
         def count() -> object:
             return pl.scan_parquet(glob).select(pl.len()).collect()

@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common import parse
+
 WORKER = r"""
 import json, sys, time
 from pathlib import Path
@@ -70,7 +72,7 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=4)
     parser.add_argument("--images", type=int, nargs=2, default=[96, 768])
     parser.add_argument("--imgsz", type=int, default=160)
-    args = parser.parse_args()
+    args = parse(parser, {"model": "yolov8n.yaml", "models": 2, "images": [8, 16], "imgsz": 64})
     from yolo_audit.model.synthetic import build_model, perturb, save_ultralytics
     from yolo_audit.study.synth import make_dataset
 

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import parse
+
 HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
 MEASURE = r"""
@@ -151,7 +153,7 @@ def main() -> None:
     )
     parser.add_argument("--skip-weights", action="store_true")
     parser.add_argument("--skip-images", action="store_true", help="only the weights command")
-    args = parser.parse_args()
+    args = parse(parser, {"model": "yolov8n.yaml", "sizes": "2", "repeats": 1, "images": 8, "imgsz": "64"})
     import compileall
 
     compileall.compile_dir(str(HERE.parent / "yolo_audit"), quiet=1)  # bytecode, as a regular install writes it

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from common import parse
 
 TENSORS, LAYERS, UNITS = 355, 23, 3456
 ROLES = ("conv_weight", "bn_weight", "bn_bias", "bn_running_mean", "bn_running_var")
@@ -132,7 +133,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--s3", action="store_true", help="also through an S3 API on localhost (moto)")
     parser.add_argument("--keep", type=Path, help="build the store here (reused when it exists)")
-    args = parser.parse_args()
+    args = parse(parser, {"runs": 2, "epochs": 3, "s3": False})
     from yolo_audit.env import prepare
 
     prepare()

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import parse
+
 from yolo_audit.env import prepare
 from yolo_audit.runtime.devices import set_threads as set_torch_threads
 
@@ -30,7 +32,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--frozen", type=int, default=10, help="layers 0..N-1 left as in the base (0: all trained)")
-    args = parser.parse_args()
+    args = parse(parser, {"model": "yolov8n.yaml", "repeats": 1})
     prepare()
     set_torch_threads(args.threads)
     import torch
