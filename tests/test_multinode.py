@@ -1,7 +1,8 @@
 """A study on a real multi-node Ray (a head and a worker node started on this machine by Ray's cluster test utilities)
-writing to a real S3 API (moto's server on localhost), the worker node removed mid-study: the study finishes (Ray
-retries what was lost) and its tables equal the same study run locally. Runs in a subprocess: the rest of the suite
-shares one embedded Ray, and a process holds one Ray connection."""
+writing to a real S3 API (moto's server on localhost), the worker node removed mid-study and a new one joining (as an
+autoscaler replaces it): the study finishes (Ray retries what was lost), its analysis tasks ran on both nodes, and its
+tables equal the same study run locally. Runs in a subprocess: the rest of the suite shares one embedded Ray, and a
+process holds one Ray connection."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import yaml
 from conftest import TINY_STUDY
 
 SCRIPT = r"""
-import io, json, os, sys, threading, time
+import io, json, os, re, subprocess, sys, threading, time
 from pathlib import Path
 import polars as pl
 import pyarrow.fs as pafs
@@ -43,11 +44,19 @@ def kill_after_pretraining():  # the variants are then training, spread over bot
     time.sleep(1.0)
     seen["runs_at_kill"] = len(fs.get_file_info(pafs.FileSelector("audit/study/runs")))
     cluster.remove_node(worker, allow_graceful=False)
+    # a new node joins, as an autoscaler replaces a lost one (`ray start`: add_node works from the main thread only)
+    seen["joined"] = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--address",
+                                       cluster.address, "--num-cpus", "2", "--block"], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
 
 killer = threading.Thread(target=kill_after_pretraining, daemon=True)
 killer.start()
-remote = run_study(load_study(study_file, out="s3://audit/study"), address=cluster.address, stream=io.StringIO())
+progress = io.StringIO()
+NODES = r"\[(\w+)\] \[#+\] .* on (\d+) nodes?"  # a stage's last progress line: how many nodes ran its tasks
+remote = run_study(load_study(study_file, out="s3://audit/study"), address=cluster.address, stream=progress)
 killer.join(timeout=5)
+seen["joined"].terminate()  # `ray start --block` stops its node's processes on SIGTERM
+seen["joined"].wait(timeout=60)
 cluster.shutdown()
 local = run_study(load_study(study_file, out=str(root / "local")), stream=io.StringIO())
 server_alive = server.poll() is None
@@ -64,7 +73,8 @@ runs = b["runs"].select("run", "status").sort("run").rows()
 server.terminate()
 print(json.dumps({"ok": remote.ok and local.ok, "equal": equal, "runs": runs,
                   "runs_at_kill": seen.get("runs_at_kill"), "ids": sorted(set(a["checkpoints"]["checkpoint_id"]))
-                  == sorted(set(b["checkpoints"]["checkpoint_id"])), "moto": server_alive}))
+                  == sorted(set(b["checkpoints"]["checkpoint_id"])), "moto": server_alive,
+                  "nodes": {m[0]: int(m[1]) for m in re.findall(NODES, progress.getvalue())}}))
 """
 
 
@@ -82,5 +92,6 @@ def test_study_on_two_nodes_to_s3_survives_losing_a_node(tmp_path):
     assert r["runs"] == [["base", "done"], ["head-s0", "done"], ["none-s0", "done"]]
     assert r["ids"]  # every checkpoint trained on the cluster is bit-identical to the local run's
     assert all(r["equal"].values()), r["equal"]
+    assert r["nodes"]["weights"] == 2, r["nodes"]  # the analysis tasks ran on the head and the node that joined
     noise = [line for line in proc.stderr.splitlines() if any(w in line for w in ("raylet", "(autoscaler", "WARNING"))]
     assert not noise, noise[:5]  # losing a node prints none of Ray's state dumps into the driver's output

@@ -40,12 +40,16 @@ class Task:
     revive: Callable[[dict[str, Any]], Any] | None = None  # the recorded JSON back into the task's result
 
 
-def _run_in_worker(fn: Callable[..., Any], threads: int, *args: Any, **kwargs: Any) -> tuple[Any, list[str]]:
+def _run_in_worker(
+    fn: Callable[..., Any], threads: int, *args: Any, **kwargs: Any
+) -> tuple[Any, list[str], str | None]:
     """What a Ray worker executes: the offline environment, torch threads = the task's CPUs, then the plain function;
-    returns its result and the result files it wrote."""
+    returns its result, the result files it wrote and the Ray node it ran on."""
+    import ray
+
     prepare()
     set_threads(threads)
-    return _recorded(fn, *args, **kwargs)
+    return (*_recorded(fn, *args, **kwargs), ray.get_runtime_context().get_node_id())
 
 
 def _one_cpu(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, list[str]]:
@@ -227,12 +231,15 @@ class Progress:
     done: int = 0
     failed: int = 0
     started: float = field(default_factory=time.monotonic)
+    nodes: set[str] = field(default_factory=set)  # Ray nodes the finished tasks ran on (none in process)
     _printed: int = -1
 
-    def update(self, label: str, failed: bool) -> None:
+    def update(self, label: str, failed: bool, node: str | None = None) -> None:
         tty = getattr(self.stream, "isatty", lambda: False)()
         self.done += 1
         self.failed += failed
+        if node is not None:
+            self.nodes.add(node)
         if failed:
             self._write(f"[{self.stage}] FAILED {label}", newline=True, redraw=tty)
         tenth = 10 * self.done // max(self.total, 1)
@@ -246,8 +253,9 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
         filled = int(20 * self.done / max(self.total, 1))
         failed = f", {self.failed} failed" if self.failed else ""
+        nodes = f", on {len(self.nodes)} node{'s' * (len(self.nodes) > 1)}" if self.nodes else ""
         return (f"[{self.stage}] [{'#' * filled}{'.' * (20 - filled)}] {self.done}/{self.total}{failed} "
-                f"{rate:.2f} it/s, {elapsed:.1f}s elapsed, ETA {eta:.1f}s")  # fmt: skip
+                f"{rate:.2f} it/s, {elapsed:.1f}s elapsed, ETA {eta:.1f}s{nodes}")  # fmt: skip
 
     def _write(self, text: str, *, newline: bool, redraw: bool) -> None:
         print(("\r\033[K" if redraw else "") + text, end="\n" if newline else "", file=self.stream, flush=True)
@@ -292,11 +300,11 @@ def run_tasks(
         return results
     progress = Progress(stage, len(queue), out)
 
-    def finished(index: int, value: tuple[Any, list[str]]) -> None:
-        results[index], written = value
+    def finished(index: int, value: tuple[Any, ...]) -> None:
+        results[index], written, *node = value  # Ray tasks also say which node they ran on
         if ledger is not None:
             ledger.add(tasks[index].done_key, stage, written, results[index])
-        progress.update(tasks[index].label, bool(getattr(results[index], "errors", None)))
+        progress.update(tasks[index].label, bool(getattr(results[index], "errors", None)), *node)
 
     if in_process():
         workers = min(_local_cpus, len(queue)) if threads else 1
