@@ -113,11 +113,19 @@ def columns(table: str) -> list[str]:
     return [name for name, _, _ in TABLES[table]]
 
 
+HEADER = """# Results schema
+
+Every table and column yolo-audit writes, generated from the code by `yolo-audit schema` (this file is its output;
+`tests/test_docs.py` fails when the two differ). How the files are laid out and read: [results](results.md); what the
+numbers mean: [numbers](numbers.md).
+"""
+
+
 def markdown() -> str:
-    """The README's schema section, generated from TABLES so the two cannot drift apart."""
-    lines: list[str] = []
+    """docs/schema.md, generated from TABLES so the two cannot drift apart."""
+    lines: list[str] = [HEADER]
     for table, fields in TABLES.items():
-        lines += [f"#### `{table}`", "", "| column | type | meaning |", "| --- | --- | --- |"]
+        lines += [f"## `{table}`", "", "| column | type | meaning |", "| --- | --- | --- |"]
         lines += [f"| `{name}` | {kind} | {doc} |" for name, kind, doc in fields]
         lines.append("")
     return "\n".join(lines)
