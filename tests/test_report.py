@@ -136,6 +136,7 @@ def test_report_renders_in_headless_chromium_without_network(results, tmp_path):
     assert text.count("data:image/png;base64,") >= 7
     assert "BatchNorm statistics drifted" in text  # the callback variant's finding, in words
     assert 'alt="CKA module x module"' in text  # studies measure CKA across layers; one panel per run vs the base
+    assert 'alt="Procrustes heatmap"' in text and "within 2 standard errors of the chance baseline" in text
     cells = re.findall(r"<td>([^<]*)</td>", text)
     numbers = [c for c in cells if re.fullmatch(r"-?\d+\.\d+(e-?\d+)?", c)]
     assert numbers and all(len(re.sub(r"e.*|[-.]|^0+", "", c).lstrip("0")) <= 4 for c in numbers), numbers[:5]

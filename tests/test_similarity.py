@@ -33,7 +33,7 @@ def _cka(*features: torch.Tensor, batch: int) -> torch.Tensor:
     state = CKAState.empty(len(features))
     for start in range(0, features[0].shape[0], batch):
         state.update([f[start : start + batch] for f in features])
-    return state.compute()[0]
+    return state.compute().cka
 
 
 def test_hsic_matches_the_formula():
@@ -75,7 +75,8 @@ def test_layers_that_do_not_vary_get_null_and_a_reason():
     state = CKAState.empty(2)
     for start in range(0, 16, 8):
         state.update([varying[start : start + 8], constant[start : start + 8]])
-    cka, reasons = state.compute()
+    result = state.compute()
+    cka, reasons = result.cka, result.reasons
     assert torch.isnan(cka[0, 1]) and torch.isnan(cka[1, 1]) and float(cka[0, 0]) == pytest.approx(1.0)
     assert "does not vary" in reasons[0][1] and reasons[0][0] is None
 
@@ -122,10 +123,11 @@ def test_trained_checkpoints_give_finite_cka_in_range_and_shards_merge(trained):
     assert defined["cka"].is_finite().all() and defined["cka"].min() >= -1e-6 and defined["cka"].max() <= 1 + 1e-6
     selfs = defined.filter(pl.col("checkpoint_a") == pl.col("checkpoint_b"))
     assert np.allclose(selfs["cka"].to_numpy(), 1.0, atol=1e-9)
-    np.testing.assert_allclose(
-        a["cka"].fill_null(-9).to_numpy(), b["cka"].fill_null(-9).to_numpy(), rtol=1e-9, atol=1e-12
-    )
+    _same_values(a, b)
     assert set(a["n_images"]) == {16} and set(a["n_batches"]) == {4}
+    assert np.allclose(selfs["procrustes"].to_numpy(), 0.0) and np.allclose(selfs["cka_se"].to_numpy(), 0.0)
+    shapes = defined.filter(pl.col("checkpoint_a") != pl.col("checkpoint_b"))["procrustes"].drop_nulls()
+    assert shapes.len() and shapes.min() >= 0 and shapes.max() <= np.pi / 2 + 1e-9
     # the all-but-head fine-tune keeps layers 0-21 identical to the base: CKA 1 there, lower in the head
     ck = pl.read_parquet(tmp / "one" / "checkpoints" / "*.parquet").select("checkpoint_id", "run")
     named = a.join(ck.rename({"checkpoint_id": "checkpoint_a", "run": "run_a"}), on="checkpoint_a").join(
@@ -134,6 +136,16 @@ def test_trained_checkpoints_give_finite_cka_in_range_and_shards_merge(trained):
     frozen = named.filter(pl.col("run_a").is_in(["base", "head-s0"]) & pl.col("run_b").is_in(["base", "head-s0"])
                           & (pl.col("run_a") != pl.col("run_b")) & (pl.col("layer_a") < 22))  # fmt: skip
     assert np.allclose(frozen["cka"].drop_nulls().to_numpy(), 1.0, atol=1e-6)
+
+
+def _same_values(a: pl.DataFrame, b: pl.DataFrame) -> None:
+    """CKA, its standard error, its chance baseline and Procrustes, whatever the sharding, to float64 rounding: a
+    standard error near 0 (CKA ~1) is the root of a sum that cancels, and an angle near 0 is arccos near 1, where
+    rounding of ~1e-16 becomes ~1e-8 (in CKA units, in radians)."""
+    for column, atol in (("cka", 1e-12), ("cka_se", 1e-7), ("cka_chance", 1e-12), ("procrustes", 1e-7)):
+        assert a[column].is_null().to_list() == b[column].is_null().to_list(), column
+        np.testing.assert_allclose(a[column].fill_null(-9).to_numpy(), b[column].fill_null(-9).to_numpy(), rtol=1e-9,
+                                   atol=atol, err_msg=column)  # fmt: skip
 
 
 def test_summary_labels_stay_unique_when_checkpoints_share_a_run():
@@ -158,10 +170,15 @@ def test_summary_labels_stay_unique_when_checkpoints_share_a_run():
     table = {"checkpoint_a": [a for a, _, _ in pairs], "checkpoint_b": [b for _, b, _ in pairs],
              "module_a": ["model.1"] * 3, "module_b": ["model.1"] * 3, "cka": [c for _, _, c in pairs]}  # fmt: skip
     for names in (labels, {i: "r" for i in ids}):  # ours, and run names as ledgers recorded them before
-        summary = _by_group(table, {"model.1": "backbone"}, names).sort("backbone")
+        summary = _by_group(table, {"model.1": "backbone"}, names, against="all").sort("backbone")
         assert summary["backbone"].to_list() == [0.5, 0.7, 0.9]
         assert len(set(zip(summary["a"], summary["b"], strict=True))) == 3
-    assert set(_by_group(table, {"model.1": "backbone"}, labels)["a"]) == {"r@1", labels[ids[2]]}
+    assert set(_by_group(table, {"model.1": "backbone"}, labels, against="all")["a"]) == {"r@1", labels[ids[2]]}
+    # by default each checkpoint against the reference (the first checkpoint) only: one reference per answer
+    assert _by_group(table, {"model.1": "backbone"}, labels).select("a", "b").rows() == [
+        ("r@1", labels[ids[2]]),
+        ("r@1", labels[ids[3]]),
+    ]
 
 
 def test_cross_layer_and_bad_batch(trained):
@@ -188,7 +205,8 @@ def test_cka_is_the_same_for_any_number_of_shards_with_an_uneven_image_count(tra
         )
     a, b = frames
     assert set(a["n_images"]) == set(b["n_images"]) == {12} and set(a["n_batches"]) == {3}
-    np.testing.assert_allclose(a["cka"].fill_null(-9).to_numpy(), b["cka"].fill_null(-9).to_numpy(), rtol=1e-9, atol=0)
+    _same_values(a, b)
+    assert a["procrustes"].drop_nulls().len() > 0 and set(a["precision"]) == {"fp32"}
 
 
 def test_channel_means_are_float64_means_in_either_layout():
@@ -263,3 +281,123 @@ def test_another_architecture_is_refused_with_an_error_row(trained):
     assert rows["checkpoint_a"].n_unique() == 1 and (rows["checkpoint_a"] == rows["checkpoint_b"]).all()
     errors = pl.read_parquet(tmp / "arch-out" / "errors" / "*.parquet")
     assert errors["stage"].to_list() == ["align"] and str(small) in errors["path"][0]
+
+
+def _latent_features(seed: int, n: int = 256) -> list[torch.Tensor]:
+    """Representations of n images sharing a latent to different degrees (and one unrelated), with offsets."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, 6, generator=g, dtype=torch.float64)
+    reps = [z @ torch.randn(6, d, generator=g, dtype=torch.float64) + noise * torch.randn(n, d, generator=g,
+            dtype=torch.float64) + 5.0 for d, noise in ((8, 0.3), (12, 1.0), (10, 3.0), (16, 0.1))]  # fmt: skip
+    return [*reps, torch.randn(n, 9, generator=g, dtype=torch.float64)]
+
+
+def _state(features: list[torch.Tensor], batch: int) -> CKAState:
+    state = CKAState.empty(len(features))
+    for start in range(0, features[0].shape[0], batch):
+        state.update([f[start : start + batch] for f in features], seed=f"batch {start}")
+    return state
+
+
+def _np_cka(x: np.ndarray, y: np.ndarray) -> float:
+    return _np_hsic1(x, y) / np.sqrt(_np_hsic1(x, x) * _np_hsic1(y, y))
+
+
+def test_cka_standard_error_covers_the_full_batch_oracle():
+    """Over several seeds, the full-batch unbiased CKA of all images (numpy) lies within 3 standard errors of the
+    minibatch estimate in at least 95% of cells."""
+    inside = total = 0
+    for seed in range(6):
+        features = _latent_features(seed)
+        result = _state(features, batch=16).compute()
+        for p in range(len(features)):
+            for q in range(p + 1, len(features)):
+                oracle = _np_cka(features[p].numpy(), features[q].numpy())
+                se = float(result.se[p, q])
+                assert se > 0
+                inside += abs(float(result.cka[p, q]) - oracle) <= 3 * se
+                total += 1
+    assert inside / total >= 0.95, (inside, total)
+
+
+def test_the_linearised_jackknife_is_the_leave_one_batch_out_jackknife():
+    """The standard error computed from sums of products equals the jackknife's spread of the leave-one-batch-out
+    estimates (numpy, per-batch HSIC kept) to first order: within 10% with 32 batches."""
+    from yolo_audit.stats.cka import centred_gram
+
+    features = _latent_features(7, n=256)
+    batch = 8
+    per_batch = []
+    for start in range(0, 256, batch):
+        grams = torch.stack([centred_gram(f[start : start + batch]) for f in features])
+        per_batch.append(hsic_matrix(grams).numpy())
+    h = np.stack(per_batch)
+    total, b = h.sum(0), len(h)
+    rest = total[None] - h
+    diag = np.einsum("bii->bi", rest)
+    loo = rest / np.sqrt(diag[:, :, None] * diag[:, None, :])
+    exact = np.sqrt((b - 1) / b * ((loo - loo.mean(0)) ** 2).sum(0))
+    got = _state(features, batch).compute().se.numpy()
+    off = ~np.eye(len(features), dtype=bool)
+    np.testing.assert_allclose(got[off], exact[off], rtol=0.1)
+
+
+def test_unrelated_features_read_zero_within_two_standard_errors_and_the_chance_baseline_is_zero():
+    g = torch.Generator().manual_seed(11)
+    features = [torch.randn(192, d, generator=g, dtype=torch.float64) for d in (5, 8, 13, 21)]
+    result = _state(features, batch=16).compute()
+    cells = [(p, q) for p in range(4) for q in range(p + 1, 4)]
+    near = sum(abs(float(result.cka[p, q])) <= 2 * float(result.se[p, q]) for p, q in cells)
+    assert near >= len(cells) - 1, [(float(result.cka[p, q]), float(result.se[p, q])) for p, q in cells]
+    related = _state(_latent_features(3), batch=16).compute()
+    assert float(related.cka[0, 3]) > 0.5  # strongly related representations ...
+    assert abs(float(related.chance[0, 3])) < 2 * float(related.se[0, 3]) + 0.05  # ... read ~0 once images shuffled
+    assert abs(float(related.chance[0, 0])) < 0.2  # even a representation against itself
+
+
+def test_procrustes_matches_a_full_batch_numpy_oracle_for_any_batching():
+    from yolo_audit.stats.procrustes import ProcrustesState
+
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(70, 4, generator=g, dtype=torch.float64)
+    x = z @ torch.randn(4, 6, generator=g, dtype=torch.float64) + 1e6  # a large offset: centring must not lose it
+    x[:, 0] = 3e5 + 1e-3 * torch.randn(70, generator=g, dtype=torch.float64)  # a near-constant feature
+    y = z @ torch.randn(4, 9, generator=g, dtype=torch.float64) + 0.5 * torch.randn(70, 9, generator=g,
+                                                                                     dtype=torch.float64)  # fmt: skip
+    xs, ys = x.numpy() - x.numpy().mean(0), y.numpy() - y.numpy().mean(0)
+    xs, ys = xs / np.linalg.norm(xs), ys / np.linalg.norm(ys)
+    oracle = np.arccos(np.linalg.svd(xs.T @ ys, compute_uv=False).sum())
+    assert 0.1 < oracle < 1.4
+    for batches in ((70,), (8,) * 8 + (6,), (3, 30, 1, 36)):
+        states, start = [], 0
+        for size in batches:
+            state = ProcrustesState.empty([(0, 1)])
+            state.update([x[start : start + size], y[start : start + size]])
+            states.append(state)
+            start += size
+        merged = states[0]
+        for other in states[1:]:  # shards merged in order ...
+            merged = merged.merge(other)
+        assert merged.compute()[(0, 1)] == pytest.approx(oracle, abs=1e-6)
+        tree = states[-1]
+        for other in reversed(states[:-1]):  # ... or the other way round
+            tree = other.merge(tree)
+        assert tree.compute()[(0, 1)] == pytest.approx(oracle, abs=1e-6)
+    same = ProcrustesState.empty([(0, 1)])
+    same.update([x, x @ torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))[0] * 3])
+    assert same.compute()[(0, 1)] == pytest.approx(0.0, abs=1e-6)  # a rotation and a scale: distance 0
+
+
+def test_the_command_prints_cka_with_its_standard_error_against_the_reference_and_warns_on_few_images(trained):
+    from typer.testing import CliRunner
+
+    from yolo_audit.cli import app
+
+    tmp, ckpts, images = trained
+    result = CliRunner().invoke(app, ["similarity", *map(str, ckpts), "--data", str(images), "--imgsz", "64",
+                                      "--batch", "4", "--out", str(tmp / "printed")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = result.stdout.split("CKA is lowest:")[1].split("\n\n")[0]
+    rows = [line for line in table.splitlines() if line.startswith("│ base")]
+    assert len(rows) == 2 and all(" ± " in row for row in rows)  # base vs each fine-tune, not fine-tune vs fine-tune
+    assert "warning: CKA from 16 images (fewer than 64)" in result.stderr

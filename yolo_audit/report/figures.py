@@ -54,13 +54,23 @@ def weight_distributions(hist: pl.DataFrame, colors: Palette) -> bytes:
     return _png(fig)
 
 
-def heatmap(matrix: pl.DataFrame, row: str, col: str, value: str, title: str, cbar: str) -> bytes:
-    """A labelled heatmap of `value` with rows `row` (e.g. layer) and columns `col` (e.g. checkpoint label)."""
+def heatmap(
+    matrix: pl.DataFrame, row: str, col: str, value: str, title: str, cbar: str, *, grey: str | None = None
+) -> bytes:
+    """A labelled heatmap of `value` with rows `row` (e.g. layer) and columns `col` (e.g. checkpoint label); cells
+    whose boolean column `grey` is true are drawn grey instead (e.g. CKA within 2 SE of its chance baseline)."""
     wide = matrix.pivot(on=col, index=row, values=value, aggregate_function="mean").sort(row)
     labels = sorted(c for c in wide.columns if c != row)  # pivot columns come in row order, which varies
     data = wide.select(labels).to_numpy().astype(float)
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(labels), 0.9 + 0.28 * wide.height))
     image = ax.imshow(np.ma.masked_invalid(data), aspect="auto", cmap="viridis")
+    if grey is not None:
+        flags = matrix.with_columns(pl.col(grey).cast(pl.Float64)).pivot(
+            on=col, index=row, values=grey, aggregate_function="max"
+        ).sort(row)  # fmt: skip
+        greyed = np.nan_to_num(flags.select([c if c in flags.columns else pl.lit(None) for c in labels])
+                               .to_numpy().astype(float)) > 0  # fmt: skip
+        ax.imshow(np.ma.masked_where(~greyed, np.ones_like(data)), aspect="auto", cmap="Greys", vmin=0, vmax=2.5)
     ax.set_yticks(range(wide.height), [str(v) for v in wide[row]], fontsize=7)
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=7)
     ax.set_ylabel(row)

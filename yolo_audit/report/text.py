@@ -103,19 +103,45 @@ def print_activations_summary(summary: ActivationsSummary, *, stream: TextIO | N
     _print_errors(summary.errors)
 
 
+FEW_IMAGES = 64  # below this many images, CKA's standard errors are large: the commands say so
+
+
 def print_similarity_summary(summary: SimilaritySummary, *, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     if summary.by_group is not None:
+        frame = summary.by_group
+        shown = frame.select(
+            "a", "b",
+            *[_plus_minus(g, f"{g}_se") for g in ("backbone", "neck", "head") if g in frame.columns],
+            pl.col("procrustes").round(3), "lowest_module", _plus_minus("lowest_cka", "lowest_se"),
+        )  # fmt: skip
         with pl.Config(tbl_rows=60, tbl_cols=10, fmt_str_lengths=40, tbl_width_chars=200,
                        tbl_hide_dataframe_shape=True, float_precision=3):  # fmt: skip
             print(
-                "\nRepresentation similarity per pair: mean linear CKA of corresponding modules in the backbone, "
-                "neck and head (1 = the same representation), and the module where it is lowest:",
+                "\nRepresentation similarity of each checkpoint to the reference (a, the first checkpoint): mean "
+                "linear CKA of corresponding modules in the backbone, neck and head ± the mean of their standard "
+                "errors (1 = the same representation; within 2 SE of cka_chance = no evidence of similarity), the mean "
+                "angular Procrustes distance (radians, 0 = the same up to rotation and scale), and the module where "
+                "CKA is lowest:",
                 file=stream,
             )
-            print(summary.by_group, file=stream)
-    print(f"\n{summary.pairs} CKA rows over {summary.images} images in {summary.out}/similarity", file=stream)
+            print(shown, file=stream)
+    print(f"\n{summary.pairs} CKA rows over {summary.used_images or summary.images} images in {summary.out}/similarity",
+          file=stream)  # fmt: skip
+    if 0 < summary.used_images < FEW_IMAGES:
+        print(f"warning: CKA from {summary.used_images} images (fewer than {FEW_IMAGES}): its standard errors are "
+              "large; read cka with cka_se and cka_chance, or pass more images", file=sys.stderr)  # fmt: skip
     _print_errors(summary.errors)
+
+
+def _plus_minus(value: str, se: str) -> pl.Expr:
+    """`0.930 ± 0.020` (the standard error left out where there is none); a summary's few rows."""
+
+    def text(row: dict[str, float | None]) -> str | None:
+        v, e = row[value], row[se]
+        return None if v is None else f"{v:.3f}" if e is None or e != e else f"{v:.3f} ± {e:.3f}"
+
+    return pl.struct(value, se).map_elements(text, return_dtype=pl.String).alias(value)
 
 
 def print_rewind_summary(summary: RewindSummary, *, stream: TextIO | None = None) -> None:

@@ -42,6 +42,37 @@ def one_cpu() -> Iterator[None]:
         yield
 
 
+def _precision_knobs() -> list[tuple[object, str, object]]:
+    """The switches that let float32 run as TF32 (cuDNN's convolutions by default on Ampere and newer GPUs, and
+    matmuls where allowed), and those that let cuDNN pick nondeterministic algorithms: (object, attribute, the value
+    for exact and repeatable float32). torch 2.9 and newer name the precision (`fp32_precision`: ieee or tf32)."""
+    backends = torch.backends
+    matmul, cudnn = backends.cuda.matmul, backends.cudnn
+    if hasattr(matmul, "fp32_precision") and hasattr(getattr(cudnn, "conv", None), "fp32_precision"):
+        knobs: list[tuple[object, str, object]] = [(matmul, "fp32_precision", "ieee"),
+                                                   (cudnn.conv, "fp32_precision", "ieee")]  # fmt: skip
+    else:  # pragma: no cover - torch before 2.9
+        knobs = [(matmul, "allow_tf32", False), (cudnn, "allow_tf32", False)]
+    return [*knobs, (cudnn, "deterministic", True), (cudnn, "benchmark", False)]
+
+
+@contextmanager
+def exact_float32() -> Iterator[str]:
+    """Analysis forward passes in true float32: TF32 off for cuDNN's convolutions and for matmuls, cuDNN's algorithms
+    deterministic, for this block only; the settings before it are restored afterwards (training keeps Ultralytics'
+    AMP). cuDNN's default TF32 moved CKA between a GPU and a CPU by up to 0.225 on an H200 (0.001 with TF32 off).
+    Yields the precision the passes ran in, as recorded in the tables (`fp32`)."""
+    knobs = _precision_knobs()
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in knobs]
+    try:
+        for owner, name, value in knobs:
+            setattr(owner, name, value)
+        yield "fp32"
+    finally:
+        for owner, name, value in reversed(saved):
+            setattr(owner, name, value)
+
+
 _KEEP = 1 << 30  # bytes
 
 

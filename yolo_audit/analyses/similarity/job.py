@@ -1,8 +1,11 @@
-"""One task of `yolo-audit similarity`: one shard of whole batches through every checkpoint -> a partial CKA state.
+"""One task of `yolo-audit similarity`: one shard of whole batches through every checkpoint -> partial CKA and
+Procrustes states.
 
 Each task loads every checkpoint and runs each batch through each of them with hooks that keep the batch's features
 of every measured module (units and head outputs; modules that only copy channels are left out), pooled in float64,
-and folds all pairwise HSIC sums into one `CKAState`. States add up exactly, so shards merge in a tree.
+and folds all pairwise HSIC sums into one `CKAState`, and, with channel means (`--pool avg`), the co-moments of
+corresponding modules of every pair of checkpoints into one `ProcrustesState`. Both merge exactly, so shards merge in
+a tree. The passes run in true float32 (`exact_float32`: no TF32 on a GPU).
 """
 
 from __future__ import annotations
@@ -18,9 +21,14 @@ from yolo_audit.model.checkpoint import checkpoint_table, load_checkpoint
 from yolo_audit.model.hooks import select_modules
 from yolo_audit.model.keys import layer_of
 from yolo_audit.results.errors import ErrorRecord, record
-from yolo_audit.runtime.devices import keep_freed_memory, resolve_device
+from yolo_audit.runtime.devices import exact_float32, keep_freed_memory, resolve_device
 from yolo_audit.stats.cka import MIN_BATCH, CKAState
 from yolo_audit.stats.layout import by_position
+from yolo_audit.stats.procrustes import ProcrustesState
+
+# Procrustes keeps a (d, d) co-moment per pair of checkpoints and module: beyond this many bytes, only the pairs with
+# the reference (the first checkpoint) get one (yolov8s: ~12 MB per pair of checkpoints)
+PROCRUSTES_BUDGET = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -43,14 +51,18 @@ class SimilarityResult:
     rows: list[dict[str, list]] = field(default_factory=list)  # checkpoints rows (first shard)
     errors: list[ErrorRecord] = field(default_factory=list)
     groups: dict[str, str | None] = field(default_factory=dict)  # module -> backbone / neck / head (the profile's)
+    procrustes: ProcrustesState | None = None  # corresponding modules of checkpoint pairs (channel means only)
+    precision: str = "fp32"  # what the passes ran in
 
     def merge(self, other: SimilarityResult) -> SimilarityResult:
         a, b = self, other
         state = a.state.merge(b.state) if a.state is not None and b.state is not None else (a.state or b.state)
         modules = a.modules if a.state is not None or b.state is None else b.modules  # the measured side's
+        shapes = a.procrustes.merge(b.procrustes) if a.procrustes and b.procrustes else a.procrustes or b.procrustes
         return SimilarityResult(
             a.ids or b.ids, modules or a.modules or b.modules, state, a.skipped_images + b.skipped_images,
-            a.rows or b.rows, a.errors + [e for e in b.errors if e not in a.errors], a.groups or b.groups,
+            a.rows or b.rows, a.errors + [e for e in b.errors if e not in a.errors], a.groups or b.groups, shapes,
+            a.precision if a.state is not None else b.precision,
         )  # fmt: skip
 
 
@@ -115,7 +127,7 @@ def similarity_shard(
         return result
     names = list(select_modules(models[0], "modules"))
     result.groups = {n: profile.group(layer_of(n)) for n in names}
-    with torch.inference_mode():
+    with torch.inference_mode(), exact_float32() as result.precision:
         for group in batches(images, opts.batch):
             batch, failed = load_batch(group, opts.imgsz)
             result.skipped_images += failed
@@ -126,12 +138,34 @@ def similarity_shard(
             if result.state is None:  # modules whose output is a tensor (tuple outputs are no representation)
                 result.modules = [n for n in names if n in captured[0]]
                 result.state = CKAState.empty(len(models) * len(result.modules), device)
-            result.state.update([one[n] for one in captured for n in result.modules])
+                if opts.pool == "avg":
+                    widths = [captured[0][n].shape[1] for n in result.modules]
+                    result.procrustes = ProcrustesState.empty(procrustes_pairs(len(models), widths))
+            features = [one[n] for one in captured for n in result.modules]
+            result.state.update(features, seed="\n".join(group))
+            if result.procrustes is not None:
+                result.procrustes.update(features)
     if result.state is None:  # no full batch here: other shards' states stand for this one
         result.modules = names
-    else:
-        result.state = result.state.to("cpu")  # once per task: the sums stayed on the device until here
+    else:  # once per task: the sums stayed on the device until here
+        result.state = result.state.to("cpu")
+        result.procrustes = result.procrustes.to("cpu") if result.procrustes is not None else None
     return result
+
+
+def procrustes_pairs(checkpoints: int, widths: list[int]) -> list[tuple[int, int]]:
+    """(p, q) representation indices (checkpoint x module, module fastest) of corresponding modules of every pair of
+    checkpoints; only the pairs with the reference (checkpoint 0) when all would exceed `PROCRUSTES_BUDGET`."""
+    m = len(widths)
+    per_pair = 8 * sum(w * w for w in widths)
+    everyone = per_pair * checkpoints * (checkpoints - 1) // 2 <= PROCRUSTES_BUDGET
+    return [
+        (a * m + i, b * m + i)
+        for a in range(checkpoints)
+        for b in range(a + 1, checkpoints)
+        if everyone or a == 0
+        for i in range(m)
+    ]
 
 
 def _run(model: torch.nn.Module, batch: torch.Tensor, names: list[str], pool: str) -> dict[str, torch.Tensor]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import torch
+
 from yolo_audit.analyses import StudyInputs
 from yolo_audit.analyses.images import dataset_id, list_images, shards
 from yolo_audit.analyses.similarity.job import SimilarityOptions, SimilarityResult, similarity_shard
@@ -37,7 +39,8 @@ class SimilaritySummary:
     images: int = 0
     pairs: int = 0
     errors: list[ErrorRecord] = field(default_factory=list)
-    by_group: Any = None  # polars DataFrame: per pair, mean CKA of backbone / neck / head and where it falls most
+    by_group: Any = None  # polars DataFrame: per pair with the reference, mean CKA of backbone / neck / head ± SE
+    used_images: int = 0  # images in full batches: what CKA was computed from
 
     @property
     def ok(self) -> bool:
@@ -79,7 +82,9 @@ def analyze_similarity(
         print(skipped_line("similarity", "files, images and options"), file=stream or sys.stderr)
         table = read_key(out_loc, "similarity", done["file"])
         summary.pairs = done["pairs"]
-        summary.by_group = _by_group(table.to_pydict(), done["groups"], done["names"]) if table is not None else None
+        if table is not None:
+            summary.by_group = _by_group(table.to_pydict(), done["groups"], done["names"])
+            summary.used_images = int(table["n_images"][0].as_py()) if table.num_rows else 0
         return summary
     with exclusive(out_loc), ray_session(address, num_cpus=num_cpus, engine=engine), recording() as written:
         gpus = 1 if cluster_gpus() > 0 else 0
@@ -102,6 +107,7 @@ def analyze_similarity(
         files.write(out_loc, "similarity", file_key, table)
         names = checkpoint_labels({k: v[0] for k, v in r.items()} for r in merged.rows)
         summary.by_group = _by_group(table, merged.groups, names)
+        summary.used_images = merged.state.images
         if summary.ok:
             ledger.add(key, "similarity", written, {"file": file_key, "pairs": summary.pairs, "groups": merged.groups,
                                                     "names": names})  # fmt: skip
@@ -109,14 +115,24 @@ def analyze_similarity(
     return summary
 
 
-def _by_group(table: dict[str, list], groups: dict[str, str | None], names: dict[str, str | None]) -> Any:
-    """Per pair of checkpoints: mean CKA of corresponding modules in the backbone, neck and head, and the module where
-    CKA is lowest (where the two representations differ most)."""
+def _by_group(
+    table: dict[str, list], groups: dict[str, str | None], names: dict[str, str | None], *, against: str = "reference"
+) -> Any:
+    """Per pair of checkpoints (`reference`: the reference, the first checkpoint, with each other one; `all`: every
+    pair): mean CKA of corresponding modules in the backbone, neck and head with the mean of their standard errors
+    (an upper bound on the standard error of the mean, whatever the modules' correlation), the mean Procrustes
+    distance, and the module where CKA is lowest (where the two representations differ most)."""
     import polars as pl
 
-    rows = pl.DataFrame(table).filter(
+    rows = pl.DataFrame(table)
+    for column in ("cka_se", "procrustes"):  # files written before 2026-12-04 have neither
+        if column not in rows.columns:
+            rows = rows.with_columns(pl.lit(None, pl.Float64).alias(column))
+    reference = table["checkpoint_a"][0] if table["checkpoint_a"] else None  # rows start with the reference's
+    rows = rows.filter(
         (pl.col("module_a") == pl.col("module_b")) & (pl.col("checkpoint_a") != pl.col("checkpoint_b"))
-    )
+        & ((pl.col("checkpoint_a") == reference) if against == "reference" else pl.lit(True))
+    )  # fmt: skip
     if rows.is_empty():
         return None
     # names: `checkpoint_labels`, or what a ledger recorded (before 2026-12-02: run names, which repeat); a label
@@ -127,23 +143,41 @@ def _by_group(table: dict[str, list], groups: dict[str, str | None], names: dict
         pl.col("checkpoint_a").replace_strict(label, default=None).alias("a"),
         pl.col("checkpoint_b").replace_strict(label, default=None).alias("b"),
     )
-    means = rows.filter(pl.col("group").is_not_null()).pivot(on="group", index=["a", "b"], values="cka",
-                                                              aggregate_function="mean")  # fmt: skip
+    per_group = (
+        rows.filter(pl.col("group").is_not_null()).group_by("a", "b", "group")
+        .agg(pl.col("cka").mean(), pl.col("cka_se").mean().alias("se"))
+    )  # fmt: skip
+    means = per_group.pivot(on="group", index=["a", "b"], values=["cka", "se"])
+    means = means.rename({c: c.removeprefix("cka_") for c in means.columns if c.startswith("cka_")})
+    means = means.rename({c: f"{c.removeprefix('se_')}_se" for c in means.columns if c.startswith("se_")})
     lowest = (
         rows.drop_nulls("cka")
         .sort("cka")
         .group_by("a", "b", maintain_order=True)
-        .agg(pl.col("module_a").first().alias("lowest_module"), pl.col("cka").first().alias("lowest_cka"))
+        .agg(
+            pl.col("module_a").first().alias("lowest_module"),
+            pl.col("cka").first().alias("lowest_cka"),
+            pl.col("cka_se").first().alias("lowest_se"),
+            pl.col("procrustes").mean(),
+        )  # fmt: skip
     )
-    return means.join(lowest, on=["a", "b"], how="left").sort("a", "b")
+    order = [c for g in ("backbone", "neck", "head") for c in (g, f"{g}_se") if c in means.columns]
+    return means.join(lowest, on=["a", "b"], how="left").select("a", "b", *order, "procrustes", "lowest_module",
+                                                                "lowest_cka", "lowest_se").sort("a", "b")  # fmt: skip
 
 
 def similarity_table(merged: SimilarityResult, opts: SimilarityOptions, data_id: str) -> dict[str, list]:
     """Rows for every pair of checkpoints (a <= b, self-pairs included): corresponding modules, or all module pairs
-    with cross_layer."""
-    cka, reasons = merged.state.compute()
+    with cross_layer; Procrustes for corresponding modules of checkpoint pairs (channel means only)."""
+    result = merged.state.compute()
+    shapes = merged.procrustes.compute() if merged.procrustes is not None else {}
     n_mod = len(merged.modules)
     cols: dict[str, list] = {k: [] for k in columns("similarity")}
+
+    def value(matrix: torch.Tensor, p: int, q: int) -> float | None:
+        v = float(matrix[p, q])
+        return None if v != v else v
+
     for a in range(len(merged.ids)):
         for b in range(a, len(merged.ids)):
             for i, mi in enumerate(merged.modules):
@@ -151,12 +185,14 @@ def similarity_table(merged: SimilarityResult, opts: SimilarityOptions, data_id:
                     if i != j and not opts.cross_layer:
                         continue
                     p, q = a * n_mod + i, b * n_mod + j
-                    value = float(cka[p, q])
+                    cka = value(result.cka, p, q)
                     row = {
                         "checkpoint_a": merged.ids[a], "checkpoint_b": merged.ids[b], "layer_a": layer_of(mi),
-                        "layer_b": layer_of(mj), "module_a": mi, "module_b": mj,
-                        "cka": None if value != value else value, "reason": reasons[p][q],
-                        "n_images": merged.state.images, "n_batches": merged.state.batches, "pool": opts.pool,
+                        "layer_b": layer_of(mj), "module_a": mi, "module_b": mj, "cka": cka,
+                        "cka_se": value(result.se, p, q), "cka_chance": value(result.chance, p, q),
+                        "procrustes": (0.0 if p == q else shapes.get((p, q))) if cka is not None else None,
+                        "reason": result.reasons[p][q], "n_images": merged.state.images,
+                        "n_batches": merged.state.batches, "pool": opts.pool, "precision": merged.precision,
                         "dataset_id": data_id,
                     }  # fmt: skip
                     for k, v in row.items():

@@ -13,10 +13,31 @@ TABLES: dict[str, list[Column]] = {
         ("module_a", S, "hooked module of checkpoint_a (model.N, or a Detect branch model.22.cv2.i / cv3.i)"),
         ("module_b", S, "hooked module of checkpoint_b (the same as module_a unless --cross-layer)"),
         ("cka", F64, "linear CKA, minibatch unbiased HSIC (Nguyen et al. 2021); null where undefined"),
+        (
+            "cka_se",
+            F64,
+            "standard error of cka: the jackknife over batches (linearised; null under 2 batches); the same for any "
+            "sharding",
+        ),
+        (
+            "cka_chance",
+            F64,
+            "the same estimator with module_b's images shuffled within each batch (a seeded cycle): what cka reads "
+            "for unrelated images; a cka within 2 cka_se of it is noise",
+        ),
+        (
+            "procrustes",
+            F64,
+            "angular Procrustes distance in radians, arccos of the nuclear norm of X'Y for centred, unit-Frobenius "
+            "channel means over all images (Williams et al. 2021): 0 the same up to rotation and scale; corresponding "
+            "modules with --pool avg only (null otherwise, and for pairs without the reference when all pairs would "
+            "need over 2 GiB)",
+        ),
         ("reason", S, "why cka is null (e.g. the layer does not vary across images); null otherwise"),
         ("n_images", I64, "images in full batches (batches under 4 images are skipped)"),
         ("n_batches", I64, "batches accumulated"),
         ("pool", S, "avg (per-channel spatial means) or none (every activation)"),
+        ("precision", S, "what the forward passes ran in: fp32 (TF32 off on GPUs; see docs/numbers.md)"),
         DATASET,
     ],
 }
