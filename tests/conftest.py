@@ -61,7 +61,8 @@ def save_state_dict(model: torch.nn.Module, path: Path) -> Path:
     return path
 
 
-# The smallest real study: a base pretrained 1 epoch on 8 synthetic A images at 32 px, variants trained 2 epochs on B.
+# The smallest real study: a base pretrained 1 epoch on 8 synthetic A images at 32 px, variants trained 2 epochs on B
+# (nbs = batch: an optimizer step per batch; Ultralytics' default would accumulate 16 batches, more than there are)
 TINY_STUDY = {
     "name": "tiny",
     "model": "yolov8n.yaml",
@@ -70,9 +71,10 @@ TINY_STUDY = {
         "epochs": 1,
         "imgsz": 32,
         "batch": 4,
+        "nbs": 4,
     },
     "data": {"synthetic": {"domain": "B", "images": 8, "imgsz": 32, "seed": 1}},
-    "train": {"epochs": 2, "imgsz": 32, "batch": 4},
+    "train": {"epochs": 2, "imgsz": 32, "batch": 4, "nbs": 4},
     "variants": [{"name": "none", "freeze": 0}],
     "analyses": ["weights"],
 }

@@ -401,3 +401,9 @@ def test_the_command_prints_cka_with_its_standard_error_against_the_reference_an
     rows = [line for line in table.splitlines() if line.startswith("│ base")]
     assert len(rows) == 2 and all(" ± " in row for row in rows)  # base vs each fine-tune, not fine-tune vs fine-tune
     assert "warning: CKA from 16 images (fewer than 64)" in result.stderr
+    from yolo_audit.report import write_report
+
+    page = write_report(tmp / "printed", tmp / "printed.html").read_text()
+    section = page.split('<section id="similarity">', 1)[1].split("</section>", 1)[0]
+    assert 'alt="CKA heatmap"' in section and 'alt="Procrustes heatmap"' in section
+    assert "each run against the base, over 16 images" in section

@@ -105,6 +105,20 @@ def test_shipped_workflows_validate_and_plan():
     text = stream.getvalue()
     assert text.count("  train ") == 12 and "freeze-backbone-callback-s2" in text and "1 GPU" in text
     assert "layers=0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21 " in text
+    assert "freeze=backbone " in text and '"' not in text  # plain values, as the runs table holds them
+
+
+def test_freeze_specs_are_written_plain_and_progress_prints_them_unquoted():
+    from yolo_audit.model.freeze import freeze_text
+    from yolo_audit.study.driver import plan
+    from yolo_audit.study.training import TrainResult, describe
+
+    assert [freeze_text(f) for f in ("backbone", "all", 0, 10, [0, 1, 5])] == ["backbone", "all", "0", "10", "0,1,5"]
+    study = _parse(variants=[{"name": "b", "freeze": "backbone"}, {"name": "l", "freeze": [0, 1, 5]}])
+    _, specs = plan(study, Layout.for_out(locate("/tmp/x")))
+    assert [s.freeze for s in specs] == ["backbone", "0,1,5"]
+    line = describe(TrainResult(specs[0], "done", 1.0, 0.5))
+    assert "freeze backbone (ultralytics)" in line and '"' not in line
 
 
 def test_a_sweep_expands_into_named_variants_of_the_model_s_own_depths():

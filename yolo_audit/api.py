@@ -168,32 +168,36 @@ def analyze_rewind(
                opts=opts, address=address, num_cpus=num_cpus, engine=engine, force=force, stream=stream)  # fmt: skip
 
 
-def rank_dead_units(results: Where, *, top: int = 20, by: str = "layer", criterion: str = "any") -> pl.DataFrame:
-    """`yolo-audit rank dead-units`: dead units across every checkpoint, newly dead first."""
+def rank_dead_units(
+    results: Where, *, top: int = 20, by: str = "layer", criterion: str = "any", against: str = "reference"
+) -> pl.DataFrame:
+    """`yolo-audit rank dead-units`: dead units across every checkpoint, newly dead first. `against`: `reference`
+    (each checkpoint's own), `all`, or a checkpoint (those measured against it); see `results.references`."""
     from yolo_audit.results import rank
 
-    return rank.rank_dead_units(results, by=by, criterion=criterion, top=top).collect()
+    return rank.rank_dead_units(results, by=by, criterion=criterion, top=top, against=against).collect()
 
 
-def rank_divergence(results: Where, *, top: int = 20, by: str = "layer") -> pl.DataFrame:
-    """`yolo-audit rank divergence`: weight divergence per tensor, layer or checkpoint, largest first."""
+def rank_divergence(results: Where, *, top: int = 20, by: str = "layer", against: str = "reference") -> pl.DataFrame:
+    """`yolo-audit rank divergence`: weight divergence per tensor, layer or checkpoint, largest first; each
+    checkpoint against its own reference unless `against` is `all` or a checkpoint."""
     from yolo_audit.results import rank
 
-    return rank.rank_divergence(results, by=by, top=top).collect()
+    return rank.rank_divergence(results, by=by, top=top, against=against).collect()
 
 
-def rank_drift(results: Where, *, top: int = 20) -> pl.DataFrame:
+def rank_drift(results: Where, *, top: int = 20, against: str = "reference") -> pl.DataFrame:
     """`yolo-audit rank drift`: layers whose BatchNorm statistics moved while their weights did not."""
     from yolo_audit.results import rank
 
-    return rank.rank_drift(results, top=top).collect()
+    return rank.rank_drift(results, top=top, against=against).collect()
 
 
-def rank_rewind(results: Where, *, top: int = 5) -> pl.DataFrame:
+def rank_rewind(results: Where, *, top: int = 5, against: str = "reference") -> pl.DataFrame:
     """`yolo-audit rank rewind`: per run, the layers whose reset to the reference costs most mAP50-95."""
     from yolo_audit.results import rank
 
-    return rank.rank_rewind(results, top=top).collect()
+    return rank.rank_rewind(results, top=top, against=against).collect()
 
 
 def query(sql: str, results: Where) -> pl.DataFrame:

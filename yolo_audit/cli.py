@@ -13,6 +13,7 @@ import typer
 from yolo_audit import cli_study
 from yolo_audit.cli_options import (
     Address,
+    Against,
     Cfg,
     Data,
     Device,
@@ -181,9 +182,10 @@ def rank_dead_units(
         str,
         typer.Option("--criterion", help="any (= dead), dead, dormant, constant, never_positive, newly_dead, revived."),
     ] = "any",
+    against: Against = "reference",
 ) -> None:
     """Dead units across every checkpoint (newly dead vs the reference first)."""
-    _show(forward("rank dead-units", locals()))
+    _ranked("rank dead-units", locals(), "activations")
 
 
 @rank_app.command("divergence")
@@ -192,23 +194,33 @@ def rank_divergence(
     results: Results,
     top: Top = 20,
     by: Annotated[str, typer.Option("--by", help="param, layer or checkpoint.")] = "layer",
+    against: Against = "reference",
 ) -> None:
     """Weight divergence across checkpoints and runs, largest first."""
-    _show(forward("rank divergence", locals()))
+    _ranked("rank divergence", locals(), "weights")
 
 
 @rank_app.command("drift")
 @command
-def rank_drift(results: Results, top: Top = 20) -> None:
+def rank_drift(results: Results, top: Top = 20, against: Against = "reference") -> None:
     """Layers whose BatchNorm statistics moved while their weights did not."""
-    _show(forward("rank drift", locals()))
+    _ranked("rank drift", locals(), "weights")
 
 
 @rank_app.command("rewind")
 @command
-def rank_rewind(results: Results, top: Top = 5) -> None:
+def rank_rewind(results: Results, top: Top = 5, against: Against = "reference") -> None:
     """Per run, the layers whose reset to the reference costs most mAP50-95."""
-    _show(forward("rank rewind", locals()))
+    _ranked("rank rewind", locals(), "rewind")
+
+
+def _ranked(cmd: str, params: dict[str, Any], analysis: str) -> None:
+    """A ranking, under the line that says what it compares against (one reference per answer)."""
+    from yolo_audit.results.references import describe
+
+    frame = forward(cmd, params)
+    typer.echo(describe(params["results"], params["against"], analysis))
+    _show(frame)
 
 
 @app.command()

@@ -38,6 +38,16 @@ TrustPickle = Annotated[
     ),
 ]
 
+Against = Annotated[
+    str,
+    typer.Option(
+        "--against",
+        help="reference: each checkpoint against the reference it was analysed against (default); all: every "
+        "comparison (pairwise, trajectories); or a checkpoint (id, label such as ft_free@3, run name, or file): the "
+        "rows against it.",
+    ),
+]
+
 # options shared by the commands that run images through networks (activations, similarity)
 Data = Annotated[str, typer.Option("--data", help="Dataset yaml (uses --split), image folder, or glob.")]
 OutLocation = Annotated[str, typer.Option("--out", help="Results folder or filesystem URI.")]

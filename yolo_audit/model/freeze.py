@@ -34,6 +34,14 @@ def declared_layers(freeze: Any) -> list[int]:
     return []
 
 
+def freeze_text(freeze: Any) -> str:
+    """A study's freeze spec as the `runs` table and the progress lines write it: `backbone`, `all`, `10`, or a layer
+    list as `0,1,2` (plain values: `where freeze = 'backbone'` matches)."""
+    if isinstance(freeze, list | tuple):
+        return ",".join(str(x) for x in freeze)
+    return str(freeze)
+
+
 def resolve_freeze(freeze: Any, key: str, profile: Profile) -> tuple[int, ...]:
     """A study's freeze spec as layers of this model family: int N: layers 0..N-1 (Ultralytics' meaning);
     `backbone`: the family's backbone (its yaml's `backbone` list); `all`: every module but the output head

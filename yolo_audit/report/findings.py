@@ -10,6 +10,7 @@ import polars as pl
 
 from yolo_audit.report.figures import Palette, palette
 from yolo_audit.results.labels import content_files, unique_labels
+from yolo_audit.results.references import main_reference
 from yolo_audit.results.store import compact_ranges, is_last_of_run, layer_divergence, pairwise_distance, scan, units
 
 
@@ -32,10 +33,7 @@ class Context:
     @classmethod
     def load(cls, results: str | Path, present: list[str]) -> Context:
         ckpts = scan(results, "checkpoints").collect() if "checkpoints" in present else pl.DataFrame()
-        reference_id = None
-        if "layer_freeze" in present:  # the base: the reference most comparisons were made against
-            counts = scan(results, "layer_freeze").group_by("reference_id").len().sort("len", descending=True).collect()
-            reference_id = counts["reference_id"][0] if counts.height else None
+        reference_id = main_reference(results)  # the base: every section shows each run against it
         if ckpts.is_empty():
             labels = pl.DataFrame(
                 schema={"checkpoint_id": pl.String, "label": pl.String, "run": pl.String, "epoch": pl.Int32}

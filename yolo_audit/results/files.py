@@ -109,6 +109,15 @@ def write_checkpoints(out: Location, rows: Sequence[Mapping[str, Sequence[Any]]]
             write(out, "checkpoints", keys.checkpoint_key(cid), {k: [v] for k, v in row.items()})
 
 
+def write_references(out: Location, analysis: str, pairs: Sequence[tuple[str | None, str | None]]) -> None:
+    """Record which reference each checkpoint was analysed against by `analysis` (`analysed_against`: what rankings,
+    summaries and the report compare each checkpoint with by default). A checkpoint is never its own reference."""
+    for checkpoint_id, reference_id in dict.fromkeys(pairs):
+        if checkpoint_id and reference_id and checkpoint_id != reference_id:
+            write(out, "analysed_against", keys.reference_key(checkpoint_id, reference_id, analysis), {
+                "checkpoint_id": [checkpoint_id], "reference_id": [reference_id], "analysis": [analysis]})  # fmt: skip
+
+
 def remove(out: Location, table: str, *names: str) -> None:
     """Drop the rows these keys wrote earlier (e.g. stale `errors` rows once the checkpoint loads), with one listing of
     the table. Rows inside a compacted file are dropped by an empty file of that key (see `compact`)."""

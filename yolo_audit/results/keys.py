@@ -6,6 +6,7 @@ built here and parsed back here only, so purging a retrained run's rows cannot m
 - `<checkpoint>-vs-<reference>`: a comparison (weight_divergence, channel_divergence, layer_freeze)
 - `<checkpoint>-<dataset_id>`: a pass over images (channel_stats, activation_hist, feature_maps, activation_passes)
 - `<checkpoint>-vs-<reference>-<dataset_id>-<swap>`: one rewind validation
+- `<checkpoint>-vs-<reference>-<analysis>`: what a checkpoint was analysed against (analysed_against)
 - `<dataset_id>-<hash of the checkpoints>-<pool>`: a similarity file (its rows name the checkpoints)
 - `<run>`: runs and train_metrics;  `<stage>-<hash of the path>`: an errors row
 """
@@ -19,7 +20,7 @@ from collections.abc import Iterable
 _SAFE = re.compile(r"^[A-Za-z0-9_.=-]+$")
 _NAMES = re.compile(
     r"^(?P<checkpoint>[0-9a-f]{16})"
-    r"(?:-vs-(?P<reference>[0-9a-f]{16})(?:-[0-9a-f]{16}-[A-Za-z0-9_]+)?|-ref-(?P<bins_ref>[0-9a-f]{16})"
+    r"(?:-vs-(?P<reference>[0-9a-f]{16})(?:-[0-9a-f]{16}-[A-Za-z0-9_]+|-[a-z]+)?|-ref-(?P<bins_ref>[0-9a-f]{16})"
     r"|-pooled-[0-9a-f]+|-[0-9a-f]{16})?$"
 )
 
@@ -47,6 +48,10 @@ def similarity_key(dataset_id: str, checkpoint_ids: Iterable[str], pool: str) ->
 
 def rewind_key(checkpoint_id: str, reference_id: str, dataset_id: str, target: str) -> str:
     return f"{checkpoint_id}-vs-{reference_id}-{dataset_id}-{target.replace('-', '_')}"
+
+
+def reference_key(checkpoint_id: str, reference_id: str, analysis: str) -> str:
+    return f"{checkpoint_id}-vs-{reference_id}-{analysis}"
 
 
 def run_key(run: str) -> str:

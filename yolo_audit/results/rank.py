@@ -8,6 +8,7 @@ from __future__ import annotations
 import polars as pl
 
 from yolo_audit.errors import AuditError
+from yolo_audit.results import references
 from yolo_audit.results.location import Where
 from yolo_audit.results.store import COUNTED, dead_expr, layer_divergence, open_results, scan, tables, units
 
@@ -22,9 +23,12 @@ def _with_runs(frame: pl.LazyFrame, out: Where) -> pl.LazyFrame:
     return frame.join(runs, on="checkpoint_id", how="left", maintain_order="left")
 
 
-def rank_dead_units(out: Where, *, by: str = "layer", criterion: str = "any", top: int = 20) -> pl.LazyFrame:
+def rank_dead_units(
+    out: Where, *, by: str = "layer", criterion: str = "any", top: int = 20, against: str = "reference"
+) -> pl.LazyFrame:
     """Dead units (units only: outputs of a nonlinearity) across every checkpoint, newly dead (vs the reference) first
-    where known, then by the criterion's count (`any`: dead = dormant or constant)."""
+    where known, then by the criterion's count (`any`: dead = dormant or constant). `against` a checkpoint: only those
+    measured against it (and itself; see `references`)."""
     if by not in DEAD_BY:
         raise AuditError(f"--by must be one of {', '.join(DEAD_BY)}")
     matches = dead_expr(criterion)  # validates the criterion
@@ -34,7 +38,7 @@ def rank_dead_units(out: Where, *, by: str = "layer", criterion: str = "any", to
             "on images)",
             path=str(out),
         )
-    stats = units(out)
+    stats = references.select_passes(units(out), out, against)
     if by == "channel":
         ranked = stats.filter(matches).sort(
             [pl.col("newly_dead").fill_null(False), "dormant_score", "mean_abs"], descending=[True, False, False],
@@ -60,14 +64,15 @@ def rank_dead_units(out: Where, *, by: str = "layer", criterion: str = "any", to
     return _with_runs(ranked.head(top), out)
 
 
-def rank_divergence(out: Where, *, by: str = "layer", top: int = 20) -> pl.LazyFrame:
+def rank_divergence(out: Where, *, by: str = "layer", top: int = 20, against: str = "reference") -> pl.LazyFrame:
     """Weight divergence across checkpoints and runs: per tensor (rel_diff), per layer (relative L2 of the layer's
-    parameters) or per checkpoint (mean over its layers), largest first."""
+    parameters) or per checkpoint (mean over its layers), largest first; each checkpoint against its own reference
+    unless `against` says otherwise (see `references`)."""
     if by not in DIVERGENCE_BY:
         raise AuditError(f"--by must be one of {', '.join(DIVERGENCE_BY)}")
     if by == "param":
         frame = (
-            scan(out, "weight_divergence")
+            references.select(scan(out, "weight_divergence"), out, against)
             .sort(
                 ["rel_diff", "checkpoint_id", "reference_id", "param"],
                 descending=[True, False, False, False],
@@ -76,7 +81,7 @@ def rank_divergence(out: Where, *, by: str = "layer", top: int = 20) -> pl.LazyF
             .head(top)
         )  # ties (frozen tensors: 0.0) in a fixed order, however the files are laid out
         return _with_runs(frame, out)
-    layers = layer_divergence(out)
+    layers = references.select(layer_divergence(out), out, against)
     if by == "layer":
         return layers.sort(
             ["rel_l2", "checkpoint_id", "reference_id", "layer"],
@@ -95,9 +100,10 @@ def rank_divergence(out: Where, *, by: str = "layer", top: int = 20) -> pl.LazyF
     )
 
 
-def rank_drift(out: Where, *, top: int = 20) -> pl.LazyFrame:
+def rank_drift(out: Where, *, top: int = 20, against: str = "reference") -> pl.LazyFrame:
     """Layers whose BatchNorm running statistics moved while every parameter stayed bit-identical (the callback
-    freeze trap), by how far the statistics moved."""
+    freeze trap), by how far the statistics moved; against each checkpoint's own reference unless `against` says
+    otherwise."""
     bn = (
         scan(out, "weight_divergence")
         .filter(pl.col("role").is_in(["bn_running_mean", "bn_running_var"]))
@@ -107,7 +113,7 @@ def rank_drift(out: Where, *, top: int = 20) -> pl.LazyFrame:
             pl.col("max_abs_diff").max().alias("max_bn_abs_diff"),
         )
     )
-    drift = scan(out, "layer_freeze").filter(pl.col("verdict") == "frozen_bn_drift")
+    drift = references.select(scan(out, "layer_freeze"), out, against).filter(pl.col("verdict") == "frozen_bn_drift")
     ranked = drift.join(bn, on=["checkpoint_id", "reference_id", "layer"], how="left").sort(
         ["max_bn_stat_rel_diff", "checkpoint_id", "reference_id", "layer"],
         descending=[True, False, False, False],
@@ -128,10 +134,10 @@ def query(out: Where, sql: str) -> pl.DataFrame:
         raise AuditError(f"query failed: {reason}; tables: {', '.join(tables(out))}", path=str(out)) from exc
 
 
-def rank_rewind(out: Where, *, top: int = 5) -> pl.LazyFrame:
+def rank_rewind(out: Where, *, top: int = 5, against: str = "reference") -> pl.LazyFrame:
     """Per run (its checkpoint) and direction, the swaps whose delta mAP50-95 is most negative: the layers whose
     change the accuracy depends on most. `top` rows per checkpoint and direction."""
-    frame = scan(out, "rewind").with_columns(
+    frame = references.select(scan(out, "rewind"), out, against, "rewind").with_columns(
         pl.col("delta_map50_95").rank("ordinal").over("checkpoint_id", "direction").alias("rank_in_checkpoint")
     )
     ranked = frame.filter(pl.col("rank_in_checkpoint") <= top).sort("checkpoint_id", "direction", "rank_in_checkpoint")

@@ -32,6 +32,17 @@ _CHECKPOINTS: dict[str, list[Column]] = {
         ("precision", S, "dtype the file stores (float16, float32, ...); statistics are computed in float32"),
         ("train_args", S, "the Ultralytics training arguments as JSON, when the file has them"),
     ],
+    "analysed_against": [
+        CKPT,
+        ("reference_id", S, "checkpoint_id of the reference it was analysed against (--reference, a study's base)"),
+        (
+            "analysis",
+            S,
+            "weights, activations, similarity (the first checkpoint is the others' reference), rewind or "
+            "interpolate: rankings, summaries and the report compare each checkpoint with these references by default "
+            "(`rank --against`)",
+        ),
+    ],
 }
 
 _STUDY_AND_ERRORS: dict[str, list[Column]] = {
@@ -39,7 +50,12 @@ _STUDY_AND_ERRORS: dict[str, list[Column]] = {
         ("run", S, "run name: `<variant>-s<seed>`, or `base` for the pretraining run"),
         ("study", S, "the study file's `name`"),
         ("variant", S, "variant name from the study file"),
-        ("freeze", S, 'the variant\'s freeze spec as written (JSON): an int, "backbone", "all" or a list'),
+        (
+            "freeze",
+            S,
+            "the variant's freeze spec, plain: backbone, all, a layer count (10) or a layer list (0,1,2); stores "
+            "written before 2026-12-04 held JSON and read as plain",
+        ),
         ("frozen_layers", pa.list_(I32), "the exact layers frozen (`all`: every module but the head; YOLOv8: 0-21)"),
         ("backbone", pa.list_(I32), "the model's backbone layers, from its yaml (YOLOv8: 0-9, YOLO11: 0-10)"),
         ("strategy", S, "ultralytics (built-in freeze argument) or callback (requires_grad=False in on_train_start)"),

@@ -43,7 +43,7 @@ def scan(out: Where, table: str) -> pl.LazyFrame:
     if not v.names:
         raise AuditError(f"no {table} table here; run `yolo-audit weights ... --out {out}` first", path=str(out))
     if not v.compacted:
-        return pl.scan_parquet(f"{root.uri}/{table}/*.parquet")
+        return _read_as_today(table, pl.scan_parquet(f"{root.uri}/{table}/*.parquet"))
     frames = [pl.scan_parquet(v.uris(v.plain))] if v.plain else []
     for name, drops in v.compacted.items():  # rows of files rewritten since compaction come from those files
         frame = pl.scan_parquet(v.folder.child(name).uri)
@@ -51,7 +51,17 @@ def scan(out: Where, table: str) -> pl.LazyFrame:
             row = pl.int_range(pl.len())
             frame = frame.filter(~pl.any_horizontal([row.is_between(a, a + n - 1) for a, n in drops]))
         frames.append(frame)
-    return pl.concat(frames, how="diagonal_relaxed")
+    return _read_as_today(table, pl.concat(frames, how="diagonal_relaxed"))
+
+
+def _read_as_today(table: str, frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Older stores read as today's: `runs.freeze` held JSON ('"backbone"', '[0, 1]') before 2026-12-04."""
+    if table != "runs":
+        return frame
+    freeze = pl.col("freeze")
+    plain = freeze.str.strip_chars('"').str.replace_all(r"[\[\] ]", "")
+    return frame.with_columns(pl.when(freeze.str.starts_with('"') | freeze.str.starts_with("[")).then(plain)
+                              .otherwise(freeze).alias("freeze"))  # fmt: skip
 
 
 def open_results(out: Where) -> dict[str, pl.LazyFrame]:

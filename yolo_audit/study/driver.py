@@ -23,6 +23,7 @@ import polars as pl
 from yolo_audit.analyses import ANALYSES, StudyInputs, Summary
 from yolo_audit.env import cache_dir
 from yolo_audit.errors import AuditError
+from yolo_audit.model.freeze import freeze_text
 from yolo_audit.results import files
 from yolo_audit.results.compact import compact
 from yolo_audit.results.keys import run_key
@@ -141,7 +142,7 @@ def plan(
             study.train,
             frozen_layers=v.frozen_layers,
             backbone=study.backbone,
-            freeze=json.dumps(v.freeze),
+            freeze=freeze_text(v.freeze),
             strategy=v.strategy,
             seed=seed,
         )  # fmt: skip

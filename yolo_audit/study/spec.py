@@ -214,7 +214,7 @@ def _dataclass(cls: type, raw: Any, key: str) -> Any:
     typed = {}
     for f in fields(cls):
         if f.name in values:
-            kind = {"int": int, "float": (int, float), "float | None": (int, float), "str": str}[
+            kind = {"int": int, "int | None": int, "float": (int, float), "float | None": (int, float), "str": str}[
                 f.type if isinstance(f.type, str) else f.type.__name__
             ]
             typed[f.name] = _typed(values[f.name], kind, f"{key}.{f.name}")

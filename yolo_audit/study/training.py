@@ -37,6 +37,9 @@ class TrainCfg:
     close_mosaic: int = 0
     save_period: int = -1
     workers: int = 0
+    # Ultralytics' nominal batch size: it accumulates gradients over nbs / batch batches per optimizer step (64 by
+    # default). On a tiny dataset that is a handful of steps in a whole fine-tune: the demo and tests set nbs = batch
+    nbs: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,7 +54,7 @@ class TrainSpec(TrainCfg):
     upload_to: str | None = None  # a URI the run folder is copied to afterwards (results on an object store)
     frozen_layers: tuple[int, ...] = ()
     backbone: tuple[int, ...] = ()  # the model's backbone layers (recorded in `runs`)
-    freeze: str = "0"  # the freeze spec as written in the study file
+    freeze: str = "0"  # the freeze spec as written in the study file, plain (`freeze_text`): backbone, all, 10, 0,1,2
     strategy: str = "ultralytics"
     seed: int = 0
     device: str = "cpu"
@@ -92,6 +95,7 @@ def train_variant(spec: TrainSpec) -> TrainResult:
     args = dict(
         data=local_dataset(spec.data), epochs=spec.epochs, imgsz=spec.imgsz, batch=spec.batch, optimizer=spec.optimizer,
         lr0=spec.lr0, close_mosaic=spec.close_mosaic, save_period=spec.save_period, workers=spec.workers,
+        **({"nbs": spec.nbs} if spec.nbs else {}),
         seed=spec.seed, deterministic=True, amp=spec.device != "cpu", device=spec.device, project=spec.project,
         name=spec.run, exist_ok=True, plots=False, verbose=False,
         freeze=freeze_argument(spec.strategy, spec.frozen_layers),
@@ -154,4 +158,4 @@ def _finite(value: float | None) -> bool:
 def describe(result: TrainResult) -> str:
     spec = result.spec
     tail = f"mAP50-95 {result.best_map50_95:.3f}" if result.best_map50_95 is not None else (result.error or "")
-    return f"{spec.run}: {result.status} in {result.seconds:.1f}s, {json.dumps(spec.freeze)} ({spec.strategy}) {tail}"
+    return f"{spec.run}: {result.status} in {result.seconds:.1f}s, freeze {spec.freeze} ({spec.strategy}) {tail}"

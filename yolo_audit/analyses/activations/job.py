@@ -18,7 +18,7 @@ from yolo_audit.model.checkpoint import checkpoint_table, load_checkpoint
 from yolo_audit.model.hooks import Recorder
 from yolo_audit.model.keys import layer_of
 from yolo_audit.results.errors import ErrorRecord, record
-from yolo_audit.runtime.devices import keep_freed_memory, resolve_device
+from yolo_audit.runtime.devices import exact_float32, keep_freed_memory, resolve_device
 from yolo_audit.stats.channels import ChannelState, dead_units, octave_bin_edges
 from yolo_audit.stats.weights import Columns
 
@@ -48,6 +48,7 @@ class ShardResult:
     failed_images: int = 0
     seconds: float = 0.0
     device: str = "cpu"
+    precision: str = "fp32"  # what the passes ran in (exact_float32)
     errors: list[ErrorRecord] = field(default_factory=list)
     checkpoint_row: Columns | None = None  # the `checkpoints` row, from the first shard
 
@@ -64,6 +65,7 @@ class ShardResult:
             states=states, kinds={**b.kinds, **a.kinds}, maps=a.maps or b.maps,
             map_channels=a.map_channels or b.map_channels, images=a.images + b.images,
             failed_images=a.failed_images + b.failed_images, seconds=a.seconds + b.seconds, device=a.device,
+            precision=a.precision,
             errors=a.errors + b.errors, checkpoint_row=a.checkpoint_row or b.checkpoint_row,
         )  # fmt: skip
 
@@ -80,7 +82,7 @@ def activations_shard(path: str, images: list[str], opts: ActivationOptions, *, 
         device = resolve_device(opts.device)
         keep_freed_memory()  # forward passes reuse their activations' memory
         model = for_passes(build_module(ckpt, cfg=opts.cfg), device)
-        with torch.inference_mode(), Recorder(model, depth=opts.depth) as recorder:
+        with torch.inference_mode(), exact_float32() as result.precision, Recorder(model, depth=opts.depth) as recorder:
             for group in batches(images, opts.batch):
                 batch, failed = load_batch(group, opts.imgsz)
                 result.failed_images += failed
@@ -107,7 +109,7 @@ def feature_maps_task(
         device = resolve_device(opts.device)
         model = for_passes(build_module(ckpt, cfg=opts.cfg), device)
         recorder = Recorder(model, depth=opts.depth, maps=len(images), map_channels=channels)
-        with torch.inference_mode(), recorder:
+        with torch.inference_mode(), exact_float32(), recorder:
             batch, _ = load_batch(images, opts.imgsz)
             recorder.begin_batch(len(batch))
             model(batch.to(device))
@@ -146,8 +148,15 @@ def dead_flags(result: ShardResult, tau: float) -> dict[tuple[str, int], bool]:
 
 
 def tables_for(
-    result: ShardResult, dataset_id: str, opts: ActivationOptions, images: list[str], reference: dict | None
+    result: ShardResult,
+    dataset_id: str,
+    opts: ActivationOptions,
+    images: list[str],
+    reference_id: str | None,
+    reference: dict | None,
 ) -> dict[str, Columns]:
+    """The rows of one checkpoint's pass; `reference`: the dead flags of `reference_id` on the same images (None
+    without a reference, and for the reference itself)."""
     ids = {"checkpoint_id": result.checkpoint_id, "dataset_id": dataset_id}
     stats: Columns = {}
     hist: Columns = {}
@@ -176,8 +185,9 @@ def tables_for(
         "activation_hist": hist,
         "feature_maps": _maps_table(result, ids, images),
         "activation_passes": {k: [v] for k, v in {
-            **ids, "images": result.images, "failed_images": result.failed_images, "imgsz": opts.imgsz,
-            "depth": opts.depth, "device": result.device, "seconds": result.seconds,
+            **ids, "reference_id": reference_id, "images": result.images, "failed_images": result.failed_images,
+            "imgsz": opts.imgsz, "depth": opts.depth, "device": result.device, "precision": result.precision,
+            "seconds": result.seconds,
         }.items()},
     }  # fmt: skip
 

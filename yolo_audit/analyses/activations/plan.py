@@ -199,6 +199,7 @@ def _write(
     out = summary.out
     written: dict[str, list[str]] = {}
     reference_dead = dead_flags(ref, opts.tau) if ref is not None and not ref.errors else None
+    ref_id = ref.checkpoint_id if reference_dead is not None and ref is not None else None
     for result in merged:
         summary.failed_images += result.failed_images
         if result.errors or not result.states:
@@ -207,13 +208,15 @@ def _write(
         clear_errors(out, result.path, ("activations", "align", "feature_maps"))
         key = dataset_key(result.checkpoint_id, summary.dataset_id)
         with recording() as own:
-            for table, cols in tables_for(result, summary.dataset_id, opts, images, reference_dead).items():
+            against = (ref_id, reference_dead) if result.checkpoint_id != ref_id else (None, None)
+            for table, cols in tables_for(result, summary.dataset_id, opts, images, *against).items():
                 if cols:  # no feature maps asked for: no file
                     files.write(out, table, key, cols)
         written[result.path] = list(own)
         summary.analysed.append(result.path)
         summary.checkpoint_ids.add(result.checkpoint_id)
     files.write_checkpoints(out, [r.checkpoint_row for r in merged if r.checkpoint_row and r.path in summary.analysed])
+    files.write_references(out, "activations", [(r.checkpoint_id, ref_id) for r in merged if r.path in written])
     write_errors(out, summary.errors)
     return written
 

@@ -67,11 +67,18 @@ TABLES: dict[str, list[Column]] = {
     "activation_passes": [
         CKPT,
         DATASET,
+        (
+            "reference_id",
+            S,
+            "the --reference this checkpoint's newly_dead and revived compare against, measured on the same images "
+            "(null without one, and for the reference itself)",
+        ),
         ("images", I64, "images that went through the network"),
         ("failed_images", I64, "images that could not be read (skipped)"),
         ("imgsz", I32, "letterbox size"),
         ("depth", S, "modules or leaves"),
         ("device", S, "where the forward passes ran"),
+        ("precision", S, "what the forward passes ran in: fp32 (TF32 off on GPUs; see docs/numbers.md)"),
         ("seconds", F64, "task time, summed over shards"),
     ],  # fmt: skip
 }

@@ -118,6 +118,8 @@ def analyze_rewind(
             out_loc, [checkpoint_table(ref)] + [r.checkpoint_row for r in baselines if r.checkpoint_row]
         )
         _write_rows(swaps, base, base.get(ref_uri), summary)
+        measured = [r.checkpoint_row["checkpoint_id"][0] for r in baselines if r.checkpoint_row and r.path != ref_uri]
+        files.write_references(out_loc, "rewind", [(cid, ref.checkpoint_id) for cid in measured])
         write_errors(out_loc, summary.errors)
         if summary.ok:
             ledger.add(key, "rewind", written, {"rows": summary.rows})

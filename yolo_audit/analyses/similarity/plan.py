@@ -100,6 +100,7 @@ def analyze_similarity(
         if merged.state is None:  # no batch of 4 readable images anywhere: every row says so
             merged.state = CKAState.empty(len(merged.ids) * len(merged.modules))
         files.write_checkpoints(out_loc, merged.rows)
+        files.write_references(out_loc, "similarity", [(i, merged.ids[0]) for i in merged.ids[1:]])
         table = similarity_table(merged, opts, summary.dataset_id)
         summary.pairs = len(table["cka"])
         # with or without --cross-layer: one file per (dataset, checkpoints, pool), the latest run's

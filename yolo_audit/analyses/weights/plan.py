@@ -23,7 +23,7 @@ from yolo_audit.analyses.weights.job import TaskResult, analyze_checkpoint, comp
 from yolo_audit.errors import AuditError
 from yolo_audit.model.checkpoint import find_checkpoints, load_checkpoint
 from yolo_audit.results.errors import ErrorRecord, write_errors
-from yolo_audit.results.files import check_writable, write_checkpoints
+from yolo_audit.results.files import check_writable, write_checkpoints, write_references
 from yolo_audit.results.ledger import Ledger, done_key, fingerprint
 from yolo_audit.results.location import Location, Where, exclusive, locate
 from yolo_audit.results.train_metrics import record_beside
@@ -118,6 +118,7 @@ def analyze_weights(
             summary.bins_id = f"ref-{summary.reference_id}"
         summary.errors += [e for r in first for e in r.errors]
         write_checkpoints(out_dir, [r.checkpoint_row for r in first if r.checkpoint_row])
+        write_references(out_dir, "weights", [(r.checkpoint_id, summary.reference_id) for r in summary.analysed])
         record_beside(out_dir, [(r.run, r.path) for r in first if r.checkpoint_id])  # results.csv of user runs
         loaded = distinct(
             [r for r in first if r.checkpoint_id is not None and not any(e.stage == "load" for e in r.errors)]
@@ -140,7 +141,9 @@ def analyze_weights(
             )  # fmt: skip
             summary.errors += [e for r in second for e in r.errors]
         among = {locate(p).uri for p in pairwise_among} if pairwise_among else None
-        pairs = _pairs(loaded, pairwise=pairwise, trajectory=trajectory, among=among)
+        # by content: a last snapshot holding the same tensors as an earlier file is analysed under that file's path
+        among_ids = {r.checkpoint_id for r in first if r.path in among and r.checkpoint_id} if among else None
+        pairs = _pairs(loaded, pairwise=pairwise, trajectory=trajectory, among=among_ids)
         if pairs:
             third = run_tasks(
                 [Task(f"{short_name(a)} vs {short_name(b)}", compare_pair, (a, b, out_dir), {**common, "opts": opts},
@@ -176,11 +179,11 @@ def distinct(results: list[TaskResult]) -> list[TaskResult]:
 def _pairs(
     results: list[TaskResult], *, pairwise: bool, trajectory: bool, among: set[str] | None = None
 ) -> list[tuple[str, str]]:
-    """(a, b) pairs where a is compared against b: all pairs (or all pairs of the files `among`), and/or consecutive
-    epochs within each run."""
+    """(a, b) pairs where a is compared against b: all pairs (or all pairs of the checkpoints `among`, by id), and/or
+    consecutive epochs within each run."""
     pairs: list[tuple[str, str]] = []
     if pairwise or among:
-        chosen = [r for r in results if among is None or r.path in among]
+        chosen = [r for r in results if among is None or r.checkpoint_id in among]
         pairs += [(later.path, earlier.path) for earlier, later in combinations(chosen, 2)]
     if trajectory:
         runs: dict[str, list[TaskResult]] = {}
