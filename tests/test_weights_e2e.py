@@ -67,8 +67,10 @@ def test_tables_and_checkpoint_rows(study):
     assert study["summary"].ok
     t = _frames(study["out"])
     assert set(t) == {"checkpoints", "weight_stats", "weight_hist", "channel_weights", "weight_divergence",
-                      "channel_divergence", "layer_freeze", "ledger"}  # fmt: skip
+                      "channel_divergence", "layer_freeze", "ledger", "analysed_against"}  # fmt: skip
     assert t["checkpoints"].height == 5
+    against = t["analysed_against"]  # what every checkpoint but the reference was analysed against
+    assert against.height == 4 and set(against["analysis"]) == {"weights"} and against["reference_id"].n_unique() == 1
     for table, frame in t.items():
         assert frame.columns == schema.columns(table)
     row = t["checkpoints"].filter(pl.col("run") == "layer12").row(0, named=True)

@@ -112,9 +112,13 @@ def write_checkpoints(out: Location, rows: Sequence[Mapping[str, Sequence[Any]]]
 def write_references(out: Location, analysis: str, pairs: Sequence[tuple[str | None, str | None]]) -> None:
     """Record which reference each checkpoint was analysed against by `analysis` (`analysed_against`: what rankings,
     summaries and the report compare each checkpoint with by default). A checkpoint is never its own reference."""
-    for checkpoint_id, reference_id in dict.fromkeys(pairs):
-        if checkpoint_id and reference_id and checkpoint_id != reference_id:
-            write(out, "analysed_against", keys.reference_key(checkpoint_id, reference_id, analysis), {
+    wanted = {keys.reference_key(c, r, analysis): (c, r) for c, r in pairs if c and r and c != r}
+    if not wanted:
+        return
+    recorded = view(out.child("analysed_against")).names  # a rerun writes nothing it recorded before
+    for key, (checkpoint_id, reference_id) in wanted.items():
+        if f"{key}.parquet" not in recorded:
+            write(out, "analysed_against", key, {
                 "checkpoint_id": [checkpoint_id], "reference_id": [reference_id], "analysis": [analysis]})  # fmt: skip
 
 

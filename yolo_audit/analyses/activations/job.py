@@ -155,8 +155,8 @@ def tables_for(
     reference_id: str | None,
     reference: dict | None,
 ) -> dict[str, Columns]:
-    """The rows of one checkpoint's pass; `reference`: the dead flags of `reference_id` on the same images (None
-    without a reference, and for the reference itself)."""
+    """The rows of one checkpoint's pass; `reference`: the --reference's dead flags on the same images (None without
+    one), `reference_id` its id (None for the reference itself, whose newly_dead and revived are all false)."""
     ids = {"checkpoint_id": result.checkpoint_id, "dataset_id": dataset_id}
     stats: Columns = {}
     hist: Columns = {}

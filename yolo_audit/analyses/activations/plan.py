@@ -208,8 +208,8 @@ def _write(
         clear_errors(out, result.path, ("activations", "align", "feature_maps"))
         key = dataset_key(result.checkpoint_id, summary.dataset_id)
         with recording() as own:
-            against = (ref_id, reference_dead) if result.checkpoint_id != ref_id else (None, None)
-            for table, cols in tables_for(result, summary.dataset_id, opts, images, *against).items():
+            against = ref_id if result.checkpoint_id != ref_id else None  # the reference itself: flags vs itself
+            for table, cols in tables_for(result, summary.dataset_id, opts, images, against, reference_dead).items():
                 if cols:  # no feature maps asked for: no file
                     files.write(out, table, key, cols)
         written[result.path] = list(own)
