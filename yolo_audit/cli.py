@@ -93,7 +93,9 @@ def activations(
     split: Split = "val",
     cfg: Cfg = None,
     device: Device = "auto",
-    shards: Annotated[int | None, typer.Option("--shards", min=1, help="Data shards per checkpoint.")] = None,
+    shards: Annotated[
+        int | None, typer.Option("--shards", min=1, help="Data shards per task group (of up to 8 checkpoints).")
+    ] = None,
     address: Address = None,
     num_cpus: NumCpus = None,
     engine: EngineOpt = "auto",

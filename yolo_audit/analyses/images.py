@@ -1,16 +1,25 @@
 """Images for passes through networks (activations, similarity): a dataset yaml (a split), a folder or a glob;
-Ultralytics' letterbox; batches and shards.
+Ultralytics' letterbox; batches and shards; the one pipeline that feeds them to a device.
 
 Preprocessing is Ultralytics' predict path with a square canvas (LetterBox(auto=False), grey 114 padding, BGR -> RGB,
 0..1), so every batch has one shape. Unreadable images are skipped and counted, never fatal. Batches are fixed by the
 image order and the batch size alone; shards are cut only at batch boundaries, so how the work is spread over tasks,
 CPUs and nodes never changes a batch (and so never changes a statistic).
+
+`prefetched` keeps a device busy: threads decode and letterbox the images of the next batches (OpenCV releases the
+GIL) straight into their slots of a uint8 batch (pinned host memory for a GPU), up to `ahead` batches before they are
+used; a batch goes to the device with a non-blocking copy and becomes float there. Batches come out in order, each
+image in its place: the same tensors as `load_batch`, bit for bit, for any number of threads.
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -111,22 +120,83 @@ def _from_yaml(path: Path, split: str) -> list[str]:
 
 
 def load_batch(paths: list[str], imgsz: int) -> tuple[torch.Tensor, int]:
-    """Letterboxed images (N, 3, imgsz, imgsz) in 0..1, and how many files could not be read."""
-    import cv2
+    """Letterboxed images (N, 3, imgsz, imgsz) in 0..1 on the CPU, and how many files could not be read."""
+    batch, failed = _decoded(paths, imgsz, _letterbox(imgsz), None, pin=False)
+    return _as_float(batch), failed
+
+
+def _letterbox(imgsz: int) -> Callable[..., np.ndarray]:
     from ultralytics.data.augment import LetterBox
 
-    letterbox = LetterBox(new_shape=(imgsz, imgsz), auto=False)
-    arrays, failed = [], 0
-    for p in paths:
-        image = cv2.imread(p)
-        if image is None:
-            failed += 1
-            continue
-        arrays.append(letterbox(image=image)[..., ::-1].transpose(2, 0, 1))
-    if not arrays:
-        return torch.zeros(0, 3, imgsz, imgsz), failed
-    batch = torch.from_numpy(np.ascontiguousarray(np.stack(arrays))).float() / 255.0
-    return batch, failed
+    return LetterBox(new_shape=(imgsz, imgsz), auto=False)
+
+
+def _decode_into(path: str, letterbox: Callable[..., np.ndarray], slot: np.ndarray) -> bool:
+    """One image, read, letterboxed and written as RGB channels-first into `slot` (3, imgsz, imgsz) uint8."""
+    import cv2
+
+    image = cv2.imread(path)
+    if image is None:
+        return False
+    slot[...] = letterbox(image=image)[..., ::-1].transpose(2, 0, 1)
+    return True
+
+
+def _decoded(
+    paths: list[str], imgsz: int, letterbox: Callable[..., np.ndarray], pool: ThreadPoolExecutor | None, *, pin: bool
+) -> tuple[torch.Tensor, int]:
+    """The readable images of `paths` as one uint8 batch (N, 3, imgsz, imgsz) in their order, decoded by `pool`'s
+    threads (or here), and how many could not be read."""
+    out = torch.empty((len(paths), 3, imgsz, imgsz), dtype=torch.uint8, pin_memory=pin)
+    slots = out.numpy()
+    if pool is None:
+        ok = [_decode_into(p, letterbox, slots[i]) for i, p in enumerate(paths)]
+    else:
+        ok = [f.result() for f in [pool.submit(_decode_into, p, letterbox, slots[i]) for i, p in enumerate(paths)]]
+    failed = ok.count(False)
+    return (out if not failed else out[torch.tensor(ok)]), failed
+
+
+def _as_float(batch: torch.Tensor) -> torch.Tensor:
+    return batch.float() / 255.0
+
+
+def decode_workers(device: torch.device) -> int:
+    """Threads that decode ahead of the passes: several for a GPU (it runs a yolov8s batch faster than one thread
+    decodes it), one on a CPU (its cores run the passes; one thread decoding the next batch overlaps them)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cpus)) if device.type == "cuda" else 1
+
+
+def prefetched(
+    groups: list[list[str]], imgsz: int, device: torch.device, *, workers: int | None = None, ahead: int = 2
+) -> Iterator[tuple[list[str], torch.Tensor, int]]:
+    """Each group's images as one float batch (0..1) on `device`, with the number of unreadable files: decoded by
+    `workers` threads (default `decode_workers`; 0: here, when asked for) up to `ahead` batches early, in order."""
+    workers = decode_workers(device) if workers is None else workers
+    letterbox = _letterbox(imgsz)
+    pin = device.type == "cuda" and torch.cuda.is_available()
+
+    def ready(batch: torch.Tensor) -> torch.Tensor:
+        return _as_float(batch.to(device, non_blocking=True)) if device.type != "cpu" else _as_float(batch)
+
+    if workers <= 0:
+        for group in groups:
+            batch, failed = _decoded(group, imgsz, letterbox, None, pin=pin)
+            yield group, ready(batch), failed
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool, ThreadPoolExecutor(1) as feeder:
+        queued: deque[tuple[list[str], Future[tuple[torch.Tensor, int]]]] = deque()
+        for group in groups:
+            queued.append((group, feeder.submit(_decoded, group, imgsz, letterbox, pool, pin=pin)))
+            if len(queued) > ahead:
+                done, future = queued.popleft()
+                batch, failed = future.result()
+                yield done, ready(batch), failed
+        while queued:
+            done, future = queued.popleft()
+            batch, failed = future.result()
+            yield done, ready(batch), failed
 
 
 def batches(paths: list[str], batch: int) -> list[list[str]]:

@@ -212,9 +212,9 @@ def _cka_to_base(ctx: Context) -> dict[str, str]:
     sim = scan(ctx.results, "similarity").filter(pl.col("module_a") == pl.col("module_b")).collect()
     pairs = pl.concat([
         sim.filter(pl.col("checkpoint_a") == ctx.reference_id).select(pl.col("checkpoint_b").alias("id"), "layer_a",
-                                                                      "module_a", "cka"),
+                                                                      "module_a", "cka", "cka_se"),
         sim.filter(pl.col("checkpoint_b") == ctx.reference_id).select(pl.col("checkpoint_a").alias("id"), "layer_a",
-                                                                      "module_a", "cka"),
+                                                                      "module_a", "cka", "cka_se"),
     ]).filter(pl.col("id") != ctx.reference_id).drop_nulls("cka")  # fmt: skip
     out = {}
     for (cid,), part in pairs.sort("layer_a", "module_a").group_by("id", maintain_order=True):
@@ -223,5 +223,6 @@ def _cka_to_base(ctx: Context) -> dict[str, str]:
         low = part.sort("cka").row(0, named=True)
         where = (f"CKA to the base stays at 0.99 or above up to {part['module_a'][kept - 1]}" if kept else
                  "CKA to the base is below 0.99 from the first layer")  # fmt: skip
-        out[cid] = f"{where}, lowest {low['cka']:.2f} at {low['module_a']}"
+        error = f" ± {low['cka_se']:.2f}" if low["cka_se"] is not None else ""
+        out[cid] = f"{where}, lowest {low['cka']:.2f}{error} at {low['module_a']}"
     return out

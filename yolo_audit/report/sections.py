@@ -128,12 +128,9 @@ def _similarity(ctx: Context) -> str:
     """CKA of each run's last checkpoint to the base per module (cells within 2 standard errors of the chance baseline
     grey), the Procrustes distance beside it, and per run module x module against the base."""
     names = ctx.labels.select("checkpoint_id", "label").lazy()
-    sim = scan(ctx.results, "similarity")
-    for column in ("cka_se", "cka_chance", "procrustes"):  # files written before 2026-12-04 have none of them
-        if column not in sim.collect_schema().names():
-            sim = sim.with_columns(pl.lit(None, pl.Float64).alias(column))
     sim = (
-        sim.filter(pl.col("checkpoint_a") != pl.col("checkpoint_b"))
+        scan(ctx.results, "similarity")
+        .filter(pl.col("checkpoint_a") != pl.col("checkpoint_b"))
         .join(names.rename({"checkpoint_id": "checkpoint_a", "label": "a"}), on="checkpoint_a", how="left")
         .join(names.rename({"checkpoint_id": "checkpoint_b", "label": "b"}), on="checkpoint_b", how="left")
         .with_columns(  # the base on side a, so each run reads "base vs run" with the base's modules on the rows
@@ -150,8 +147,8 @@ def _similarity(ctx: Context) -> str:
         )
         .collect()
     )
-    if sim.filter(pl.col("a") == "base").height:  # one reference per answer: each run against the base
-        sim = sim.filter(pl.col("a") == "base")
+    if sim.filter(pl.col("a") == "base").height:  # one reference per answer: each run's last checkpoint vs the base
+        sim = sim.filter((pl.col("a") == "base") & pl.col("b").is_not_null())
     same = sim.filter(pl.col("module_a") == pl.col("module_b"))
     if same.is_empty():
         return "<p class=note>Only one checkpoint in the similarity table.</p>"
@@ -161,7 +158,7 @@ def _similarity(ctx: Context) -> str:
     note = (f"<p class=note>Corresponding modules, each run against the base, over {images} images; {nulls} "
             f"undefined (layers that do not vary across images); {noise} grey: within 2 standard errors of the "
             "chance baseline (cka_chance: the same estimator with one side's images shuffled), so no evidence of "
-            "similarity there. Right: the angular Procrustes distance (radians; 0 = the same up to rotation and "
+            "similarity there. Below: the angular Procrustes distance (radians; 0 = the same up to rotation and "
             "scale) of the same modules.</p>")  # fmt: skip
     out = note + _img(figures.heatmap(same, "module", "pair", "cka", "Linear CKA per module", "CKA", grey="noise"),
                       "CKA heatmap")  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 import polars as pl
 
 from yolo_audit.errors import AuditError
@@ -43,15 +45,26 @@ def scan(out: Where, table: str) -> pl.LazyFrame:
     if not v.names:
         raise AuditError(f"no {table} table here; run `yolo-audit weights ... --out {out}` first", path=str(out))
     if not v.compacted:
-        return _read_as_today(table, pl.scan_parquet(f"{root.uri}/{table}/*.parquet"))
-    frames = [pl.scan_parquet(v.uris(v.plain))] if v.plain else []
+        return _read_as_today(table, _scan(f"{root.uri}/{table}/*.parquet", table))
+    frames = [_scan(v.uris(v.plain), table)] if v.plain else []
     for name, drops in v.compacted.items():  # rows of files rewritten since compaction come from those files
-        frame = pl.scan_parquet(v.folder.child(name).uri)
+        frame = _scan(v.folder.child(name).uri, table)
         if drops:
             row = pl.int_range(pl.len())
             frame = frame.filter(~pl.any_horizontal([row.is_between(a, a + n - 1) for a, n in drops]))
         frames.append(frame)
     return _read_as_today(table, pl.concat(frames, how="diagonal_relaxed"))
+
+
+@cache
+def _schema(table: str) -> pl.Schema:
+    return pl.from_arrow(schema.schema(table).empty_table()).schema  # type: ignore[union-attr]
+
+
+def _scan(source: str | list[str], table: str) -> pl.LazyFrame:
+    """Files of one table read with today's columns: a file written before a column existed reads it as null, so
+    stores that mix older and newer files still read (e.g. similarity files from before cka_se)."""
+    return pl.scan_parquet(source, schema=_schema(table), missing_columns="insert", extra_columns="ignore")
 
 
 def _read_as_today(table: str, frame: pl.LazyFrame) -> pl.LazyFrame:

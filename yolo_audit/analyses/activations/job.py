@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from yolo_audit.analyses.images import batches, load_batch
+from yolo_audit.analyses.images import batches, prefetched
 from yolo_audit.model.build import build_module, for_passes
 from yolo_audit.model.checkpoint import checkpoint_table, load_checkpoint
 from yolo_audit.model.hooks import Recorder
@@ -70,33 +70,48 @@ class ShardResult:
         )  # fmt: skip
 
 
-def activations_shard(path: str, images: list[str], opts: ActivationOptions, *, first: bool = False) -> ShardResult:
-    """Forward every batch of the shard through the checkpoint with hooks; states come back on the CPU. The first
-    shard also returns the checkpoint's `checkpoints` row. (Feature maps are a second wave: `feature_maps_task`.)"""
-    result = ShardResult(path=path)
-    started = time.monotonic()
-    try:
-        ckpt = load_checkpoint(path, trust_pickle=opts.trust_pickle)
-        result.checkpoint_id, result.arch_hash = ckpt.checkpoint_id, ckpt.arch_hash
-        result.checkpoint_row = checkpoint_table(ckpt) if first else None
-        device = resolve_device(opts.device)
-        keep_freed_memory()  # forward passes reuse their activations' memory
-        model = for_passes(build_module(ckpt, cfg=opts.cfg), device)
-        with torch.inference_mode(), exact_float32() as result.precision, Recorder(model, depth=opts.depth) as recorder:
-            for group in batches(images, opts.batch):
-                batch, failed = load_batch(group, opts.imgsz)
+def activations_shard(
+    paths: list[str], images: list[str], opts: ActivationOptions, *, first: bool = False
+) -> list[ShardResult]:
+    """Every batch of the shard through each of the checkpoints with hooks, each image decoded once for all of them
+    (`prefetched`, ahead of the passes); one result per checkpoint, states on the CPU. The first shard also returns
+    each checkpoint's `checkpoints` row. A checkpoint that fails (to load, or in a pass) is an error of its own; the
+    others go on. (Feature maps are a second wave: `feature_maps_task`.)"""
+    results = [ShardResult(path=p) for p in paths]
+    device = resolve_device(opts.device)
+    keep_freed_memory()  # forward passes reuse their activations' memory
+    running: list[tuple[ShardResult, torch.nn.Module, Recorder]] = []
+    for result in results:
+        started = time.monotonic()
+        try:
+            ckpt = load_checkpoint(result.path, trust_pickle=opts.trust_pickle)
+            result.checkpoint_id, result.arch_hash = ckpt.checkpoint_id, ckpt.arch_hash
+            result.checkpoint_row = checkpoint_table(ckpt) if first else None
+            model = for_passes(build_module(ckpt, cfg=opts.cfg), device)
+            running.append((result, model, Recorder(model, depth=opts.depth).__enter__()))
+        except Exception as exc:  # noqa: BLE001 - an errors row; other checkpoints and shards go on
+            result.errors.append(record(result.path, "activations", exc))
+        result.seconds += time.monotonic() - started
+    with torch.inference_mode(), exact_float32() as precision:
+        for _, batch, failed in prefetched(batches(images, opts.batch), opts.imgsz, device) if running else ():
+            for result, model, recorder in list(running):
+                started = time.monotonic()
                 result.failed_images += failed
-                if len(batch):
-                    recorder.begin_batch(len(batch))
-                    model(batch.to(device, non_blocking=True))
-                    result.images += len(batch)
+                try:
+                    if len(batch):
+                        recorder.begin_batch(len(batch))
+                        model(batch)
+                        result.images += len(batch)
+                except Exception as exc:  # noqa: BLE001
+                    result.errors.append(record(result.path, "activations", exc))
+                    running.remove((result, model, recorder))
+                result.seconds += time.monotonic() - started
+    for result, _, recorder in running:
+        recorder.__exit__(None, None, None)
         result.states = {k: v.to("cpu") for k, v in recorder.states.items()}
         result.kinds = {k: v for k, v in recorder.kinds.items() if k in result.states}
-        result.device = str(device)
-    except Exception as exc:  # noqa: BLE001 - an errors row; other checkpoints and shards go on
-        result.errors.append(record(path, "activations", exc))
-    result.seconds = time.monotonic() - started
-    return result
+        result.device, result.precision = str(device), precision
+    return results
 
 
 def feature_maps_task(
@@ -110,9 +125,9 @@ def feature_maps_task(
         model = for_passes(build_module(ckpt, cfg=opts.cfg), device)
         recorder = Recorder(model, depth=opts.depth, maps=len(images), map_channels=channels)
         with torch.inference_mode(), exact_float32(), recorder:
-            batch, _ = load_batch(images, opts.imgsz)
-            recorder.begin_batch(len(batch))
-            model(batch.to(device))
+            for _, batch, _ in prefetched([images], opts.imgsz, device, workers=0):
+                recorder.begin_batch(len(batch))
+                model(batch)
         result.maps, result.map_channels = recorder.feature_maps, recorder.map_index
     except Exception as exc:  # noqa: BLE001
         result.errors.append(record(path, "feature_maps", exc))

@@ -1,4 +1,5 @@
-"""Driver of `yolo-audit activations`: one Ray task per (checkpoint x shard of whole batches), tree merges, tables.
+"""Driver of `yolo-audit activations`: one Ray task per (group of checkpoints x shard of whole batches: each image is
+decoded once per task for all of its checkpoints), tree merges per checkpoint, tables.
 
 The reference (if any) is analysed on the same images, so `newly_dead` and `revived` compare like with like; a
 checkpoint of another architecture than the reference is refused (an `errors` row naming both, no numbers). Tasks
@@ -31,6 +32,10 @@ from yolo_audit.results.keys import dataset_key
 from yolo_audit.results.ledger import Ledger, done_key, fingerprint, recording, skipped_line
 from yolo_audit.results.location import Location, Where, exclusive, local_dataset, locate
 from yolo_audit.runtime.tasks import Task, cluster_cpus, cluster_gpus, ray_session, run_tasks, short_name, tree_merge
+
+# checkpoints a task runs side by side over its shard, each image decoded once for all of them (more would hold more
+# networks in a worker's memory: 8 yolov8s are ~0.4 GB of weights)
+CHECKPOINTS_PER_TASK = 8
 
 
 @dataclass
@@ -106,17 +111,20 @@ def analyze_activations(
     chosen = ledger.lookup(maps_key) if ref_path and len(compute) < len(checkpoints) else None
     with exclusive(out_loc), ray_session(address, num_cpus=num_cpus, engine=engine):
         n_batches = -(-len(images) // max(opts.batch, 1))
-        n = shards_per_checkpoint or max(1, min(n_batches, cluster_cpus() // len(compute)))
+        groups = [compute[i : i + CHECKPOINTS_PER_TASK] for i in range(0, len(compute), CHECKPOINTS_PER_TASK)]
+        n = shards_per_checkpoint or max(1, min(n_batches, cluster_cpus() // len(groups)))
         parts = shards(images, n, batch=opts.batch)
         gpus = 1 if cluster_gpus() > 0 else 0
         tasks = [
-            Task(f"{short_name(f)}[{i}]", activations_shard, (f, part, opts), {"first": i == 0}, num_cpus=1,
-                 num_gpus=gpus)
-            for f in compute
+            Task(f"{short_name(group[0])}{f' +{len(group) - 1}' if len(group) > 1 else ''}[{i}]", activations_shard,
+                 (group, part, opts), {"first": i == 0}, num_cpus=1, num_gpus=gpus)
+            for group in groups
             for i, part in enumerate(parts)
         ]  # fmt: skip
         partial = run_tasks(tasks, stage="activations", stream=stream or sys.stderr)
-        merged = tree_merge([partial[i * len(parts) : (i + 1) * len(parts)] for i in range(len(compute))])
+        per_checkpoint = [[r for shard in partial[g * len(parts) : (g + 1) * len(parts)] for r in shard if r.path == f]
+                          for g, group in enumerate(groups) for f in group]  # fmt: skip
+        merged = tree_merge(per_checkpoint)
         ref = merged[compute.index(ref_path)] if ref_path else None
         summary.architectures = len(arches | {r.arch_hash for r in merged if r.arch_hash})
         merged, refused = _same_architecture(merged, ref)  # neither maps nor rows for another architecture

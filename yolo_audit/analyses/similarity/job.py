@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from yolo_audit.analyses.images import batches, load_batch
+from yolo_audit.analyses.images import batches, prefetched
 from yolo_audit.errors import AuditError
 from yolo_audit.model.build import build_module, for_passes
 from yolo_audit.model.checkpoint import checkpoint_table, load_checkpoint
@@ -128,13 +128,12 @@ def similarity_shard(
     names = list(select_modules(models[0], "modules"))
     result.groups = {n: profile.group(layer_of(n)) for n in names}
     with torch.inference_mode(), exact_float32() as result.precision:
-        for group in batches(images, opts.batch):
-            batch, failed = load_batch(group, opts.imgsz)
+        for group, batch, failed in prefetched(batches(images, opts.batch), opts.imgsz, device):
             result.skipped_images += failed
             if len(batch) < MIN_BATCH:
                 result.skipped_images += len(batch)
                 continue
-            captured = [_run(model, batch.to(device), names, opts.pool) for model in models]
+            captured = [_run(model, batch, names, opts.pool) for model in models]
             if result.state is None:  # modules whose output is a tensor (tuple outputs are no representation)
                 result.modules = [n for n in names if n in captured[0]]
                 result.state = CKAState.empty(len(models) * len(result.modules), device)
