@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 SCRIPT = r"""
-import json, time
+import json, os, time
 import ray
 from ray.cluster_utils import Cluster
 from yolo_audit.runtime.tasks import Task, run_tasks
@@ -20,21 +20,27 @@ from yolo_audit.study.training import TrainSpec
 from yolo_audit.study.spec import Resources
 
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
-gpu_node = cluster.add_node(num_cpus=2, num_gpus=1)
+gpu_node = cluster.add_node(num_cpus=2, num_gpus=2)
 cluster.wait_for_nodes()
 ray.init(address=cluster.address, logging_level="ERROR")
 
-def where(spec=None):
-    time.sleep(0.3)
+def where(spec=None, pause=0.3):
+    start = time.time()
+    time.sleep(pause)
     ctx = ray.get_runtime_context()
-    return {"node": ctx.get_node_id(), "gpus": ray.get_gpu_ids(), "device": getattr(spec, "device", None)}
+    return {"node": ctx.get_node_id(), "gpus": ray.get_gpu_ids(), "device": getattr(spec, "device", None),
+            "visible": os.environ.get("CUDA_VISIBLE_DEVICES"), "start": start, "end": time.time()}
+
+def trains(spec):  # long enough that two variants overlap on a node with two GPUs
+    return where(spec, pause=3.0)
 
 specs = [TrainSpec(run=f"r{i}", variant="v", model="m", data="d", project="/tmp") for i in range(3)]
 gpu = run_tasks(train_tasks(specs, Resources(cpus_per_task=1, gpus_per_task=1), gpus=1, fn=where), stage="gpu")
+pair = run_tasks(train_tasks(specs[:2], Resources(cpus_per_task=1, gpus_per_task=1), gpus=1, fn=trains), stage="two")
 cpu = run_tasks([Task(f"c{i}", where, num_cpus=1) for i in range(8)], stage="cpu")
 plain = train_tasks(specs, Resources(), gpus=0, fn=where)
 print(json.dumps({
-    "gpu_node": gpu_node.node_id, "gpu": gpu, "cpu": cpu,
+    "gpu_node": gpu_node.node_id, "gpu": gpu, "cpu": cpu, "pair": pair,
     "cpu_only_plan": [[t.num_gpus, t.args[0].device] for t in plain],
 }))
 ray.shutdown()
@@ -57,6 +63,22 @@ def test_gpu_tasks_go_to_the_gpu_node_and_cpu_tasks_run_anywhere():
     assert len({r["node"] for r in result["cpu"]}) == 2  # CPU tasks use both nodes
     assert all(not r["gpus"] for r in result["cpu"])
     assert result["cpu_only_plan"] == [[0, "cpu"]] * 3
+    # a node with two GPUs runs two variants at once, each seeing only its own GPU (device 0 inside the task)
+    a, b = result["pair"]
+    assert a["start"] < b["end"] and b["start"] < a["end"]  # concurrent
+    assert {a["visible"], b["visible"]} == {"0", "1"} and a["gpus"] != b["gpus"] and a["device"] == b["device"] == "0"
+
+
+def test_training_on_a_gpu_keeps_ultralytics_amp_and_the_cpu_trains_in_float32(tmp_path):
+    from dataclasses import replace
+
+    from yolo_audit.study.synth import make_dataset
+    from yolo_audit.study.training import TrainSpec, train_arguments
+
+    data = str(make_dataset(tmp_path / "d", images=4, imgsz=32))
+    spec = TrainSpec(run="r", variant="v", model="yolov8n.yaml", data=data, project=str(tmp_path), nbs=4)
+    on_gpu, on_cpu = train_arguments(replace(spec, device="0")), train_arguments(replace(spec, device="cpu"))
+    assert on_gpu["amp"] is True and on_gpu["device"] == "0" and on_cpu["amp"] is False and on_cpu["nbs"] == 4
 
 
 GPU_SCRIPT_HELPERS = r"""

@@ -92,17 +92,8 @@ def train_variant(spec: TrainSpec) -> TrainResult:
     if spec.strategy == "callback":
         model.add_callback("on_train_start", freeze_by_callback(spec.frozen_layers))
     model.add_callback("on_fit_epoch_end", _snapshot(spec))
-    args = dict(
-        data=local_dataset(spec.data), epochs=spec.epochs, imgsz=spec.imgsz, batch=spec.batch, optimizer=spec.optimizer,
-        lr0=spec.lr0, close_mosaic=spec.close_mosaic, save_period=spec.save_period, workers=spec.workers,
-        **({"nbs": spec.nbs} if spec.nbs else {}),
-        seed=spec.seed, deterministic=True, amp=spec.device != "cpu", device=spec.device, project=spec.project,
-        name=spec.run, exist_ok=True, plots=False, verbose=False,
-        freeze=freeze_argument(spec.strategy, spec.frozen_layers),
-        **spec.extra,
-    )  # fmt: skip
     try:
-        model.train(**args)
+        model.train(**train_arguments(spec))
     except Exception as exc:  # noqa: BLE001 - a failed run is a row, the study goes on
         message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return TrainResult(spec, "failed", time.monotonic() - started, error=message)
@@ -114,6 +105,20 @@ def train_variant(spec: TrainSpec) -> TrainResult:
         shutil.rmtree(spec.folder, ignore_errors=True)
         snaps = [f"{spec.upload_to}/{SNAPSHOTS}/{Path(p).name}" for p in snaps]
     return TrainResult(spec, "done", time.monotonic() - started, max(maps) if maps else None, metrics, None, snaps)
+
+
+def train_arguments(spec: TrainSpec) -> dict[str, Any]:
+    """Ultralytics' `train()` arguments of a run: the study's settings, its freeze, and Ultralytics' AMP on a GPU
+    (`device` is the GPU Ray gave the task, `0` under its own CUDA_VISIBLE_DEVICES), full float32 on the CPU."""
+    return dict(
+        data=local_dataset(spec.data), epochs=spec.epochs, imgsz=spec.imgsz, batch=spec.batch, optimizer=spec.optimizer,
+        lr0=spec.lr0, close_mosaic=spec.close_mosaic, save_period=spec.save_period, workers=spec.workers,
+        **({"nbs": spec.nbs} if spec.nbs else {}),
+        seed=spec.seed, deterministic=True, amp=spec.device != "cpu", device=spec.device, project=spec.project,
+        name=spec.run, exist_ok=True, plots=False, verbose=False,
+        freeze=freeze_argument(spec.strategy, spec.frozen_layers),
+        **spec.extra,
+    )  # fmt: skip
 
 
 def _snapshot(spec: TrainSpec) -> Any:

@@ -16,7 +16,7 @@ from yolo_audit.errors import AuditError
 from yolo_audit.model.build import build_module
 from yolo_audit.model.checkpoint import Checkpoint, check_aligned, checkpoint_table, load_checkpoint
 from yolo_audit.results.errors import ErrorRecord, record
-from yolo_audit.runtime.devices import keep_freed_memory, resolve_device
+from yolo_audit.runtime.devices import exact_float32, keep_freed_memory, resolve_device
 
 VALIDATORS = {
     "detect": "ultralytics.models.yolo.detect:DetectionValidator",
@@ -74,7 +74,9 @@ def swapped(into: Checkpoint, source: Checkpoint, layers: tuple[int, ...]) -> Ch
 
 
 def validate(ckpt: Checkpoint, data: str, opts: RewindOptions) -> tuple[float, float]:
-    """(mAP50-95, mAP50) of the boxes, with the validator of the checkpoint's task."""
+    """(mAP50-95, mAP50) of the boxes, with the validator of the checkpoint's task, in true float32 and with cuDNN's
+    deterministic algorithms (`exact_float32`): on a GPU, TF32 and nondeterministic convolutions would move mAP between
+    two validations of the same weights, and a rewound layer's delta must be exactly 0 when nothing changed."""
     prepare()
     import importlib
 
@@ -93,7 +95,8 @@ def validate(ckpt: Checkpoint, data: str, opts: RewindOptions) -> tuple[float, f
         "device": "cpu" if device.type == "cpu" else device.index or 0, "plots": False, "verbose": False,
         "save_json": False, "half": False, "workers": 0,
     })  # fmt: skip
-    stats = validator_cls(args=args)(model=build_module(ckpt))
+    with exact_float32():
+        stats = validator_cls(args=args)(model=build_module(ckpt))
     return float(stats["metrics/mAP50-95(B)"]), float(stats["metrics/mAP50(B)"])
 
 
