@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from yolo_audit.analyses.activations.job import ActivationOptions
     from yolo_audit.analyses.activations.plan import ActivationsSummary
+    from yolo_audit.analyses.interpolate.plan import InterpolationSummary
     from yolo_audit.analyses.rewind.plan import RewindSummary
     from yolo_audit.analyses.similarity.plan import SimilarityOptions, SimilaritySummary
     from yolo_audit.analyses.weights.columns import WeightOptions
@@ -33,9 +34,10 @@ if TYPE_CHECKING:
 # every CLI command (as typed after `yolo-audit`) and the function that does its work
 COMMANDS = {
     "weights": "analyze_weights", "activations": "analyze_activations", "similarity": "analyze_similarity",
-    "rewind": "analyze_rewind", "rank dead-units": "rank_dead_units", "rank divergence": "rank_divergence",
-    "rank drift": "rank_drift", "rank rewind": "rank_rewind", "query": "query", "report": "write_report",
-    "compact": "compact", "cache clear": "clear_cache", "schema": "schema", "study": "run_study", "demo": "run_demo",
+    "rewind": "analyze_rewind", "interpolate": "analyze_interpolation", "rank dead-units": "rank_dead_units",
+    "rank divergence": "rank_divergence", "rank drift": "rank_drift", "rank rewind": "rank_rewind",
+    "rank gradient-flow": "rank_gradient_flow", "query": "query", "report": "write_report", "compact": "compact",
+    "cache clear": "clear_cache", "schema": "schema", "study": "run_study", "demo": "run_demo",
     "make-data": "make_data", "convert": "convert",
 }  # fmt: skip
 __all__ = [*sorted(set(COMMANDS.values())), "load_checkpoint", "open_results"]
@@ -168,6 +170,36 @@ def analyze_rewind(
                opts=opts, address=address, num_cpus=num_cpus, engine=engine, force=force, stream=stream)  # fmt: skip
 
 
+def analyze_interpolation(
+    checkpoints: list[Where],
+    reference: Where,
+    data: str,
+    out: Where,
+    *,
+    steps: int = 11,
+    recalibrate_bn: int = 0,
+    imgsz: int = 640,
+    batch: int = 16,
+    split: str = "val",
+    device: str = "auto",
+    address: str | None = None,
+    num_cpus: int | None = None,
+    engine: str = "auto",
+    force: bool = False,
+    trust_pickle: bool = False,
+    stream: TextIO | None = None,
+) -> InterpolationSummary:
+    """`yolo-audit interpolate`: mAP at `steps` points on the line from the reference to each checkpoint (BatchNorm
+    statistics re-estimated on `recalibrate_bn` training images at each point); the barrier per checkpoint."""
+    from yolo_audit.analyses.interpolate.job import InterpolateOptions
+    from yolo_audit.analyses.interpolate.plan import analyze_interpolation as run
+
+    opts = InterpolateOptions(imgsz=imgsz, batch=batch, split=split, device=device, recalibrate_bn=recalibrate_bn,
+                              trust_pickle=trust_pickle)  # fmt: skip
+    return run(list(checkpoints), reference, data, out, steps=steps, opts=opts, address=address, num_cpus=num_cpus,
+               engine=engine, force=force, stream=stream)  # fmt: skip
+
+
 def rank_dead_units(
     results: Where, *, top: int = 20, by: str = "layer", criterion: str = "any", against: str = "reference"
 ) -> pl.DataFrame:
@@ -198,6 +230,14 @@ def rank_rewind(results: Where, *, top: int = 5, against: str = "reference") -> 
     from yolo_audit.results import rank
 
     return rank.rank_rewind(results, top=top, against=against).collect()
+
+
+def rank_gradient_flow(results: Where, *, run: str | None = None, top: int = 1000) -> pl.DataFrame:
+    """`yolo-audit rank gradient-flow`: per run, layer and epoch, how much gradient reached the layer and how far it
+    moved (from `train_dynamics`, recorded live by `attach`): the gradient flow, layer x epoch."""
+    from yolo_audit.results import rank
+
+    return rank.rank_gradient_flow(results, run=run, top=top).collect()
 
 
 def query(sql: str, results: Where) -> pl.DataFrame:

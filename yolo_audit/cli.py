@@ -168,6 +168,35 @@ def rewind(
     finish(print_rewind_summary, forward("rewind", args))
 
 
+@app.command()
+@command
+def interpolate(
+    checkpoints: Annotated[list[str], typer.Argument(help="Checkpoint files or folders, or URIs.")],
+    reference: Annotated[str, typer.Option("--reference", help="The start of each line (the base).")],
+    data: Annotated[str, typer.Option("--data", help="Dataset yaml with labels (uses --split).")],
+    out: OutLocation,
+    steps: Annotated[int, typer.Option("--steps", min=2, help="Points on each line, both ends included.")] = 11,
+    recalibrate_bn: Annotated[
+        int,
+        typer.Option("--recalibrate-bn", min=0, help="Re-estimate BatchNorm statistics on N training images, each α."),
+    ] = 0,
+    imgsz: Imgsz = 640,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Validation (and recalibration) batch size.")] = 16,
+    split: Split = "val",
+    device: Device = "auto",
+    address: Address = None,
+    num_cpus: NumCpus = None,
+    engine: EngineOpt = "auto",
+    force: Force = False,
+    trust_pickle: TrustPickle = False,
+) -> None:
+    """Is each fine-tune still in the base's basin? mAP along the straight line between the base and it."""
+    args = locals()
+    from yolo_audit.report.text import print_interpolation_summary
+
+    finish(print_interpolation_summary, forward("interpolate", args))
+
+
 rank_app = typer.Typer(no_args_is_help=True, help="Rank dead units, weight divergence, BN drift, or rewinding.")
 app.add_typer(rank_app, name="rank")
 Results = Annotated[str, typer.Option("--results", help="Results folder or URI (the --out of earlier commands).")]
@@ -214,6 +243,31 @@ def rank_drift(results: Results, top: Top = 20, against: Against = "reference") 
 def rank_rewind(results: Results, top: Top = 5, against: Against = "reference") -> None:
     """Per run, the layers whose reset to the reference costs most mAP50-95."""
     _ranked("rank rewind", locals(), "rewind")
+
+
+@rank_app.command("gradient-flow")
+@command
+def rank_gradient_flow(
+    results: Results,
+    run: Annotated[str | None, typer.Option("--run", help="One run (default: every run).")] = None,
+    top: Top = 1000,
+) -> None:
+    """Per run, the gradient that reached each layer, epoch by epoch (recorded live during training)."""
+    args = locals()
+    import polars as pl
+
+    frame = forward("rank gradient-flow", args)
+    typer.echo("Gradient flow: the L2 norm of each layer's gradient, averaged over each epoch's optimizer steps (0: "
+               "no gradient reached it, e.g. frozen); bn moved: how far its BatchNorm statistics moved that epoch, "
+               "relative to their size. Every column: rank_gradient_flow / train_dynamics.")  # fmt: skip
+    for (name,), part in frame.group_by("run", maintain_order=True):
+        shown = part.with_columns(
+            pl.format("{}{}", pl.col("grad_norm").round_sig_figs(2),
+                      pl.when(pl.col("bn_update_ratio") > 0).then(pl.format(" (bn moved {})",
+                      pl.col("bn_update_ratio").round_sig_figs(2))).otherwise(pl.lit(""))).alias("cell")
+        ).pivot(on="epoch", index="layer", values="cell").sort("layer")  # fmt: skip
+        typer.echo(f"\n{name} (rows: layers; columns: epochs)")
+        _show(shown)
 
 
 def _ranked(cmd: str, params: dict[str, Any], analysis: str) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from yolo_audit.analyses.activations.schema import TABLES as ACTIVATION_TABLES
+from yolo_audit.analyses.interpolate.schema import TABLES as INTERPOLATION_TABLES
 from yolo_audit.analyses.rewind.schema import TABLES as REWIND_TABLES
 from yolo_audit.analyses.similarity.schema import TABLES as SIMILARITY_TABLES
 from yolo_audit.analyses.weights.schema import TABLES as WEIGHT_TABLES
@@ -80,5 +81,7 @@ ANALYSES: dict[str, Analysis] = {
                  "yolo_audit.report.text:print_similarity_summary"),
         Analysis("rewind", REWIND_TABLES, "yolo_audit.analyses.rewind.plan:in_study",
                  "yolo_audit.report.text:print_rewind_summary"),
+        Analysis("interpolate", INTERPOLATION_TABLES, "yolo_audit.analyses.interpolate.plan:in_study",
+                 "yolo_audit.report.text:print_interpolation_summary"),
     )
 }  # fmt: skip

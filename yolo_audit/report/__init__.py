@@ -26,6 +26,7 @@ document.body.dataset.imagesLoaded=ok.length;document.body.dataset.sections=docu
 def write_report(results: str | Path, out: str | Path) -> Path:
     """Write the report for a results folder; return its path."""
     # matplotlib loads here, not when the terminal printers import this package (~1 s of every command)
+    from yolo_audit.report.explanations import explained
     from yolo_audit.report.findings import Context, findings
     from yolo_audit.report.markup import bullets
     from yolo_audit.report.sections import SECTIONS
@@ -37,7 +38,7 @@ def write_report(results: str | Path, out: str | Path) -> Path:
     if not present:
         raise AuditError("no results tables here; run `yolo-audit demo`, `weights` or `study` first", path=str(results))
     ctx = Context.load(results, present)
-    sections = [("summary", "Findings", bullets(findings(ctx)))]
+    sections = [("summary", "Findings", bullets(findings(ctx) + explained(ctx)))]
     sections += [(sid, title, draw(ctx)) for table, sid, title, draw in SECTIONS if table in present]
     body = "\n".join(
         f'<section id="{sid}"><h2>{html.escape(title)}</h2>\n{content}</section>' for sid, title, content in sections

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import polars as pl
 
 from yolo_audit.report import figures
+from yolo_audit.report.explanations import gradient_flow, interpolation
 from yolo_audit.report.findings import Context, freeze_table
 from yolo_audit.report.markup import img as _img
 from yolo_audit.report.markup import table as _table
@@ -359,4 +360,6 @@ SECTIONS: list[tuple[str, str, str, Callable[[Context], str]]] = [
     ("train_metrics", "training", "Training curves and final mAP", _training),
     ("runs", "depth", "Against freeze depth", _depth),
     ("rewind", "rewind", "Layer rewinding: which changes the accuracy needs", _rewind),
+    ("interpolation", "interpolation", "Interpolation: is each run still in the base's basin?", interpolation),
+    ("train_dynamics", "gradient-flow", "Gradient flow during training (layer x epoch)", gradient_flow),
 ]  # fmt: skip

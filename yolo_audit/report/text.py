@@ -14,6 +14,7 @@ from yolo_audit.results.labels import checkpoint_labels
 
 if TYPE_CHECKING:  # a command imports only its own analysis (the others' drivers cost ~30 ms of every start-up)
     from yolo_audit.analyses.activations.plan import ActivationsSummary
+    from yolo_audit.analyses.interpolate.plan import InterpolationSummary
     from yolo_audit.analyses.rewind.plan import RewindSummary
     from yolo_audit.analyses.similarity.plan import SimilaritySummary
     from yolo_audit.analyses.weights.plan import WeightsSummary
@@ -156,6 +157,29 @@ def print_rewind_summary(summary: RewindSummary, *, stream: TextIO | None = None
                   "delta 0: the accuracy does not need that layer's change):", file=stream)  # fmt: skip
             print(rank_rewind(summary.out, top=3).collect(), file=stream)
     print(f"\n{summary.rows} rewind rows in {summary.out}/rewind", file=stream)
+    _print_errors(summary.errors)
+
+
+def print_interpolation_summary(summary: InterpolationSummary, *, stream: TextIO | None = None) -> None:
+    """Per checkpoint: mAP50-95 at the base and at the checkpoint, and the barrier on the line between them."""
+    from yolo_audit.analyses.interpolate.plan import BASIN
+
+    stream = stream or sys.stdout
+    if summary.barriers is not None and summary.barriers.height and "checkpoints" in store.tables(summary.out):
+        rows = store.scan(summary.out, "checkpoints").select("checkpoint_id", "run", "epoch", "path").collect()
+        label = checkpoint_labels(rows.iter_rows(named=True))
+        shown = summary.barriers.with_columns(
+            pl.col("checkpoint_id").replace_strict(label, default=None).alias("checkpoint")
+        ).select("checkpoint", "recalibrated", "map50_95_reference", "map50_95_checkpoint", "barrier_map50_95",
+                 "barrier_alpha", "barrier_map50", "in_basin")  # fmt: skip
+        with pl.Config(tbl_rows=40, tbl_cols=10, fmt_str_lengths=40, tbl_width_chars=200,
+                       tbl_hide_dataframe_shape=True, float_precision=4):  # fmt: skip
+            print("\nOn the straight line from the reference (α = 0) to each checkpoint (α = 1): mAP50-95 at both ends "
+                  "and the barrier, the largest dip of mAP below the straight line between them, with its α; "
+                  f"in_basin: a barrier within {BASIN:.0%} of the better end's mAP50-95 (linear mode "
+                  "connectivity):", file=stream)  # fmt: skip
+            print(shown, file=stream)
+    print(f"\n{summary.rows} interpolation rows in {summary.out}/interpolation", file=stream)
     _print_errors(summary.errors)
 
 

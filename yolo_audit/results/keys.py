@@ -5,10 +5,10 @@ built here and parsed back here only, so purging a retrained run's rows cannot m
 - `<checkpoint>-<bins_id>`: its histogram on shared bins (`ref-<reference>` or `pooled-<hash>`)
 - `<checkpoint>-vs-<reference>`: a comparison (weight_divergence, channel_divergence, layer_freeze)
 - `<checkpoint>-<dataset_id>`: a pass over images (channel_stats, activation_hist, feature_maps, activation_passes)
-- `<checkpoint>-vs-<reference>-<dataset_id>-<swap>`: one rewind validation
+- `<checkpoint>-vs-<reference>-<dataset_id>-<swap>`: one rewind validation (`a<alpha>_r<n>`: one interpolation)
 - `<checkpoint>-vs-<reference>-<analysis>`: what a checkpoint was analysed against (analysed_against)
 - `<dataset_id>-<hash of the checkpoints>-<pool>`: a similarity file (its rows name the checkpoints)
-- `<run>`: runs and train_metrics;  `<stage>-<hash of the path>`: an errors row
+- `<run>`: runs and train_metrics;  `<run>-epoch<NNNN>`: train_dynamics;  `<stage>-<hash of the path>`: an errors row
 """
 
 from __future__ import annotations
@@ -52,6 +52,14 @@ def rewind_key(checkpoint_id: str, reference_id: str, dataset_id: str, target: s
 
 def reference_key(checkpoint_id: str, reference_id: str, analysis: str) -> str:
     return f"{checkpoint_id}-vs-{reference_id}-{analysis}"
+
+
+def interpolation_key(checkpoint_id: str, reference_id: str, dataset_id: str, alpha: float, recalibrate: int) -> str:
+    return f"{checkpoint_id}-vs-{reference_id}-{dataset_id}-a{round(alpha * 1e6):07d}_r{recalibrate}"
+
+
+def dynamics_key(run: str, epoch: int) -> str:
+    return f"{run}-epoch{epoch:04d}"
 
 
 def run_key(run: str) -> str:

@@ -10,7 +10,16 @@ import polars as pl
 from yolo_audit.errors import AuditError
 from yolo_audit.results import references
 from yolo_audit.results.location import Where
-from yolo_audit.results.store import COUNTED, dead_expr, layer_divergence, open_results, scan, tables, units
+from yolo_audit.results.store import (
+    COUNTED,
+    dead_expr,
+    layer_divergence,
+    layer_dynamics,
+    open_results,
+    scan,
+    tables,
+    units,
+)
 
 DEAD_BY = ("channel", "layer", "checkpoint")
 DIVERGENCE_BY = ("param", "layer", "checkpoint")
@@ -144,3 +153,20 @@ def rank_rewind(out: Where, *, top: int = 5, against: str = "reference") -> pl.L
     cols = ["checkpoint_id", "direction", "rank_in_checkpoint", "layer", "group", "delta_map50_95", "map50_95",
             "baseline_map50_95"]  # fmt: skip
     return _with_runs(ranked.select(cols), out)
+
+
+def rank_gradient_flow(out: Where, *, run: str | None = None, top: int = 1000) -> pl.LazyFrame:
+    """The gradient flow, layer x epoch per run (`train_dynamics`, recorded live): how much gradient reached each layer,
+    the share of steps without one, how far its parameters and its BatchNorm statistics moved; by run, layer, epoch."""
+    if "train_dynamics" not in tables(out):
+        raise AuditError(
+            "no train_dynamics table here; studies record it, or attach yolo_audit.integrations.ultralytics.attach("
+            f"model, out={str(out)!r}) to your YOLO model before .train()",
+            path=str(out),
+        )
+    frame = layer_dynamics(out)
+    if run is not None:
+        frame = frame.filter(pl.col("run") == run)
+    cols = ["run", "layer", "epoch", "trainable", "grad_norm", "grad_norm_max", "frac_zero_grad", "update_ratio",
+            "bn_update_ratio", "steps"]  # fmt: skip
+    return frame.select(cols).sort("run", "layer", "epoch").head(top)

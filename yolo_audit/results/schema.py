@@ -90,6 +90,27 @@ _STUDY_AND_ERRORS: dict[str, list[Column]] = {
             )
         ],
     ],  # fmt: skip
+    "train_dynamics": [
+        ("run", S, "run name: the study's `<variant>-s<seed>`, or the name Ultralytics gave your run (its folder)"),
+        ("epoch", I32, "epoch, from 1 (as train_metrics)"),
+        ("layer", I32, "top-level layer index N of `model.N.` (null outside the layer list)"),
+        ("param", S, "tensor name in the state dict: a parameter, or a BatchNorm running_mean / running_var"),
+        ("role", S, "conv_weight, conv_bias, bn_weight, bn_bias, bn_running_mean, bn_running_var or other"),
+        ("requires_grad", pa.bool_(), "the parameter's requires_grad at the epoch's end (null for running statistics)"),
+        ("steps", I32, "optimizer steps in the epoch"),
+        (
+            "grad_norm_mean",
+            F64,
+            "mean over the epoch's optimizer steps of the gradient's L2 norm (after AMP's unscaling and Ultralytics' "
+            "clipping; an absent gradient counts as 0); null for running statistics",
+        ),
+        ("grad_norm_max", F64, "largest gradient L2 norm over the epoch's steps"),
+        ("frac_zero_grad", F64, "share of the epoch's steps whose gradient was absent (requires_grad off) or all zero"),
+        ("update_l2", F64, "||w_end - w_start|| over the epoch (running statistics too: BatchNorm drift)"),
+        ("weight_l2", F64, "||w_end||"),
+        ("update_ratio", F64, "update_l2 / weight_l2 (null for an all-zero tensor)"),
+        ("lr", F64, "learning rate of the parameter's group at the epoch's end (null for running statistics)"),
+    ],
     "errors": [
         ("path", S, "file the error is about"),
         ("stage", S, "load, align, weights, divergence, histogram, ..."),

@@ -241,3 +241,30 @@ def _agreement(stats: pl.LazyFrame, weights: pl.LazyFrame) -> pl.LazyFrame:
         (pl.col("dead") & ~pl.col("dead_by_weights")).sum().alias("dead_by_data_only"),
         (~pl.col("dead") & pl.col("dead_by_weights")).sum().alias("dead_by_weights_only"),
     )
+
+
+STATISTICS_ROLES = ("bn_running_mean", "bn_running_var")
+
+
+def layer_dynamics(out: Where) -> pl.LazyFrame:
+    """`train_dynamics` per run, epoch and layer: the gradient's norm over the layer's parameters (root of the sum of
+    squared per-tensor means), its largest step, the share of zero-or-absent gradients, whether any parameter could
+    train, how far the parameters moved relative to their size, and how far the BatchNorm statistics did."""
+    rows = scan(out, "train_dynamics").filter(pl.col("layer").is_not_null())
+    keys = ["run", "epoch", "layer"]
+
+    moved = pl.col("update_l2").pow(2).sum().sqrt() / pl.col("weight_l2").pow(2).sum().sqrt()
+    params = (
+        rows.filter(~pl.col("role").is_in(STATISTICS_ROLES))
+        .group_by(keys)
+        .agg(
+            pl.col("grad_norm_mean").pow(2).sum().sqrt().alias("grad_norm"),
+            pl.col("grad_norm_max").max(),
+            pl.col("frac_zero_grad").mean(),
+            pl.col("requires_grad").any().alias("trainable"),
+            moved.alias("update_ratio"),
+            pl.col("steps").max(),
+        )
+    )
+    stats = rows.filter(pl.col("role").is_in(STATISTICS_ROLES)).group_by(keys).agg(moved.alias("bn_update_ratio"))
+    return params.join(stats, on=keys, how="left")

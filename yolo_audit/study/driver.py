@@ -25,7 +25,7 @@ from yolo_audit.env import cache_dir
 from yolo_audit.errors import AuditError
 from yolo_audit.model.freeze import freeze_text
 from yolo_audit.results import files
-from yolo_audit.results.compact import compact
+from yolo_audit.results.compact import compact, view
 from yolo_audit.results.keys import run_key
 from yolo_audit.results.location import Location, exclusive, locate, upload_dir
 from yolo_audit.results.store import scan, tables
@@ -110,7 +110,7 @@ def dataset_path(data: str | Synthetic, layout: Layout) -> str:
 def _spec(run: str, variant: str, model: str, data: str, layout: Layout, cfg: TrainCfg, **kw: object) -> TrainSpec:
     return TrainSpec(
         run=run, variant=variant, model=model, data=data, project=str(layout.stage / "train"),
-        upload_to=layout.run(run) if layout.remote else None, **asdict(cfg), **kw,
+        upload_to=layout.run(run) if layout.remote else None, dynamics_to=layout.out.uri, **asdict(cfg), **kw,
     )  # fmt: skip
 
 
@@ -205,7 +205,8 @@ def _inputs(
     if not snapshots:
         raise AuditError("no run finished, nothing to analyse; see the runs table", path=layout.out.uri)
     return StudyInputs(out=layout.out, snapshots=snapshots, reference=_reference(study, layout, base_spec), data=data,
-                       imgsz=study.train.imgsz, batch=study.train.batch, stream=stream)  # fmt: skip
+                       imgsz=study.train.imgsz, batch=study.train.batch, stream=stream,
+                       options={"interpolate": asdict(study.interpolate)})  # fmt: skip
 
 
 def _train_all(
@@ -254,7 +255,12 @@ def train_tasks(
 
 
 def _forget(layout: Layout, runs: list[str]) -> None:
-    """Before (re)training runs, drop the analysis rows of their earlier snapshots (an interrupted or failed try)."""
+    """Before (re)training runs, drop the analysis rows of their earlier snapshots (an interrupted or failed try) and
+    the training dynamics they recorded."""
+    if runs and "train_dynamics" in tables(layout.out):
+        names = view(layout.out.child("train_dynamics")).names
+        files.remove(layout.out, "train_dynamics", *[n.removesuffix(".parquet") for n in names
+                                                     if n.startswith(tuple(f"{r}-epoch" for r in runs))])  # fmt: skip
     if not runs or "checkpoints" not in tables(layout.out):
         return
     folders = tuple(layout.run(r) + "/" for r in runs)

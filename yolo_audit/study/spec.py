@@ -44,6 +44,15 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class InterpolateCfg:
+    """The `interpolate` analysis in a study: points on each line, and training images to re-estimate BatchNorm
+    statistics on at each point (0: none)."""
+
+    steps: int = 11
+    recalibrate_bn: int = 0
+
+
+@dataclass(frozen=True)
 class Study:
     name: str
     model: str  # base weights, an official name such as yolov8s.pt, or a model yaml
@@ -58,6 +67,7 @@ class Study:
     resources: Resources = field(default_factory=Resources)
     source: str = ""
     backbone: tuple[int, ...] = ()  # the model's backbone layers, from its own yaml
+    interpolate: InterpolateCfg = InterpolateCfg()
 
 
 def load_study(path: str | Path, *, out: str | None = None) -> Study:
@@ -79,7 +89,8 @@ def _replace(study: Study, **changes: Any) -> Study:
     return replace(study, **changes)
 
 
-_TOP = {"name", "model", "data", "variants", "sweep", "train", "pretrain", "seeds", "analyses", "out", "resources"}
+_TOP = {"name", "model", "data", "variants", "sweep", "train", "pretrain", "seeds", "analyses", "out", "resources",
+        "interpolate"}  # fmt: skip
 
 
 def parse_study(raw: Any, *, base: Path, source: str = "") -> Study:
@@ -121,6 +132,7 @@ def parse_study(raw: Any, *, base: Path, source: str = "") -> Study:
         resources=_dataclass(Resources, top.get("resources", {}), "resources"),
         source=source,
         backbone=profile.backbone if profile.n_backbone is not None else (),
+        interpolate=_dataclass(InterpolateCfg, top.get("interpolate", {}), "interpolate"),
     )
 
 

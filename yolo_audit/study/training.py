@@ -52,6 +52,7 @@ class TrainSpec(TrainCfg):
     data: str  # dataset yaml
     project: str  # absolute local folder; the run writes project/run
     upload_to: str | None = None  # a URI the run folder is copied to afterwards (results on an object store)
+    dynamics_to: str | None = None  # the results location the run's train_dynamics rows go to (None: not recorded)
     frozen_layers: tuple[int, ...] = ()
     backbone: tuple[int, ...] = ()  # the model's backbone layers (recorded in `runs`)
     freeze: str = "0"  # the freeze spec as written in the study file, plain (`freeze_text`): backbone, all, 10, 0,1,2
@@ -92,6 +93,10 @@ def train_variant(spec: TrainSpec) -> TrainResult:
     if spec.strategy == "callback":
         model.add_callback("on_train_start", freeze_by_callback(spec.frozen_layers))
     model.add_callback("on_fit_epoch_end", _snapshot(spec))
+    if spec.dynamics_to:
+        from yolo_audit.integrations.ultralytics import attach
+
+        attach(model, out=spec.dynamics_to, run=spec.run)  # gradients and updates per epoch, live
     try:
         model.train(**train_arguments(spec))
     except Exception as exc:  # noqa: BLE001 - a failed run is a row, the study goes on
@@ -151,6 +156,7 @@ def _train_args(spec: TrainSpec) -> dict[str, Any]:
     """What the snapshot records as train_args: Ultralytics' `freeze` as it was passed, plus the study's own keys."""
     info = asdict(spec)
     info.pop("extra")
+    info.pop("dynamics_to")  # where rows go, not how the run trained
     info["frozen_layers"] = list(spec.frozen_layers)
     return {**info, "name": spec.run, "freeze": freeze_argument(spec.strategy, spec.frozen_layers),
             "freeze_spec": spec.freeze}  # fmt: skip
