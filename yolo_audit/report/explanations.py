@@ -39,9 +39,9 @@ def _flow_figure(rows: pl.DataFrame) -> bytes:
                              squeeze=False)  # fmt: skip
     for col, label in enumerate(labels):
         part = rows.filter(pl.col("label") == label)
-        for row, (value, title, cmap) in enumerate(
-            (("grad_norm", "log10 gradient norm", "viridis"), ("bn_update_ratio", "BN statistics moved", "magma"))
-        ):
+        panels = (("grad_norm", "log10 gradient norm", "viridis", "black"),
+                  ("bn_update_ratio", "BN statistics moved", "cividis", "lightgrey"))  # fmt: skip
+        for row, (value, title, cmap, empty) in enumerate(panels):
             grid = np.full((len(layers), len(epochs)), np.nan)
             for layer, epoch, v in part.select("layer", "epoch", value).iter_rows():
                 if v is not None:
