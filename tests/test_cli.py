@@ -125,7 +125,7 @@ def test_purge_removes_every_tables_rows_of_a_retrained_checkpoint(tmp_path):
         files.write(out, "similarity", key, rows("similarity", checkpoint_a=a, checkpoint_b=b))
     files.write(out, "errors", f"load-{gone}", rows("errors"))  # keyed by a path hash: names no checkpoint
     files.write(out, "runs", "none-s0", rows("runs"))
-    assert expected_gone == 13  # checkpoints, analysed_against, the weights (6), activations (4) and rewind tables
+    assert expected_gone == 14  # checkpoints, analysed_against, weights (6), activations (4), rewind, interpolation
     assert files.purge(out, {gone}) == expected_gone + 3
     left = [p for p in tmp_path.glob("*/*.parquet")]
     assert all(gone not in p.name for p in left if p.parent.name != "errors")

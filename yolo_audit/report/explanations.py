@@ -37,6 +37,11 @@ def _flow_figure(rows: pl.DataFrame) -> bytes:
     epochs = sorted(rows["epoch"].unique().to_list())
     fig, axes = plt.subplots(2, len(labels), figsize=(2.6 * len(labels) + 1.5, 0.25 * len(layers) * 2 + 2),
                              squeeze=False)  # fmt: skip
+    positive = rows.filter(pl.col("grad_norm") > 0)["grad_norm"]
+    scales = {  # one colour scale per row of panels, shared by the runs: their cells compare
+        "grad_norm": (float(np.log10(positive.min())), float(np.log10(positive.max()))) if positive.len() else (0, 1),
+        "bn_update_ratio": (0.0, float(rows["bn_update_ratio"].max() or 1.0)),
+    }
     for col, label in enumerate(labels):
         part = rows.filter(pl.col("label") == label)
         panels = (("grad_norm", "log10 gradient norm", "viridis", "black"),
@@ -50,7 +55,9 @@ def _flow_figure(rows: pl.DataFrame) -> bytes:
                 grid = np.where(grid > 0, np.log10(np.where(grid > 0, grid, 1.0)), np.nan)
             ax = axes[row, col]
             ax.set_facecolor(empty)  # black: no gradient at all; grey: not recorded
-            image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, interpolation="nearest")
+            low, high = scales[value]
+            image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, interpolation="nearest",
+                              vmin=low, vmax=high)  # fmt: skip
             ax.set_yticks(range(len(layers)), [str(x) for x in layers], fontsize=6)
             ax.set_xticks(range(len(epochs)), [str(e) for e in epochs], fontsize=6)
             ax.set_title(f"{label}: {title}", fontsize=8)
@@ -101,7 +108,7 @@ def interpolation(ctx: Context) -> str:
             "two ends: a run whose barrier is small stays in the base's basin.</p>")  # fmt: skip
     barriers = barrier_table(rows).join(ctx.labels.select("checkpoint_id", "label"), on="checkpoint_id")
     shown = barriers.select("label", "recalibrated", "map50_95_reference", "map50_95_checkpoint", "barrier_map50_95",
-                            "barrier_alpha", "in_basin").sort("label", "recalibrated")  # fmt: skip
+                            "barrier_alpha", "monotonic", "in_basin").sort("label", "recalibrated")  # fmt: skip
     return note + img(_lines(rows, ctx.colors), "mAP along the line") + table(shown)
 
 
@@ -134,7 +141,7 @@ def _lines(rows: pl.DataFrame, colors: Palette) -> bytes:
 
 def interpolation_findings(ctx: Context) -> list[str]:
     """Per run: whether it stays in the base's basin, with its barrier."""
-    from yolo_audit.analyses.interpolate.plan import barrier_table
+    from yolo_audit.analyses.interpolate.plan import STEADY, barrier_table
 
     rows = _interpolation_rows(ctx)
     if rows.is_empty():
@@ -144,12 +151,23 @@ def interpolation_findings(ctx: Context) -> list[str]:
     for row in barriers.sort("label", "recalibrated").iter_rows(named=True):
         how = " with BatchNorm re-estimated" if row["recalibrated"] else ""
         barrier, alpha = row["barrier_map50_95"], row["barrier_alpha"]
-        if row["in_basin"]:
-            out.append(f"{row['label']} stays in the base's basin{how} (barrier {barrier:.3f} mAP50-95 on the line "
-                       "from the base).")  # fmt: skip
+        ends = f"from the base's {row['map50_95_reference']:.3f} to its {row['map50_95_checkpoint']:.3f}"
+        if row["best_map50_95"] > max(row["map50_95_reference"], row["map50_95_checkpoint"]) + STEADY:
+            out.append(f"{row['label']}{how}: along the line from the base, mAP50-95 peaks at "
+                       f"{row['best_map50_95']:.3f} (α = {row['best_alpha']:.2f}), above both ends ({ends}): a blend "
+                       "of the base and the fine-tune beats the fine-tune itself, as WiSE-FT finds.")  # fmt: skip
+        elif row["in_basin"]:
+            out.append(
+                f"{row['label']} stays in the base's basin{how}: mAP50-95 goes {ends} along the line from "
+                f"the base, never more than {barrier:.3f} below the straight line between them (barrier)."
+            )
+        elif row["monotonic"]:
+            out.append(f"{row['label']}{how}: mAP50-95 climbs {ends} along the line from the base without turning "
+                       f"back, but up to {barrier:.3f} below the straight line between them (at α = {alpha:.2f}): "
+                       "part way, the blend is worse than its share of the way.")  # fmt: skip
         else:
             out.append(
-                f"{row['label']} leaves the base's basin{how}: on the line from the base, mAP50-95 dips "
-                f"{barrier:.3f} below the straight line between the two ends (at α = {alpha:.2f})."
+                f"{row['label']} leaves the base's basin{how}: along the line from the base mAP50-95 goes "
+                f"{ends} and dips {barrier:.3f} below the straight line between them (at α = {alpha:.2f})."
             )
     return out

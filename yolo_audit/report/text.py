@@ -35,8 +35,9 @@ def print_weights_summary(summary: WeightsSummary, *, examples: bool = False, st
     out = summary.out
     with pl.Config(tbl_rows=60, tbl_cols=12, fmt_str_lengths=60, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
         if "weight_divergence" in store.tables(out):
-            print("\nMost divergent layers (relative L2 of the layer's parameters vs the reference):", file=stream)
-            print(store.top_divergent_layers(out, 10, reference_id=summary.reference_id), file=stream)
+            print("\nMost divergent layers of each run's last checkpoint (relative L2 of the layer's parameters vs the "
+                  "reference; every epoch: rank divergence):", file=stream)  # fmt: skip
+            print(store.top_divergent_layers(out, 10, reference_id=summary.reference_id, latest=True), file=stream)
         if "layer_freeze" in store.tables(out):
             print("\nFreeze verification of each run's last checkpoint (layers per verdict; declared_mismatch counts"
                   " layers where train_args and the weights disagree):", file=stream)  # fmt: skip
@@ -171,13 +172,13 @@ def print_interpolation_summary(summary: InterpolationSummary, *, stream: TextIO
         shown = summary.barriers.with_columns(
             pl.col("checkpoint_id").replace_strict(label, default=None).alias("checkpoint")
         ).select("checkpoint", "recalibrated", "map50_95_reference", "map50_95_checkpoint", "barrier_map50_95",
-                 "barrier_alpha", "barrier_map50", "in_basin")  # fmt: skip
+                 "barrier_alpha", "barrier_map50", "monotonic", "in_basin")  # fmt: skip
         with pl.Config(tbl_rows=40, tbl_cols=10, fmt_str_lengths=40, tbl_width_chars=200,
                        tbl_hide_dataframe_shape=True, float_precision=4):  # fmt: skip
             print("\nOn the straight line from the reference (α = 0) to each checkpoint (α = 1): mAP50-95 at both ends "
                   "and the barrier, the largest dip of mAP below the straight line between them, with its α; "
-                  f"in_basin: a barrier within {BASIN:.0%} of the better end's mAP50-95 (linear mode "
-                  "connectivity):", file=stream)  # fmt: skip
+                  f"monotonic: no turning back on the way; in_basin: a barrier within {BASIN:.0%} of the better "
+                  "end's mAP50-95 (linear mode connectivity):", file=stream)  # fmt: skip
             print(shown, file=stream)
     print(f"\n{summary.rows} interpolation rows in {summary.out}/interpolation", file=stream)
     _print_errors(summary.errors)

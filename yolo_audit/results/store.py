@@ -146,10 +146,16 @@ def _against(frame: pl.LazyFrame, reference_id: str | None) -> pl.LazyFrame:
     return frame if reference_id is None else frame.filter(pl.col("reference_id") == reference_id)
 
 
-def top_divergent_layers(out: Where, n: int = 10, *, reference_id: str | None = None) -> pl.DataFrame:
+def top_divergent_layers(
+    out: Where, n: int = 10, *, reference_id: str | None = None, latest: bool = False
+) -> pl.DataFrame:
+    """The layers that moved most against the reference; `latest`: each run's last checkpoint only (not its epochs)."""
+    frame = _against(layer_divergence(out), reference_id)
+    if latest:
+        last = scan(out, "checkpoints").select("checkpoint_id", "run", "epoch").filter(is_last_of_run())
+        frame = frame.join(last.select("checkpoint_id"), on="checkpoint_id", how="semi")
     return (
-        _against(layer_divergence(out), reference_id)
-        .sort("rel_l2", descending=True, nulls_last=True)
+        frame.sort("rel_l2", descending=True, nulls_last=True)
         .head(n)
         .select("run", "epoch", "checkpoint_id", "reference_id", "layer", "rel_l2", "max_abs_diff")
         .collect()

@@ -23,6 +23,7 @@ from yolo_audit.results.location import Location, Where, exclusive, local_datase
 from yolo_audit.runtime.tasks import Task, cluster_gpus, ray_session, run_tasks, short_name
 
 BASIN = 0.1  # a barrier within this share of the better end's mAP50-95: the fine-tune stays in the base's basin
+STEADY = 0.005  # mAP50-95 that moves from one end to the other without turning back by more than this: monotonic
 
 
 @dataclass
@@ -120,7 +121,8 @@ def _revive(data: dict) -> PointResult:
 
 def barriers(points: list[PointResult], *, recalibrated: bool = False) -> Any:
     """Per checkpoint: mAP50-95 at both ends, the barrier (the largest dip below the straight line between them) and
-    the α where it is, for mAP50-95 and mAP50; `in_basin` when the barrier is within BASIN of the better end."""
+    the α where it is, for mAP50-95 and mAP50; `in_basin` when the barrier is within BASIN of the better end;
+    `monotonic` when mAP50-95 goes from one end to the other without turning back (by more than STEADY)."""
     import polars as pl
 
     frame = pl.DataFrame(
@@ -150,11 +152,25 @@ def barrier_table(rows: Any) -> Any:
         pl.col("start").first().alias("map50_95_reference"), pl.col("end").first().alias("map50_95_checkpoint"),
         pl.col("dip").max().alias("barrier_map50_95"), pl.col("alpha").sort_by("dip").last().alias("barrier_alpha"),
         pl.col("dip50").max().alias("barrier_map50"),
+        pl.col("map50_95").max().alias("best_map50_95"), pl.col("alpha").sort_by("map50_95").last().alias("best_alpha"),
     )  # fmt: skip
-    return out.with_columns(
-        in_basin=pl.col("barrier_map50_95")
-        <= BASIN * pl.max_horizontal("map50_95_reference", "map50_95_checkpoint") + 1e-9
-    ).sort(keys)
+    steps = (
+        rows.sort("alpha").group_by(keys, maintain_order=True)
+        .agg(pl.col("map50_95").diff().drop_nulls().alias("steps"))
+        .with_columns(up=pl.col("steps").list.min() >= -STEADY, down=pl.col("steps").list.max() <= STEADY)
+    )  # fmt: skip
+    return (
+        out.join(steps, on=keys, how="left")
+        .with_columns(
+            in_basin=pl.col("barrier_map50_95")
+            <= BASIN * pl.max_horizontal("map50_95_reference", "map50_95_checkpoint") + 1e-9,
+            monotonic=pl.when(pl.col("map50_95_checkpoint") >= pl.col("map50_95_reference"))
+            .then(pl.col("up"))
+            .otherwise(pl.col("down")),
+        )
+        .drop("steps", "up", "down")
+        .sort(keys)
+    )
 
 
 def in_study(inputs: StudyInputs) -> InterpolationSummary:
