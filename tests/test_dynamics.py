@@ -37,6 +37,9 @@ def trained(tmp_path_factory):
 
     from yolo_audit.integrations.ultralytics import attach
 
+    import torch
+
+    threads = torch.get_num_threads()  # Ultralytics sets this process's torch threads to CPUs - 1 when it trains
     root = tmp_path_factory.mktemp("dynamics")
     data = str(make_dataset(root / "data", images=16, imgsz=32, domain="B", seed=2))
     common = dict(data=data, epochs=2, imgsz=32, batch=4, nbs=4, workers=0, amp=False, device="cpu", plots=False,
@@ -50,6 +53,7 @@ def trained(tmp_path_factory):
     model.add_callback("on_train_start", freeze_layer)
     recorders["callback"] = attach(model, out=out)
     model.train(name="callback", **common)
+    torch.set_num_threads(threads)
     return out, recorders
 
 

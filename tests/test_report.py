@@ -35,6 +35,7 @@ SECTIONS = (
     "similarity",
     "training",
     "depth",
+    "gradient-flow",
 )
 
 
