@@ -33,11 +33,10 @@ def trained(tmp_path_factory):
     from yolo_audit.env import prepare
 
     prepare()
+    import torch
     from ultralytics import YOLO
 
     from yolo_audit.integrations.ultralytics import attach
-
-    import torch
 
     threads = torch.get_num_threads()  # Ultralytics sets this process's torch threads to CPUs - 1 when it trains
     root = tmp_path_factory.mktemp("dynamics")
