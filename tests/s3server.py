@@ -32,3 +32,10 @@ def start(bucket: str) -> tuple[subprocess.Popen, dict[str, str], pafs.S3FileSys
             time.sleep(0.1)
     server.kill()
     raise RuntimeError("moto_server did not start: pip install 'moto[server]' (a dev dependency)")
+
+
+def upload(fs: pafs.S3FileSystem, folder: Path, prefix: str) -> None:
+    """Every checkpoint file under `folder` to `prefix` (bucket/path) in the bucket, at the same relative paths."""
+    for path in folder.rglob("*.pt"):
+        with fs.open_output_stream(f"{prefix}/{path.relative_to(folder)}") as out:
+            out.write(path.read_bytes())

@@ -12,7 +12,7 @@ from conftest import run_tiny_study, save
 
 from yolo_audit.analyses.interpolate.job import InterpolateOptions
 from yolo_audit.analyses.interpolate.plan import analyze_interpolation
-from yolo_audit.analyses.rewind.job import validate
+from yolo_audit.analyses.validation import validate
 from yolo_audit.errors import AuditError
 from yolo_audit.model.checkpoint import load_checkpoint
 from yolo_audit.model.synthetic import build_model

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import moved, save
-from s3server import start
+from s3server import start, upload
 
 from yolo_audit.results.store import open_results
 
@@ -71,9 +71,7 @@ def test_ray_job_submit_runs_weights_on_the_head_and_writes_to_s3(head_and_bucke
     local = tmp_path / "ckpts"
     save(base_model, local / "base.pt", name="base")
     save(moved(base_model, 1, first=15), local / "ft" / "weights" / "last.pt", name="ft")
-    for path in local.rglob("*.pt"):
-        with fs.open_output_stream(f"audit/ckpts/{path.relative_to(local)}") as out:
-            out.write(path.read_bytes())
+    upload(fs, local, "audit/ckpts")
     job = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", url, "--", str(BIN / "yolo-audit"), "weights",
          "s3://audit/ckpts/ft", "--reference", "s3://audit/ckpts/base.pt", "--out", "s3://audit/job",

@@ -10,7 +10,7 @@ import polars as pl
 import pyarrow.fs as pafs
 import pytest
 from conftest import moved, save
-from s3server import start
+from s3server import start, upload
 from typer.testing import CliRunner
 
 from yolo_audit.cli import app
@@ -45,9 +45,7 @@ def test_cli_reads_and_writes_s3(s3, tmp_path, base_model):
     local = tmp_path / "ckpts"
     save(base_model, local / "base.pt", name="base")
     save(moved(base_model, 1, first=15), local / "r1" / "weights" / "last.pt", name="r1")
-    for path in local.rglob("*.pt"):
-        with s3.open_output_stream(f"audit/ckpts/{path.relative_to(local)}") as out:
-            out.write(path.read_bytes())
+    upload(s3, local, "audit/ckpts")
     _cli("weights", "s3://audit/ckpts", "--reference", "s3://audit/ckpts/base.pt", "--out", "s3://audit/res",
          "--engine", "local")  # fmt: skip
     _cli("weights", str(local), "--reference", str(local / "base.pt"), "--out", str(tmp_path / "res"),

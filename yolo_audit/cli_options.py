@@ -56,6 +56,7 @@ Imgsz = Annotated[int, typer.Option("--imgsz", min=32, help="Letterbox size.")]
 Split = Annotated[str, typer.Option("--split", help="Split of a dataset yaml.")]
 Cfg = Annotated[str | None, typer.Option("--cfg", help="Model yaml for bare state dicts that record no architecture.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda:N.")]
+ValidationBatch = Annotated[int, typer.Option("--batch", min=1, help="Validation batch size.")]
 
 
 def forward(cmd: str, params: dict[str, Any]) -> Any:

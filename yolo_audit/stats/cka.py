@@ -106,7 +106,9 @@ class CKAState:
         grams = torch.stack([centred_gram(f) for f in features])
         h = hsic_matrix(grams)
         own = h.diagonal()
-        perm = cycle(n, seed).to(grams.device)
+        perm = cycle(n, seed)
+        if grams.device.type == "cuda":  # from pinned memory without waiting: no host synchronisation per batch
+            perm = perm.pin_memory().to(grams.device, non_blocking=True)
         self.hsic += h
         self.squares += h * h
         self.with_own += h * own[:, None]

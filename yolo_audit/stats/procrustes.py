@@ -51,13 +51,22 @@ class ProcrustesState:
         return cls(list(pairs), {}, {})
 
     def update(self, features: list[torch.Tensor]) -> None:
-        """One batch: the (n, d) float64 features of every representation, in the state's fixed order."""
+        """One batch: the (n, d) float64 features of every representation, in the state's fixed order. Folded in
+        place: each co-moment gains the batch's own centred X^T Y plus the correction for the two means moving."""
         wanted = {i for pair in self.pairs for i in pair}
         batch = {i: Moments.of(features[i]) for i in wanted}
         centred = {i: features[i].double() - batch[i].mean for i in wanted}
-        grouped = ProcrustesState(self.pairs, batch, {(p, q): centred[p].T @ centred[q] for p, q in self.pairs})
-        merged = self.merge(grouped) if self.moments else grouped
-        self.moments, self.comoments = merged.moments, merged.comoments
+        if not self.moments:
+            self.moments = batch
+            self.comoments = {(p, q): centred[p].T @ centred[q] for p, q in self.pairs}
+            return
+        for p, q in self.pairs:
+            before, new = self.moments[p], batch[p]
+            weight = before.n * new.n / (before.n + new.n)
+            self.comoments[(p, q)].addmm_(centred[p].T, centred[q]).addr_(
+                new.mean - before.mean, batch[q].mean - self.moments[q].mean, alpha=weight
+            )
+        self.moments = {i: self.moments[i].merge(batch[i]) for i in wanted}
 
     def merge(self, other: ProcrustesState) -> ProcrustesState:
         if not self.moments:

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from yolo_audit.analyses.images import batches, list_images, prefetched
-from yolo_audit.analyses.rewind.job import validate
+from yolo_audit.analyses.validation import Validated, validate
 from yolo_audit.errors import AuditError
 from yolo_audit.model.build import build_module, for_passes
 from yolo_audit.model.checkpoint import Checkpoint, checkpoint_table, load_checkpoint
 from yolo_audit.results import files
-from yolo_audit.results.errors import ErrorRecord, record
+from yolo_audit.results.errors import record
 from yolo_audit.results.keys import interpolation_key
 from yolo_audit.results.location import Where, local_dataset, locate
 from yolo_audit.runtime.devices import exact_float32, resolve_device
@@ -37,20 +37,12 @@ class InterpolateOptions:
     trust_pickle: bool = False
 
 
-@dataclass
-class PointResult:
-    """What one point on the line reports to the driver (small; recorded in the ledger as JSON)."""
+@dataclass(kw_only=True)
+class PointResult(Validated):
+    """One point on the line (the checkpoint row comes from the α = 1 task)."""
 
-    path: str
     alpha: float
-    checkpoint_id: str | None = None
-    reference_id: str | None = None
-    map50_95: float | None = None
-    map50: float | None = None
     mismatched: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    errors: list[ErrorRecord] = field(default_factory=list)
-    checkpoint_row: dict[str, list] | None = None  # from the α = 1 task: the driver writes `checkpoints`
 
 
 def blend(ref: Checkpoint, ckpt: Checkpoint, alpha: float) -> tuple[Checkpoint, list[str]]:

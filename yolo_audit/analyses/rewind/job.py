@@ -9,22 +9,12 @@ Validation on the CPU is deterministic, so a swap that changes no bit gives exac
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
-from yolo_audit.env import prepare
-from yolo_audit.errors import AuditError
-from yolo_audit.model.build import build_module
+from yolo_audit.analyses.validation import Validated, validate
 from yolo_audit.model.checkpoint import Checkpoint, check_aligned, checkpoint_table, load_checkpoint
-from yolo_audit.results.errors import ErrorRecord, record
-from yolo_audit.runtime.devices import exact_float32, keep_freed_memory, resolve_device
+from yolo_audit.results.errors import record
 
-VALIDATORS = {
-    "detect": "ultralytics.models.yolo.detect:DetectionValidator",
-    "segment": "ultralytics.models.yolo.segment:SegmentationValidator",
-    "pose": "ultralytics.models.yolo.pose:PoseValidator",
-    "obb": "ultralytics.models.yolo.obb:OBBValidator",
-    "rtdetr": "ultralytics.models.rtdetr:RTDETRValidator",
-}
 BASELINE = "baseline"
 
 
@@ -52,17 +42,9 @@ class Target:
         return f"{self.direction}-{what}"
 
 
-@dataclass
-class RewindResult:
-    path: str
+@dataclass(kw_only=True)
+class RewindResult(Validated):
     target: Target
-    checkpoint_id: str | None = None
-    reference_id: str | None = None
-    map50_95: float | None = None
-    map50: float | None = None
-    seconds: float = 0.0
-    errors: list[ErrorRecord] = field(default_factory=list)
-    checkpoint_row: dict[str, list] | None = None  # from the baseline task: the driver writes `checkpoints`
 
 
 def swapped(into: Checkpoint, source: Checkpoint, layers: tuple[int, ...]) -> Checkpoint:
@@ -71,33 +53,6 @@ def swapped(into: Checkpoint, source: Checkpoint, layers: tuple[int, ...]) -> Ch
     chosen = set(layers)
     tensors = {n: source.tensors[n] if into.keys[n].layer in chosen else t for n, t in into.tensors.items()}
     return replace(into, tensors=tensors)
-
-
-def validate(ckpt: Checkpoint, data: str, opts: RewindOptions) -> tuple[float, float]:
-    """(mAP50-95, mAP50) of the boxes, with the validator of the checkpoint's task, in true float32 and with cuDNN's
-    deterministic algorithms (`exact_float32`): on a GPU, TF32 and nondeterministic convolutions would move mAP between
-    two validations of the same weights, and a rewound layer's delta must be exactly 0 when nothing changed."""
-    prepare()
-    import importlib
-
-    from ultralytics.cfg import get_cfg
-
-    profile = ckpt.profile
-    kind = "rtdetr" if profile.head_type == "RTDETRDecoder" else profile.task
-    if kind not in VALIDATORS:
-        raise AuditError(f"rewind measures box mAP; a {profile.task} model has none", path=ckpt.path, stage="rewind")
-    module, _, name = VALIDATORS[kind].partition(":")
-    validator_cls = getattr(importlib.import_module(module), name)
-    device = resolve_device(opts.device)
-    keep_freed_memory()  # forward passes reuse their activations' memory
-    args = get_cfg(overrides={
-        "mode": "val", "data": data, "imgsz": opts.imgsz, "batch": opts.batch, "split": opts.split,
-        "device": "cpu" if device.type == "cpu" else device.index or 0, "plots": False, "verbose": False,
-        "save_json": False, "half": False, "workers": 0,
-    })  # fmt: skip
-    with exact_float32():
-        stats = validator_cls(args=args)(model=build_module(ckpt))
-    return float(stats["metrics/mAP50-95(B)"]), float(stats["metrics/mAP50(B)"])
 
 
 def rewind_task(path: str, reference: str, data: str, target: Target, opts: RewindOptions) -> RewindResult:

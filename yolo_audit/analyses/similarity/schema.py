@@ -29,9 +29,9 @@ TABLES: dict[str, list[Column]] = {
             "procrustes",
             F64,
             "angular Procrustes distance in radians, arccos of the nuclear norm of X'Y for centred, unit-Frobenius "
-            "channel means over all images (Williams et al. 2021): 0 the same up to rotation and scale; corresponding "
-            "modules with --pool avg only (null otherwise, and for pairs without the reference when all pairs would "
-            "need over 2 GiB)",
+            "channel means over all images (Williams et al. 2021): 0 the same up to rotation and scale; each "
+            "checkpoint against the reference (the first checkpoint), corresponding modules, --pool avg (null "
+            "otherwise)",
         ),
         ("reason", S, "why cka is null (e.g. the layer does not vary across images); null otherwise"),
         ("n_images", I64, "images in full batches (batches under 4 images are skipped)"),
