@@ -92,8 +92,43 @@ def test_bad_inputs_are_one_line_and_an_errors_row(study, tmp_path):
     assert sorted(pl.read_parquet(tmp_path / "o" / "errors" / "*.parquet")["stage"]) == ["align", "interpolate"]
     with pytest.raises(AuditError, match="pass a dataset yaml"):
         analyze_interpolation([other], base, str(data.parent / "images"), tmp_path / "p", opts=opts)
+    import shutil
+
+    unlabelled = tmp_path / "nolabels"
+    shutil.copytree(data.parent, unlabelled)
+    shutil.rmtree(unlabelled / "labels")
+    (unlabelled / "data.yaml").write_text((unlabelled / "data.yaml").read_text().replace(str(data.parent),
+                                                                                          str(unlabelled)))  # fmt: skip
+    with pytest.raises(AuditError, match="the `val` split has no labels") as raised:
+        analyze_interpolation([other], base, str(unlabelled / "data.yaml"), tmp_path / "q", opts=opts)
+    assert len(str(raised.value).splitlines()) == 1
+    assert pl.read_parquet(tmp_path / "q" / "errors" / "*.parquet")["stage"].to_list() == ["interpolate"]
     with pytest.raises(AuditError, match="--steps must be at least 2"):
         analyze_interpolation([other], base, str(data), tmp_path / "p", steps=1, opts=opts)
+
+
+def test_batchnorm_statistics_re_estimated_along_the_line(study):
+    """--recalibrate-bn N: at every α the BatchNorm statistics are re-estimated on N training images before
+    validating; the rows say so, and an interior point is measured on other statistics than the plain line's."""
+    tmp, out, data, _ = study
+    tuned = sorted((out / "train" / "none-s0" / "snapshots").glob("*.safetensors"))[-1]
+    base = out / "train" / "base" / "weights" / "last.pt"
+    summary = analyze_interpolation([tuned], base, str(data), tmp / "recal", steps=3, stream=io.StringIO(),
+                                    opts=InterpolateOptions(imgsz=32, batch=4, recalibrate_bn=4))  # fmt: skip
+    assert summary.ok and summary.barriers["recalibrated"].to_list() == [True]
+    rows = pl.read_parquet(tmp / "recal" / "interpolation" / "*.parquet")
+    assert rows["recalibrated"].all() and set(rows["recalibration_images"]) == {4} and rows.height == 3
+
+    from yolo_audit.analyses.images import list_images
+    from yolo_audit.analyses.interpolate.job import blend, recalibrate
+
+    mid, _ = blend(load_checkpoint(base), load_checkpoint(tuned), 0.5)
+    images = list_images(data, split="train", max_images=4)
+    again = recalibrate(mid, images, InterpolateOptions(imgsz=32, batch=4))
+    stats = [n for n in mid.tensors if n.endswith(("running_mean", "running_var"))]
+    assert any(not (again.tensors[n] == mid.tensors[n]).all() for n in stats)  # re-estimated ...
+    assert all((again.tensors[n] == t).all() for n, t in mid.tensors.items() if n not in stats
+               and not n.endswith("num_batches_tracked"))  # ... and nothing else changed  # fmt: skip
 
 
 def test_the_report_draws_map_along_the_line_and_says_who_stays_in_the_basin(study, tmp_path):

@@ -3,14 +3,17 @@ a checkpoint they built), in true float32 with cuDNN's deterministic algorithms,
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from yolo_audit.env import prepare
 from yolo_audit.errors import AuditError
 from yolo_audit.model.build import build_module
 from yolo_audit.model.checkpoint import Checkpoint
-from yolo_audit.results.errors import ErrorRecord
+from yolo_audit.results.errors import ErrorRecord, write_errors
+from yolo_audit.results.location import Location, local_dataset
 from yolo_audit.runtime.devices import exact_float32, keep_freed_memory, resolve_device
 
 VALIDATORS = {
@@ -72,3 +75,33 @@ def validate(ckpt: Checkpoint, data: str, opts: Settings) -> tuple[float, float]
     with exact_float32():
         stats = validator_cls(args=args)(model=build_module(ckpt))
     return float(stats["metrics/mAP50-95(B)"]), float(stats["metrics/mAP50(B)"])
+
+
+def labelled_images(data: str, split: str, out: Location, analysis: str) -> tuple[str, list[str]]:
+    """The local dataset yaml and its split's images, for an analysis that validates against labels: a folder of
+    images, or a split whose images have no label files (Ultralytics' layout: labels/ beside images/), is one line and
+    an `errors` row naming the dataset, before any work."""
+    from yolo_audit.analyses.images import list_images
+
+    local = str(local_dataset(str(data)))
+    try:
+        if not local.endswith((".yaml", ".yml")):
+            raise AuditError(f"{analysis} validates with labels: pass a dataset yaml (images alone have no boxes)",
+                             path=str(data))  # fmt: skip
+        images = list_images(local, split=split)
+        if not any(Path(_label_file(i)).is_file() for i in images):
+            raise AuditError(
+                f"the `{split}` split has no labels (no {_label_file(images[0])}); {analysis} validates with labels: "
+                "add them, or pass another --split",
+                path=str(data),
+            )
+    except AuditError as exc:
+        write_errors(out, [ErrorRecord(str(data), analysis, "AuditError", str(exc))])
+        raise
+    return local, images
+
+
+def _label_file(image: str) -> str:
+    """Where Ultralytics looks for an image's labels: the last images/ of its path becomes labels/, .txt."""
+    images, labels = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    return labels.join(image.rsplit(images, 1)).rsplit(".", 1)[0] + ".txt"

@@ -14,12 +14,13 @@ from typing import Any, TextIO
 from yolo_audit.analyses import StudyInputs
 from yolo_audit.analyses.images import dataset_id, list_images
 from yolo_audit.analyses.interpolate.job import InterpolateOptions, PointResult, interpolate_task
+from yolo_audit.analyses.validation import labelled_images
 from yolo_audit.errors import AuditError
 from yolo_audit.model.checkpoint import checkpoint_table, find_checkpoints, load_checkpoint
 from yolo_audit.results import files
 from yolo_audit.results.errors import ErrorRecord, clear_errors, write_errors
 from yolo_audit.results.ledger import Ledger, done_key, fingerprint
-from yolo_audit.results.location import Location, Where, exclusive, local_dataset, locate
+from yolo_audit.results.location import Location, Where, exclusive, locate
 from yolo_audit.runtime.tasks import Task, cluster_gpus, ray_session, run_tasks, short_name
 
 BASIN = 0.1  # a barrier within this share of the better end's mAP50-95: the fine-tune stays in the base's basin
@@ -68,11 +69,7 @@ def analyze_interpolation(
     out_loc = files.check_writable(locate(out))
     ref_uri = locate(reference).uri
     checkpoints = [f for f in find_checkpoints(list(paths)) if f != ref_uri]
-    local = local_dataset(str(data))
-    if not str(local).endswith((".yaml", ".yml")):
-        raise AuditError("interpolate validates with labels: pass a dataset yaml (images alone have no boxes)",
-                         path=str(data))  # fmt: skip
-    images = list_images(local, split=opts.split)
+    local, images = labelled_images(data, opts.split, out_loc, "interpolate")
     if opts.recalibrate_bn:
         list_images(local, split="train", max_images=opts.recalibrate_bn)  # the training images exist: fail now
     ref = load_checkpoint(ref_uri, trust_pickle=opts.trust_pickle)

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from yolo_audit.analyses import StudyInputs
-from yolo_audit.analyses.images import dataset_id, list_images
+from yolo_audit.analyses.images import dataset_id
 from yolo_audit.analyses.rewind.job import BASELINE, RewindOptions, RewindResult, Target, rewind_task
+from yolo_audit.analyses.validation import labelled_images
 from yolo_audit.errors import AuditError
 from yolo_audit.model.checkpoint import checkpoint_table, find_checkpoints, load_checkpoint
 from yolo_audit.model.profile import Profile
@@ -17,7 +18,7 @@ from yolo_audit.results import files
 from yolo_audit.results.errors import ErrorRecord, clear_errors, write_errors
 from yolo_audit.results.keys import rewind_key
 from yolo_audit.results.ledger import Ledger, done_key, fingerprint, recording, skipped_line
-from yolo_audit.results.location import Location, Where, exclusive, local_dataset, locate
+from yolo_audit.results.location import Location, Where, exclusive, locate
 from yolo_audit.runtime.tasks import Task, cluster_gpus, ray_session, run_tasks, short_name
 
 GROUPS = ("backbone", "neck", "head")
@@ -82,10 +83,8 @@ def analyze_rewind(
     out_loc = files.check_writable(locate(out))
     ref_uri = locate(reference).uri
     checkpoints = [f for f in find_checkpoints(list(paths)) if f != ref_uri]
-    local = local_dataset(str(data))
-    if not str(local).endswith((".yaml", ".yml")):
-        raise AuditError("rewind validates with labels: pass a dataset yaml (images alone have no boxes)", path=data)
-    summary = RewindSummary(out=out_loc, dataset_id=dataset_id(list_images(local, split=opts.split), opts.imgsz))
+    local, images = labelled_images(data, opts.split, out_loc, "rewind")
+    summary = RewindSummary(out=out_loc, dataset_id=dataset_id(images, opts.imgsz))
     ledger = Ledger(out_loc, force=force)
     prints = [fingerprint(p) for p in [ref_uri, *checkpoints]]
     key = done_key("rewind", prints, summary.dataset_id, layers, groups, into_reference, opts)
