@@ -8,6 +8,7 @@ import io
 
 import polars as pl
 import pytest
+import torch
 from conftest import run_tiny_study, save
 
 from yolo_audit.analyses.interpolate.job import InterpolateOptions
@@ -36,7 +37,9 @@ def test_the_ends_are_the_validator_s_metrics_of_the_two_checkpoints(study):
     assert sorted(set(rows["alpha"])) == [0.0, 0.5, 1.0] and rows.height == 6 and not rows["recalibrated"].any()
     opts = InterpolateOptions(imgsz=32, batch=4)
     base = load_checkpoint(out / "train" / "base" / "weights" / "last.pt")
+    threads = torch.get_num_threads()
     assert set(rows.filter(pl.col("alpha") == 0)["map50_95"]) == {validate(base, str(data), opts)[0]}
+    assert torch.get_num_threads() == threads  # Ultralytics' validator no longer resets the caller's threads
     for run in ("none-s0", "head-s0"):
         last = load_checkpoint(sorted((out / "train" / run / "snapshots").glob("*.safetensors"))[-1])
         end = rows.filter((pl.col("alpha") == 1) & (pl.col("checkpoint_id") == last.checkpoint_id))

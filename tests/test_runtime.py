@@ -61,11 +61,36 @@ def test_in_process_tasks_side_by_side_each_run_one_thread_and_serial_kernels(mo
         monkeypatch.setenv("YOLO_AUDIT_FORK", "0")
         threads = run_tasks([Task(str(i), _side_by_side) for i in range(4)], stage="t", stream=io.StringIO(),
                             threads=True)  # fmt: skip
+        after = torch.get_num_threads()  # threads of this process leave its own count as it was
     assert all(r[:2] == (1, True) for r in side + threads)
     assert len({r[2] for r in side}) == 2 and os.getpid() not in {r[2] for r in side}  # two workers, four tasks
-    assert {r[2] for r in threads} == {os.getpid()} and torch.get_num_threads() == main_threads
+    assert {r[2] for r in threads} == {os.getpid()} and after == main_threads
     assert alone[0] == (2, False, os.getpid()) and main_threads == 2
     assert gc.get_freeze_count() == 0  # forking froze this process's objects only until the workers were forked
+
+
+def test_ultralytics_runs_with_the_task_s_threads_and_leaves_the_caller_s_count():
+    """Ultralytics' select_device (each train and validation) sets torch's threads to min(8, the machine's CPUs - 1);
+    inside `task_threads_in_ultralytics` it keeps the task's count, and the count is restored after the block."""
+    import torch
+    from ultralytics.utils import torch_utils
+
+    from yolo_audit.runtime.devices import task_threads_in_ultralytics
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)  # a task's CPUs, not the machine's
+        torch_utils.select_device("cpu", verbose=False)
+        outside = torch.get_num_threads()
+        torch.set_num_threads(3)
+        with task_threads_in_ultralytics() as n:
+            torch_utils.select_device("cpu", verbose=False)
+            inside = torch.get_num_threads()
+            torch.set_num_threads(1)  # whatever happens in the block
+        assert (n, inside, torch.get_num_threads()) == (3, 3, 3)
+        assert outside == torch_utils.NUM_THREADS == min(8, max(1, (os.cpu_count() or 1) - 1))  # what it does alone
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_command_start_up_collects_rarely_then_freezes_what_it_built():

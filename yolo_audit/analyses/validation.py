@@ -14,7 +14,7 @@ from yolo_audit.model.build import build_module
 from yolo_audit.model.checkpoint import Checkpoint
 from yolo_audit.results.errors import ErrorRecord, write_errors
 from yolo_audit.results.location import Location, local_dataset
-from yolo_audit.runtime.devices import exact_float32, keep_freed_memory, resolve_device
+from yolo_audit.runtime.devices import exact_float32, keep_freed_memory, resolve_device, task_threads_in_ultralytics
 
 VALIDATORS = {
     "detect": "ultralytics.models.yolo.detect:DetectionValidator",
@@ -72,7 +72,7 @@ def validate(ckpt: Checkpoint, data: str, opts: Settings) -> tuple[float, float]
         "device": "cpu" if device.type == "cpu" else device.index or 0, "plots": False, "verbose": False,
         "save_json": False, "half": False, "workers": 0,
     })  # fmt: skip
-    with exact_float32():
+    with exact_float32(), task_threads_in_ultralytics():
         stats = validator_cls(args=args)(model=build_module(ckpt))
     return float(stats["metrics/mAP50-95(B)"]), float(stats["metrics/mAP50(B)"])
 

@@ -42,6 +42,23 @@ def one_cpu() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def task_threads_in_ultralytics() -> Iterator[int]:
+    """Ultralytics' `select_device` (every `train()` and validator) sets torch's threads to min(8, the machine's
+    CPUs - 1), not the task's: a 1-CPU Ray task on a 16-core node ran 8 threads, the 2-CPU local engine here 1. In this
+    block it sets the task's count (torch's now), and torch's count is restored afterwards (a validation no longer
+    leaves the caller's process with another count). Yields that count."""
+    from ultralytics.utils import torch_utils
+
+    n, saved = torch.get_num_threads(), torch_utils.NUM_THREADS
+    torch_utils.NUM_THREADS = n
+    try:
+        yield n
+    finally:
+        torch_utils.NUM_THREADS = saved
+        torch.set_num_threads(n)
+
+
 def _precision_knobs() -> list[tuple[object, str, object]]:
     """The switches that let float32 run as TF32 (cuDNN's convolutions by default on Ampere and newer GPUs, and
     matmuls where allowed), and those that let cuDNN pick nondeterministic algorithms: (object, attribute, the value

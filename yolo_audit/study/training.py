@@ -21,6 +21,7 @@ from yolo_audit.model.checkpoint import Checkpoint, save_safetensors
 from yolo_audit.model.freeze import freeze_argument, freeze_by_callback
 from yolo_audit.results.location import fetch_file, is_uri, local_dataset, locate, upload_dir
 from yolo_audit.results.train_metrics import read_results
+from yolo_audit.runtime.devices import task_threads_in_ultralytics
 
 SNAPSHOTS = "snapshots"
 
@@ -98,7 +99,8 @@ def train_variant(spec: TrainSpec) -> TrainResult:
 
         attach(model, out=spec.dynamics_to, run=spec.run)  # gradients and updates per epoch, live
     try:
-        model.train(**train_arguments(spec))
+        with task_threads_in_ultralytics():
+            model.train(**train_arguments(spec))
     except Exception as exc:  # noqa: BLE001 - a failed run is a row, the study goes on
         message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return TrainResult(spec, "failed", time.monotonic() - started, error=message)
